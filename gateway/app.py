@@ -1,0 +1,120 @@
+"""Wiring: the aiohttp application, its shared resources and its routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.policy import Chain
+from gateway.registry import build_chain
+from gateway.relay import Relay
+from gateway.upstreams import Pool, prober
+
+
+@dataclass
+class State:
+    config: GatewayConfig
+    chain: Chain
+    pool: Pool
+    draining: bool = False
+    relay: Relay | None = None
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+STATE = web.AppKey("state", State)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(config: GatewayConfig, chain: Chain | None = None) -> web.Application:
+    # The body limit is enforced per request with an OpenAI-shaped 413; aiohttp's own
+    # limit must not be lower.
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    state = State(config, chain or build_chain(config.policies), Pool.from_config(config))
+    app[STATE] = state
+    app.cleanup_ctx.append(_resources)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    for path, endpoint in ENDPOINTS.items():
+        app.router.add_route("GET" if endpoint == "models" else "POST", path, _endpoint(endpoint))
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+ENDPOINTS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+}
+
+
+def _endpoint(endpoint: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        relay = request.app[STATE].relay
+        assert relay is not None, "the relay exists once the application has started"
+        return await relay.handle(request, endpoint)
+
+    return handle
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    upstream = state.config.upstream
+    connector = aiohttp.TCPConnector(
+        limit=upstream.max_connections,
+        keepalive_timeout=upstream.keepalive_seconds,
+        ttl_dns_cache=300,
+    )
+    async with aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        json_serialize=lambda v: orjson.dumps(v).decode(),
+    ) as session:
+        relay = Relay(state.config, state.chain, state.pool, session)
+        state.relay = relay
+        await state.chain.start()
+        try:
+            async with prober(
+                session,
+                state.pool,
+                upstream.health_interval_seconds,
+                upstream.health_timeout_seconds,
+            ):
+                yield
+                await relay.drain()
+        finally:
+            await state.chain.close()
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, dumps=_dumps)
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    models = state.pool.ready()
+    checks = {**{f"model:{m}": ok for m, ok in models.items()}, **state.checks}
+    ok = not state.draining and all(checks.values())
+    body = {"status": "ready" if ok else "not ready", "draining": state.draining, "checks": checks}
+    return web.json_response(body, status=200 if ok else 503, dumps=_dumps)
+
+
+async def not_found(request: web.Request) -> web.Response:
+    err = GatewayError(
+        404,
+        f"Unknown request URL: {request.method} {request.path}. The gateway serves "
+        "/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models.",
+        code="unknown_url",
+    )
+    return web.Response(status=404, body=err.body(), content_type="application/json")
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,103 @@
+"""What travels through the policy chain with one request."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError, bad_request
+from gateway.validate import check_fields
+
+# Outcomes handed to `on_complete`.
+OK = "ok"
+REJECTED = "rejected"  # the gateway or a policy answered instead of the upstream
+UPSTREAM_ERROR = "upstream_error"
+DISCONNECTED = "client_disconnected"
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer a policy gives instead of calling the upstream (a cache hit, a 429, ...)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request: web.Request
+    endpoint: str  # "chat.completions", "completions", "embeddings" or "models"
+    max_body_bytes: int
+    started: float = field(default_factory=time.perf_counter)
+    request_id: str | None = None
+    # Who is calling, set by an auth policy; the tier decides limits and permissions.
+    principal: str | None = None
+    tier: str | None = None
+    model: str | None = None
+    stream: bool = False
+    client_wants_usage: bool = False
+    raw_body: bytes = b""
+    body: dict[str, Any] | None = None
+    body_changed: bool = False  # a policy changed `body`: it is serialised again upstream
+    upstream_headers: dict[str, str] = field(default_factory=dict)  # extra headers upstream
+    upstream: str | None = None
+    status: int = 0
+    outcome: str = OK
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+    first_byte_at: float | None = None
+    finished: float | None = None
+    # How many policies' on_request ran (the chain sets it); later hooks run for those only.
+    entered: int = 0
+    # Free space for policies, keyed by policy name.
+    state: dict[str, Any] = field(default_factory=dict)
+
+    async def json(self) -> dict[str, Any]:
+        """The request body as a JSON object, read and checked once (413 and 400 otherwise)."""
+        if self.body is not None:
+            return self.body
+        length = self.request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise too_large(self.max_body_bytes)
+        try:
+            self.raw_body = await self.request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise too_large(self.max_body_bytes) from exc
+        body = parse_body(self.raw_body)
+        check_fields(self.endpoint, body)
+        self.body = body
+        self.model = body.get("model")
+        self.stream = body.get("stream") is True
+        options = body.get("stream_options") or {}
+        self.client_wants_usage = self.stream and options.get("include_usage") is True
+        return body
+
+    def elapsed_ms(self, until: float | None = None) -> float:
+        return round(((until or time.perf_counter()) - self.started) * 1000, 3)
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413,
+        f"Request body is larger than the gateway's limit of {limit} bytes; send a smaller request"
+        " or raise server.max_body_bytes.",
+        code="request_too_large",
+    )
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise bad_request("The request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body

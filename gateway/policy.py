@@ -1,0 +1,136 @@
+"""The policy interface and the chain that runs policies around every request.
+
+Hook order (Envoy's filter contract):
+- `on_request` runs in configured order. A policy may answer instead of the upstream by
+  returning a `Reply` or raising `GatewayError`; later policies' `on_request` then do not run.
+- `on_response`, `on_event` and `on_complete` run in reverse order, and only for the
+  policies whose `on_request` ran (the one that answered included).
+- `on_complete` is always called for those policies, whatever the outcome: success,
+  an error, a rejection, or the client hanging up.
+
+The chain keeps, per hook, only the policies that override it, so a hook nobody
+implements costs nothing; when no policy implements `on_event` the relay copies bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from multidict import CIMultiDict
+from pydantic import BaseModel, ConfigDict
+
+from gateway.context import Reply, RequestContext
+
+log = logging.getLogger("gateway.policy")
+
+
+class PolicySettings(BaseModel):
+    """Base of every policy's settings model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy:
+    """No-op defaults; a policy overrides only the hooks it needs."""
+
+    name: ClassVar[str] = "policy"
+    Settings: ClassVar[type[PolicySettings]] = PolicySettings
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    async def start(self) -> None:
+        """Open connections and start background work (called once at start-up)."""
+
+    async def close(self) -> None:
+        """Flush and release what `start` opened (called once at shutdown)."""
+
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        return None
+
+    async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        """Called with the status in `ctx.status` and the response headers, before they are sent."""
+
+    async def on_event(self, ctx: RequestContext, event: bytes) -> bytes | None:
+        """One complete SSE event (`data: ...\\n\\n`) or a whole JSON body; None drops it."""
+        return event
+
+    async def on_complete(self, ctx: RequestContext) -> None:
+        """Always called once the answer is over; `ctx.outcome` says how it ended."""
+
+
+def _overrides(policy: Policy, hook: str) -> bool:
+    return getattr(type(policy), hook) is not getattr(Policy, hook)
+
+
+class Chain:
+    def __init__(self, policies: list[Policy]) -> None:
+        self.policies = policies
+        indexed = list(enumerate(policies))
+        self._request = [(i, p) for i, p in indexed if _overrides(p, "on_request")]
+        self._response = [(i, p) for i, p in reversed(indexed) if _overrides(p, "on_response")]
+        self._event = [(i, p) for i, p in reversed(indexed) if _overrides(p, "on_event")]
+        self._complete = [(i, p) for i, p in reversed(indexed) if _overrides(p, "on_complete")]
+
+    @property
+    def wants_events(self) -> bool:
+        return bool(self._event)
+
+    async def start(self) -> None:
+        for policy in self.policies:
+            await policy.start()
+
+    async def close(self) -> None:
+        for policy in reversed(self.policies):
+            try:
+                await policy.close()
+            except Exception:
+                log.exception("policy %s failed to close", policy.name)
+
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        """Run request hooks; `ctx.entered` records how far the chain got."""
+        for index, policy in self._request:
+            ctx.entered = index + 1
+            reply = await policy.on_request(ctx)
+            if reply is not None:
+                return reply
+        ctx.entered = len(self.policies)
+        return None
+
+    async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        entered = ctx.entered
+        for index, policy in self._response:
+            if index < entered:
+                await policy.on_response(ctx, headers)
+
+    async def on_event(self, ctx: RequestContext, event: bytes) -> bytes | None:
+        entered = ctx.entered
+        for index, policy in self._event:
+            if index < entered:
+                result = await policy.on_event(ctx, event)
+                if result is None:
+                    return None
+                event = result
+        return event
+
+    async def on_complete(self, ctx: RequestContext) -> None:
+        entered = ctx.entered
+        for index, policy in self._complete:
+            if index < entered:
+                try:
+                    await policy.on_complete(ctx)
+                except Exception:
+                    # One failing policy must not keep the others from their completion work.
+                    log.exception("policy %s failed in on_complete", policy.name)
+
+
+def describe(chain: Chain) -> Mapping[str, list[str]]:
+    """The hook lists in the order they run, for logs and tests."""
+    return {
+        "on_request": [p.name for _, p in chain._request],
+        "on_response": [p.name for _, p in chain._response],
+        "on_event": [p.name for _, p in chain._event],
+        "on_complete": [p.name for _, p in chain._complete],
+    }

@@ -1,0 +1,235 @@
+"""The request handler: runs the policy chain around a call to an upstream llama-server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.config import GatewayConfig
+from gateway.context import DISCONNECTED, OK, REJECTED, UPSTREAM_ERROR, Reply, RequestContext
+from gateway.errors import GatewayError, bad_request, upstream_failed
+from gateway.logs import current_request
+from gateway.policy import Chain
+from gateway.sse import body_usage
+from gateway.streaming import relay_stream
+from gateway.upstreams import DOWN, Pool, Upstream
+
+log = logging.getLogger("gateway.relay")
+access = logging.getLogger("gateway.access")
+
+UPSTREAM_PATHS = {
+    "chat.completions": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+
+LARGE_BODY = 1024 * 1024
+
+
+class Relay:
+    def __init__(
+        self, config: GatewayConfig, chain: Chain, pool: Pool, session: aiohttp.ClientSession
+    ) -> None:
+        self.chain = chain
+        self.pool = pool
+        self.session = session
+        self.max_body = config.server.max_body_bytes
+        self.idle_timeout = config.upstream.idle_timeout
+        self.first_byte_timeout = config.upstream.first_byte_timeout
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=config.upstream.connect_timeout,
+            sock_read=config.upstream.first_byte_timeout,
+        )
+        self.access_log = config.logging.access_log
+        self.default_model = next(iter(config.models)) if len(config.models) == 1 else None
+        self.models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": "llama-gateway",
+                    }
+                    for name in config.models
+                ],
+            }
+        )
+        self.completions: set[asyncio.Task[None]] = set()
+
+    async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        ctx = RequestContext(request, endpoint, self.max_body)
+        current_request.set(ctx)
+        try:
+            return await self._serve(ctx)
+        except asyncio.CancelledError:
+            ctx.outcome = DISCONNECTED
+            raise
+        finally:
+            ctx.finished = time.perf_counter()
+            if self.access_log:
+                self._log_access(ctx)
+            # A task of its own: completion work (usage, limits) must survive the client
+            # hanging up, which cancels this handler.
+            task = asyncio.create_task(self.chain.on_complete(ctx))
+            self.completions.add(task)
+            task.add_done_callback(self.completions.discard)
+
+    async def _serve(self, ctx: RequestContext) -> web.StreamResponse:
+        try:
+            reply = await self.chain.on_request(ctx)
+            if reply is None:
+                if ctx.endpoint == "models":
+                    reply = Reply(200, self.models_body)
+                else:
+                    return await self._proxy(ctx)
+            if reply.status >= 400 and ctx.outcome == OK:
+                ctx.outcome = REJECTED
+            return await self._send(ctx, reply)
+        except GatewayError as err:
+            ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
+            ctx.error = err.message
+            return await self._send(ctx, Reply(err.status, err.body(), err.headers))
+
+    async def _send(self, ctx: RequestContext, reply: Reply) -> web.StreamResponse:
+        ctx.status = reply.status
+        headers = CIMultiDict(reply.headers)
+        headers["Content-Type"] = reply.content_type
+        await self.chain.on_response(ctx, headers)
+        return await _finish(
+            ctx, web.Response(status=reply.status, body=reply.body, headers=headers)
+        )
+
+    async def _proxy(self, ctx: RequestContext) -> web.StreamResponse:
+        await ctx.json()
+        model = ctx.model or self.default_model
+        if model is None:
+            raise bad_request("Missing required parameter: 'model'.", param="model")
+        upstream = self.pool.pick(model)
+        ctx.model = model
+        ctx.upstream = upstream.url
+        upstream.in_flight += 1
+        try:
+            return await self._call(ctx, upstream)
+        finally:
+            upstream.in_flight -= 1
+
+    async def _call(self, ctx: RequestContext, upstream: Upstream) -> web.StreamResponse:
+        url = upstream.url + UPSTREAM_PATHS[ctx.endpoint]
+        headers = {"Content-Type": "application/json", **ctx.upstream_headers}
+        if upstream.api_key:
+            headers["Authorization"] = f"Bearer {upstream.api_key}"
+        try:
+            resp = await self.session.post(
+                url, data=self._payload(ctx), headers=headers, timeout=self.timeout
+            )
+        except aiohttp.ClientConnectorError as exc:
+            upstream.mark(DOWN, f"connect failed: {exc}")
+            raise upstream_failed(
+                f"Could not connect to the upstream for '{ctx.model}'; retry shortly."
+            ) from exc
+        except TimeoutError as exc:
+            raise upstream_failed(
+                f"The upstream did not answer within {self.first_byte_timeout:g} s.", 504
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise upstream_failed(
+                f"The upstream failed before answering: {exc.__class__.__name__}."
+            ) from exc
+        try:
+            protocol = resp.connection.protocol if resp.connection else None
+            if protocol is not None:
+                # From now on the wait between two reads is bounded by the idle timeout.
+                protocol.read_timeout = self.idle_timeout
+                protocol.start_timeout()
+            ctx.status = resp.status
+            if resp.content_type == "text/event-stream":
+                return await relay_stream(ctx, resp, self.chain)
+            return await self._relay_body(ctx, resp)
+        finally:
+            # Releasing a half-read answer closes its connection (a complete one goes back
+            # to the pool): that is how llama-server learns the client is gone.
+            resp.release()
+
+    def _payload(self, ctx: RequestContext) -> bytes | io.BytesIO:
+        body = ctx.body
+        assert body is not None
+        payload = ctx.raw_body
+        if ctx.stream and ctx.endpoint != "embeddings" and not ctx.client_wants_usage:
+            # Usage must always be known; the extra event is hidden from this client.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            payload = orjson.dumps(body)
+        elif ctx.body_changed:
+            payload = orjson.dumps(body)
+        # aiohttp sends big bodies in pieces only from a file-like object.
+        return io.BytesIO(payload) if len(payload) > LARGE_BODY else payload
+
+    async def _relay_body(
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise upstream_failed(
+                f"The upstream's answer broke off: {exc.__class__.__name__}."
+            ) from exc
+        ctx.first_byte_at = time.perf_counter()
+        if resp.status < 400:
+            ctx.usage = body_usage(data)
+        else:
+            ctx.outcome = UPSTREAM_ERROR
+        headers = CIMultiDict(
+            {"Content-Type": resp.headers.get("Content-Type", "application/json")}
+        )
+        await self.chain.on_response(ctx, headers)
+        if self.chain.wants_events:
+            data = await self.chain.on_event(ctx, data) or b""
+        return await _finish(ctx, web.Response(status=resp.status, body=data, headers=headers))
+
+    def _log_access(self, ctx: RequestContext) -> None:
+        request = ctx.request
+        usage = ctx.usage or {}
+        access.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            ctx.status,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": ctx.status,
+                "outcome": ctx.outcome,
+                "model": ctx.model,
+                "upstream": ctx.upstream,
+                "stream": ctx.stream,
+                "principal": ctx.principal,
+                "tier": ctx.tier,
+                "duration_ms": ctx.elapsed_ms(ctx.finished),
+                "ttft_ms": ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+                "client": request.remote,
+                "error": ctx.error,
+            },
+        )
+
+    async def drain(self) -> None:
+        """Wait for completion work still running (at shutdown)."""
+        while self.completions:
+            await asyncio.gather(*self.completions, return_exceptions=True)
+
+
+async def _finish(ctx: RequestContext, response: web.Response) -> web.StreamResponse:
+    """Send the whole answer from inside the handler, so completion runs after the client has it."""
+    await response.prepare(ctx.request)
+    await response.write_eof()
+    return response

@@ -1,0 +1,60 @@
+"""Running the gateway: listen, then drain gracefully on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from gateway.app import STATE, create_app
+from gateway.config import GatewayConfig
+
+log = logging.getLogger("gateway.server")
+
+
+async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop`), then drain.
+
+    Draining: `/ready` turns 503, the listener closes, idle keep-alive connections are
+    closed, in-flight requests (streams included) get `shutdown_grace_seconds` to
+    finish, then completion work is flushed and resources are closed.
+    """
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=config.server.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
+        ports = [s.getsockname()[1] for s in sockets or []]
+        log.info(
+            "listening on %s:%s",
+            config.server.host,
+            ports[0] if ports else config.server.port,
+            extra={
+                "host": config.server.host,
+                "port": ports[0] if ports else config.server.port,
+                "models": list(config.models),
+                "policies": [p.get("type") for p in config.policies],
+            },
+        )
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info(
+            "shutting down: draining in-flight requests",
+            extra={"grace_seconds": config.server.shutdown_grace_seconds},
+        )
+        app[STATE].draining = True
+    finally:
+        await runner.cleanup()
+        log.info("stopped")

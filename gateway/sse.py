@@ -1,0 +1,65 @@
+"""Server-sent events as llama-server writes them: `data: {json}\\n\\n`.
+
+The relay never parses an event unless it must: it scans bytes for the few markers
+that matter (`"usage"`, an error object) and parses only the events that carry them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+SEPARATOR = b"\n\n"
+DONE = b"data: [DONE]\n\n"
+# llama-server writes compact JSON; the spaced form covers other OpenAI-style servers.
+_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_ERROR_MARKER = b'data: {"error"'
+
+
+def mentions_usage(data: bytes) -> bool:
+    return _USAGE_MARKERS[0] in data or _USAGE_MARKERS[1] in data
+
+
+def mentions_error(data: bytes) -> bool:
+    return _ERROR_MARKER in data
+
+
+def split_complete(data: bytes) -> tuple[bytes, bytes]:
+    """(complete events, the unfinished rest) of a buffer."""
+    cut = data.rfind(SEPARATOR)
+    if cut < 0:
+        return b"", data
+    cut += len(SEPARATOR)
+    return data[:cut], data[cut:]
+
+
+def events(data: bytes) -> list[bytes]:
+    """Complete events of `data` (which ends on a separator), each with its separator."""
+    return [part + SEPARATOR for part in data.split(SEPARATOR)[:-1]]
+
+
+def event_json(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of an event's `data:` line(s), or None (e.g. `[DONE]`, comments)."""
+    payload = b"".join(
+        line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+    )
+    if not payload or payload == b"[DONE]":
+        return None
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def body_usage(body: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a non-streaming JSON answer."""
+    if not mentions_usage(body):
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = value.get("usage") if isinstance(value, dict) else None
+    return usage if isinstance(usage, dict) else None

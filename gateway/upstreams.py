@@ -1,0 +1,134 @@
+"""Upstream llama-server processes: fewest-in-flight balancing and /health probing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, upstream_unavailable
+
+log = logging.getLogger("gateway.upstreams")
+
+UNKNOWN, HEALTHY, LOADING, DOWN = "unknown", "healthy", "loading", "down"
+
+
+@dataclass(slots=True, eq=False)
+class Upstream:
+    url: str
+    model: str
+    api_key: str | None = None
+    state: str = UNKNOWN
+    in_flight: int = 0
+    # Rotates ties between equally loaded upstreams.
+    picks: int = 0
+
+    @property
+    def usable(self) -> bool:
+        # Before the first probe answers, an upstream gets the benefit of the doubt.
+        return self.state in (HEALTHY, UNKNOWN)
+
+    def mark(self, state: str, reason: str = "") -> None:
+        if state != self.state:
+            level = logging.INFO if state == HEALTHY else logging.WARNING
+            log.log(
+                level,
+                "upstream %s is %s",
+                self.url,
+                state,
+                extra={"upstream": self.url, "model": self.model, "reason": reason},
+            )
+            self.state = state
+
+
+@dataclass(slots=True)
+class Pool:
+    by_model: dict[str, list[Upstream]] = field(default_factory=dict)
+    _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> Pool:
+        shared: dict[str, Upstream] = {}
+        by_model: dict[str, list[Upstream]] = {}
+        for model, spec in config.models.items():
+            by_model[model] = [
+                shared.setdefault(url, Upstream(url, model, spec.api_key)) for url in spec.upstreams
+            ]
+        return cls(by_model)
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        return list({id(u): u for ups in self.by_model.values() for u in ups}.values())
+
+    def pick(self, model: str) -> Upstream:
+        candidates = self.by_model.get(model)
+        if candidates is None:
+            raise GatewayError(
+                404,
+                f"The model '{model}' does not exist; GET /v1/models lists the models you can use.",
+                code="model_not_found",
+                param="model",
+            )
+        best: Upstream | None = None
+        for upstream in candidates:
+            if upstream.usable and (
+                best is None
+                or upstream.in_flight < best.in_flight
+                or (upstream.in_flight == best.in_flight and upstream.picks < best.picks)
+            ):
+                best = upstream
+        if best is None:
+            states = ", ".join(f"{u.url} {u.state}" for u in candidates)
+            raise upstream_unavailable(
+                f"No upstream for model '{model}' is ready ({states}); retry in a few seconds."
+            )
+        best.picks = next(self._counter)
+        return best
+
+    def ready(self) -> dict[str, bool]:
+        return {model: any(u.state == HEALTHY for u in ups) for model, ups in self.by_model.items()}
+
+
+async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeout: float) -> None:
+    try:
+        async with session.get(
+            upstream.url + "/health", timeout=aiohttp.ClientTimeout(total=probe_timeout)
+        ) as resp:
+            await resp.read()
+            if resp.status == 200:
+                upstream.mark(HEALTHY)
+            elif resp.status == 503:
+                upstream.mark(LOADING, "health answered 503 (loading the model)")
+            else:
+                upstream.mark(DOWN, f"health answered {resp.status}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        upstream.mark(DOWN, f"health probe failed: {exc.__class__.__name__} {exc}")
+
+
+async def probe_forever(
+    session: aiohttp.ClientSession, pool: Pool, interval: float, probe_timeout: float
+) -> None:
+    while True:
+        await asyncio.gather(*(probe(session, u, probe_timeout) for u in pool.upstreams))
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def prober(
+    session: aiohttp.ClientSession, pool: Pool, interval: float, probe_timeout: float
+) -> AsyncIterator[None]:
+    task = asyncio.create_task(
+        probe_forever(session, pool, interval, probe_timeout), name="health-prober"
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

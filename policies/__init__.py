@@ -1,0 +1,1 @@
+"""The gateway's own policies, registered through the `llama_gateway.policies` entry points."""

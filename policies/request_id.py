@@ -1,0 +1,42 @@
+"""Request IDs: accept a sane client `X-Request-ID` or make one; echo it and send it upstream."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from multidict import CIMultiDict
+from pydantic import Field
+
+from gateway.context import Reply, RequestContext
+from gateway.policy import Policy, PolicySettings
+
+
+class RequestIdSettings(PolicySettings):
+    header: str = Field("X-Request-ID", min_length=1)
+    # Take the client's ID when it is sane; otherwise (or when false) make a new one.
+    trust_client: bool = True
+    max_length: int = Field(128, ge=8, le=1024)
+
+
+class RequestIdPolicy(Policy):
+    name = "request_id"
+    Settings = RequestIdSettings
+    settings: RequestIdSettings
+
+    def __init__(self, settings: RequestIdSettings) -> None:
+        super().__init__(settings)
+        # Printable, header- and log-safe characters only: nothing that could forge a log line.
+        self._sane = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{settings.max_length}}}")
+
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        given = (
+            ctx.request.headers.get(self.settings.header) if self.settings.trust_client else None
+        )
+        ctx.request_id = given if given and self._sane.fullmatch(given) else uuid.uuid4().hex
+        ctx.upstream_headers[self.settings.header] = ctx.request_id
+        return None
+
+    async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        if ctx.request_id:
+            headers[self.settings.header] = ctx.request_id

@@ -1,0 +1,52 @@
+"""Shared fixtures: a fake llama-server and a gateway in front of it, both in the test's loop."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+from tests.fake_llama import FakeLlama
+
+GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def fake() -> FakeLlama:
+    return FakeLlama()
+
+
+@pytest.fixture
+async def fake_url(fake: FakeLlama, aiohttp_server: Any) -> str:
+    server: TestServer = await aiohttp_server(fake.app())
+    return str(server.make_url("")).rstrip("/")
+
+
+def gateway_config(upstream_url: str, **sections: Any) -> GatewayConfig:
+    raw: dict[str, Any] = {
+        "models": {"fake": {"upstreams": [upstream_url]}},
+        "upstream": {"health_interval_seconds": 0.05, "first_byte_timeout": 5, "idle_timeout": 5},
+        "logging": {"level": "DEBUG"},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_config(raw)
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client: Any, fake_url: str) -> GatewayFactory:
+    async def make(**sections: Any) -> TestClient[Any, Any]:
+        config = gateway_config(fake_url, **sections)
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
+    return await make_gateway()

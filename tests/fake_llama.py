@@ -1,0 +1,209 @@
+"""A fake llama-server for fast tests of failure modes and for the benchmark.
+
+It answers like llama-server (shapes from its sources) and misbehaves on request: a
+request body may carry `"fake": {...}` (the gateway passes unknown fields through):
+
+- `status`: answer this HTTP status with llama-server's error shape
+- `first_byte_delay`: seconds to wait before the response head
+- `chunks`: number of content events in a stream (default 3)
+- `delay`: seconds between stream events
+- `drop_after`: close the connection abruptly after this many events
+- `error_after`: send a `data: {"error": ...}` event after this many events and stop
+- `hang_after`: stop sending (but keep the connection) after this many events
+- `usage`: "separate" (default, only with include_usage), "always" (mid-2025 builds),
+  "in_final" (old builds: usage inside the finishing chunk)
+
+Run it alone: `python tests/fake_llama.py --port 9000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+FAKE = web.AppKey("fake", "FakeLlama")
+
+
+class FakeLlama:
+    def __init__(self) -> None:
+        self.loading = False
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.cancelled = 0
+        self.completed = 0
+        self.record = True
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app[FAKE] = self
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.generate)
+        app.router.add_post("/v1/completions", self.generate)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        if self.loading:
+            return _error(503, "Loading model", "unavailable_error")
+        return web.json_response({"status": "ok"})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        self._note(request, body)
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+            for i in range(len(inputs))
+        ]
+        usage = {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)}
+        return _json({"object": "list", "model": "fake", "data": data, "usage": usage})
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self._note(request, body)
+        opts: dict[str, Any] = body.get("fake") or {}
+        if self.loading:
+            return _error(503, "Loading model", "unavailable_error")
+        if opts.get("status"):
+            return _error(opts["status"], "fake failure on request", "invalid_request_error")
+        self.in_flight += 1
+        try:
+            if opts.get("first_byte_delay"):
+                await asyncio.sleep(opts["first_byte_delay"])
+            if body.get("stream"):
+                response = await self._stream(request, body, opts)
+            else:
+                response = _json(_completion(body, opts.get("chunks", 3)))
+            self.completed += 1
+            return response
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    def _note(self, request: web.Request, body: dict[str, Any]) -> None:
+        if self.record:
+            self.requests.append(body)
+            self.headers.append(dict(request.headers))
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any]
+    ) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        chunks = int(opts.get("chunks", 3))
+        delay = float(opts.get("delay", 0))
+        usage_mode = opts.get("usage", "separate")
+        include = (body.get("stream_options") or {}).get("include_usage") is True
+        usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
+        for i, event in enumerate(_events(chunks, usage if usage_mode == "in_final" else None)):
+            if i == opts.get("drop_after"):
+                assert request.transport is not None
+                request.transport.abort()
+                return out
+            if i == opts.get("error_after"):
+                err = {
+                    "error": {
+                        "code": 500,
+                        "message": "fake failure mid-stream",
+                        "type": "server_error",
+                    }
+                }
+                await out.write(b"data: " + orjson.dumps(err) + b"\n\n")
+                return out
+            if i == opts.get("hang_after"):
+                await asyncio.sleep(3600)
+            if delay:
+                await asyncio.sleep(delay)
+            await out.write(event)
+        if usage_mode == "always" or (usage_mode == "separate" and include):
+            await out.write(_sse({**_chunk_base(), "choices": [], "usage": usage}))
+        await out.write(b"data: [DONE]\n\n")
+        await out.write_eof()
+        return out
+
+
+def _chunk_base() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "fake",
+    }
+
+
+def _sse(value: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(value) + b"\n\n"
+
+
+def _events(chunks: int, final_usage: dict[str, Any] | None) -> list[bytes]:
+    base = _chunk_base()
+    events = [
+        _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]})
+    ]
+    for i in range(chunks):
+        delta = {"content": f"tok{i} "}
+        events.append(
+            _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        )
+    final: dict[str, Any] = {
+        **base,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    if final_usage:
+        final["usage"] = final_usage
+    events.append(_sse(final))
+    return events
+
+
+def _completion(body: dict[str, Any], tokens: int) -> dict[str, Any]:
+    text = " ".join(f"tok{i}" for i in range(tokens))
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "fake"),
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens},
+    }
+
+
+def _json(value: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(value), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str, type_: str) -> web.Response:
+    return _json({"error": {"code": status, "message": message, "type": type_}}, status)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args()
+    fake = FakeLlama()
+    fake.record = False
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(fake.app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

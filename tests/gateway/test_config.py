@@ -1,0 +1,103 @@
+"""Loading and validating configuration; `check-config` names the path of every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, parse_config, read_yaml, with_overrides
+from gateway.registry import build_chain
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize("shipped", ["examples/gateway.yaml", "compose/gateway.yaml"])
+def test_shipped_configs_are_valid(shipped: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(ROOT / shipped)]) == 0
+    assert "ok (2 models, policies: request_id)" in capsys.readouterr().out
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_check_config_names_the_path_of_every_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """
+server: {port: 99999, colour: blue}
+upstream: {idle_timeout: -1}
+models:
+  chat: {upstreams: ["ftp://x"]}
+  empty: {upstreams: []}
+policies:
+  - {type: request_id, max_length: 3}
+  - {type: nope}
+""",
+    )
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    for expected in (
+        "server.port: Input should be less than or equal to 65535",
+        "server.colour: unknown key",
+        "upstream.idle_timeout: Input should be greater than 0",
+        "models.chat.upstreams: 'ftp://x' is not an http(s) URL",
+        "models.empty.upstreams: List should have at least 1 item",
+    ):
+        assert expected in err
+
+
+def test_policy_settings_errors_name_their_index(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build_chain([{"type": "request_id", "max_length": 3}, {"type": "nope"}, {"header": "x"}])
+    assert exc.value.problems == [
+        "policies[0].max_length: Input should be greater than or equal to 8",
+        "policies[1].type: unknown policy 'nope'; known: ['request_id']",
+        "policies[2].type: required: the policy's name, one of ['request_id']",
+    ]
+
+
+def test_env_references_are_substituted(tmp_path: Path) -> None:
+    path = write(tmp_path, "models:\n  m: {upstreams: ['http://${UP_HOST}:${UP_PORT:-8081}']}\n")
+    config = parse_config(read_yaml(path, {"UP_HOST": "10.0.0.5"}))
+    assert config.models["m"].upstreams == ["http://10.0.0.5:8081"]
+
+
+def test_missing_env_reference_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "models:\n  m: {upstreams: ['http://${NOT_SET_ANYWHERE}']}\n")
+    with pytest.raises(ConfigError) as exc:
+        read_yaml(path, {})
+    assert exc.value.problems == [
+        "models.m.upstreams[0]: environment variable NOT_SET_ANYWHERE is not set"
+    ]
+
+
+def test_flags_alone_are_a_configuration() -> None:
+    raw = with_overrides({}, port=9000, upstreams=["a=http://h:1", "a=http://h:2", "b=http://h:3"])
+    config = parse_config(raw)
+    assert config.server.port == 9000
+    assert config.models["a"].upstreams == ["http://h:1", "http://h:2"]
+    assert [p["type"] for p in config.policies] == ["request_id"]
+
+
+def test_no_models_is_an_error_that_says_what_to_do() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({})
+    assert "--upstream MODEL=URL" in exc.value.problems[0]
+
+
+def test_bad_upstream_flag_is_explained() -> None:
+    with pytest.raises(ConfigError) as exc:
+        with_overrides({}, upstreams=["http://no-model"])
+    assert "expected MODEL=URL" in exc.value.problems[0]
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(write(tmp_path, "models: [unclosed"))]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""The gateway as a process: graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway import sse
+
+STREAM = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+class GatewayProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+
+
+async def start_gateway(fake_url: str, tmp_path: Path, grace: float) -> GatewayProcess:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"server: {{shutdown_grace_seconds: {grace}}}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        "0",
+        "--upstream",
+        f"fake={fake_url}",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    while line := await asyncio.wait_for(proc.stderr.readline(), 30):
+        record = orjson.loads(line)
+        if record["msg"].startswith("listening"):
+            return GatewayProcess(proc, record["port"])
+    raise AssertionError(f"gateway exited with {await proc.wait()} before listening")
+
+
+@pytest.fixture
+async def gateway_process(fake_url: str, tmp_path: Path) -> AsyncIterator[Any]:
+    started: list[GatewayProcess] = []
+
+    async def start(grace: float) -> GatewayProcess:
+        started.append(await start_gateway(fake_url, tmp_path, grace))
+        return started[-1]
+
+    yield start
+    for gw in started:
+        if gw.proc.returncode is None:
+            gw.proc.kill()
+            await gw.proc.wait()
+
+
+async def test_sigterm_lets_in_flight_streams_finish(gateway_process: Any) -> None:
+    gw = await gateway_process(grace=10)
+    async with aiohttp.ClientSession() as session:
+        body = {**STREAM, "fake": {"chunks": 10, "delay": 0.1}}
+        async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+            first = await resp.content.readuntil(b"\n\n")
+            gw.proc.send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(resp.read(), 10)
+        events = sse.events(first + rest)
+        assert len(events) == 13  # role, 10 contents, finish, [DONE]
+        assert events[-1] == sse.DONE
+        assert await asyncio.wait_for(gw.proc.wait(), 10) == 0
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(gw.url + "/health")
+
+
+async def test_streams_longer_than_the_grace_period_are_cut(gateway_process: Any) -> None:
+    gw = await gateway_process(grace=0.5)
+    async with aiohttp.ClientSession() as session:
+        body = {**STREAM, "fake": {"chunks": 1000, "delay": 0.1}}
+        async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+            await resp.content.readuntil(b"\n\n")
+            gw.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(gw.proc.wait(), 10) == 0
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()

@@ -1,0 +1,159 @@
+"""Streaming through the gateway: event by event, usage, failures and hang-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient
+
+from gateway import sse
+from tests.conftest import GatewayFactory
+from tests.fake_llama import FakeLlama
+
+STREAM = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def read_events(resp: Any) -> list[bytes]:
+    return sse.events(await resp.read())
+
+
+async def test_stream_is_relayed_and_ends_with_done(gateway: TestClient[Any, Any]) -> None:
+    resp = await gateway.post("/v1/chat/completions", json={**STREAM, "fake": {"chunks": 5}})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    events = await read_events(resp)
+    assert events[-1] == sse.DONE
+    texts = [sse.event_json(e)["choices"][0]["delta"].get("content") for e in events[1:-2]]  # type: ignore[index]
+    assert texts == [f"tok{i} " for i in range(5)]
+
+
+async def test_usage_is_forced_upstream_but_hidden_from_the_client(
+    gateway: TestClient[Any, Any], fake: FakeLlama
+) -> None:
+    resp = await gateway.post("/v1/chat/completions", json=STREAM)
+    events = await read_events(resp)
+    assert fake.requests[-1]["stream_options"] == {"include_usage": True}
+    assert not any(b'"usage"' in e for e in events)
+
+
+async def test_usage_event_reaches_a_client_that_asked_for_it(
+    gateway: TestClient[Any, Any], fake: FakeLlama
+) -> None:
+    body = {**STREAM, "stream_options": {"include_usage": True}}
+    resp = await gateway.post("/v1/chat/completions", json=body)
+    events = await read_events(resp)
+    usage_events = [sse.event_json(e) for e in events if b'"usage"' in e]
+    assert usage_events == [
+        {
+            **usage_events[0],
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
+    ]
+    assert fake.requests[-1]["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_with_usage_in_final_chunk_is_passed_unchanged(
+    gateway: TestClient[Any, Any],
+) -> None:
+    resp = await gateway.post(
+        "/v1/chat/completions", json={**STREAM, "fake": {"usage": "in_final"}}
+    )
+    events = await read_events(resp)
+    final = sse.event_json(events[-2])
+    assert final is not None
+    assert final["choices"][0]["finish_reason"] == "stop"
+    assert final["usage"]["completion_tokens"] == 3
+
+
+async def test_events_arrive_one_by_one_before_the_stream_ends(
+    gateway: TestClient[Any, Any],
+) -> None:
+    body = {**STREAM, "fake": {"chunks": 3, "delay": 0.3}}
+    resp = await gateway.post("/v1/chat/completions", json=body)
+    first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 2)
+    assert b'"role":"assistant"' in first
+    second = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 2)
+    assert b"tok0" in second
+    assert not resp.content.at_eof()
+    await resp.read()
+
+
+async def test_many_chunks_are_all_relayed_in_order(gateway: TestClient[Any, Any]) -> None:
+    resp = await gateway.post("/v1/chat/completions", json={**STREAM, "fake": {"chunks": 2000}})
+    events = await read_events(resp)
+    contents = [orjson.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[1:-2]]
+    assert contents == [f"tok{i} " for i in range(2000)]
+
+
+async def test_upstream_dropping_mid_stream_ends_with_an_error_event(
+    gateway: TestClient[Any, Any],
+) -> None:
+    resp = await gateway.post(
+        "/v1/chat/completions", json={**STREAM, "fake": {"chunks": 5, "drop_after": 3}}
+    )
+    events = await asyncio.wait_for(read_events(resp), 5)
+    last = sse.event_json(events[-1])
+    assert last is not None
+    assert last["error"]["type"] == "server_error"
+    assert "broke off" in last["error"]["message"]
+    assert sse.DONE not in events
+
+
+async def test_upstream_going_silent_mid_stream_hits_the_idle_timeout(
+    make_gateway: GatewayFactory,
+) -> None:
+    client = await make_gateway(upstream={"idle_timeout": 0.3})
+    resp = await client.post("/v1/chat/completions", json={**STREAM, "fake": {"hang_after": 2}})
+    events = await asyncio.wait_for(read_events(resp), 5)
+    last = sse.event_json(events[-1])
+    assert last is not None
+    assert "timed out" in last["error"]["message"]
+
+
+async def test_upstream_error_event_mid_stream_is_passed_through(
+    gateway: TestClient[Any, Any],
+) -> None:
+    resp = await gateway.post("/v1/chat/completions", json={**STREAM, "fake": {"error_after": 2}})
+    events = await read_events(resp)
+    assert sse.event_json(events[-1]) == {
+        "error": {"code": 500, "message": "fake failure mid-stream", "type": "server_error"}
+    }
+
+
+async def test_client_hang_up_cancels_the_upstream_request(
+    gateway: TestClient[Any, Any], fake: FakeLlama
+) -> None:
+    body = {**STREAM, "fake": {"chunks": 1000, "delay": 0.05}}
+    resp = await gateway.post("/v1/chat/completions", json=body)
+    await resp.content.readuntil(b"\n\n")
+    assert fake.in_flight == 1
+    resp.close()
+    for _ in range(100):
+        if fake.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.cancelled == 1
+    assert fake.in_flight == 0
+    assert fake.completed == 0
+
+
+async def test_client_hang_up_before_first_byte_cancels_the_upstream_request(
+    gateway: TestClient[Any, Any], fake: FakeLlama
+) -> None:
+    body = {**STREAM, "fake": {"first_byte_delay": 30}}
+    request = asyncio.create_task(gateway.post("/v1/chat/completions", json=body))
+    for _ in range(100):
+        if fake.in_flight:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.in_flight == 1
+    request.cancel()
+    for _ in range(100):
+        if fake.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.cancelled == 1
+    assert fake.in_flight == 0

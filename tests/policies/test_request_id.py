@@ -1,0 +1,89 @@
+"""Request IDs: accepted when sane, made otherwise, echoed, sent upstream and logged."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import STATE
+from gateway.logs import JsonFormatter
+from tests.conftest import GatewayFactory
+from tests.fake_llama import FakeLlama
+
+CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_sane_client_id_is_echoed_and_sent_upstream(
+    gateway: TestClient[Any, Any], fake: FakeLlama
+) -> None:
+    resp = await gateway.post(
+        "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "client-42.a:b"}
+    )
+    assert resp.headers["X-Request-ID"] == "client-42.a:b"
+    assert fake.headers[-1]["X-Request-ID"] == "client-42.a:b"
+
+
+@pytest.mark.parametrize("bad", ["has space", "x" * 200, "new\\nline", 'quote"d', "<script>", "é"])
+async def test_insane_client_id_is_replaced(
+    gateway: TestClient[Any, Any], fake: FakeLlama, bad: str
+) -> None:
+    resp = await gateway.post(
+        "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": bad.encode().decode("latin-1")}
+    )
+    made = resp.headers["X-Request-ID"]
+    assert made != bad
+    assert len(made) == 32
+    assert fake.headers[-1]["X-Request-ID"] == made
+
+
+async def test_each_request_gets_its_own_id(gateway: TestClient[Any, Any]) -> None:
+    ids = {
+        (await gateway.post("/v1/chat/completions", json=CHAT)).headers["X-Request-ID"]
+        for _ in range(5)
+    }
+    assert len(ids) == 5
+
+
+async def test_error_answers_carry_the_id_too(gateway: TestClient[Any, Any]) -> None:
+    resp = await gateway.post("/v1/chat/completions", data=b"nope", headers={"X-Request-ID": "abc"})
+    assert resp.status == 400
+    assert resp.headers["X-Request-ID"] == "abc"
+    stream = await gateway.post(
+        "/v1/chat/completions", json={**CHAT, "stream": True}, headers={"X-Request-ID": "s1"}
+    )
+    assert stream.headers["X-Request-ID"] == "s1"
+
+
+async def test_untrusted_client_ids_are_ignored(make_gateway: GatewayFactory) -> None:
+    client = await make_gateway(policies=[{"type": "request_id", "trust_client": False}])
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "mine"})
+    assert resp.headers["X-Request-ID"] != "mine"
+
+
+async def test_every_log_line_of_a_request_carries_its_id(gateway: TestClient[Any, Any]) -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("gateway")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        body = {**CHAT, "stream": True, "fake": {"drop_after": 1}}
+        await gateway.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "trace-me"})
+        relay = gateway.app[STATE].relay
+        assert relay is not None
+        await relay.drain()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    request_lines = [
+        line for line in lines if line["logger"] in ("gateway.streaming", "gateway.access")
+    ]
+    assert [line["logger"] for line in request_lines] == ["gateway.streaming", "gateway.access"]
+    assert all(line["request_id"] == "trace-me" for line in request_lines)

@@ -78,6 +78,10 @@ class Chain:
     def wants_events(self) -> bool:
         return bool(self._event)
 
+    @property
+    def wants_completion(self) -> bool:
+        return bool(self._complete)
+
     async def start(self) -> None:
         for policy in self.policies:
             await policy.start()

@@ -78,11 +78,12 @@ class Relay:
             ctx.finished = time.perf_counter()
             if self.access_log:
                 self._log_access(ctx)
-            # A task of its own: completion work (usage, limits) must survive the client
-            # hanging up, which cancels this handler.
-            task = asyncio.create_task(self.chain.on_complete(ctx))
-            self.completions.add(task)
-            task.add_done_callback(self.completions.discard)
+            if self.chain.wants_completion:
+                # A task of its own: completion work (usage, limits) must survive the
+                # client hanging up, which cancels this handler.
+                task = asyncio.create_task(self.chain.on_complete(ctx))
+                self.completions.add(task)
+                task.add_done_callback(self.completions.discard)
 
     async def _serve(self, ctx: RequestContext) -> web.StreamResponse:
         try:

@@ -98,7 +98,8 @@ def server_args(
             "-ub",
             "2048",
         ]
-    return [*args, "-c", "4096", "-np", "4"]
+    # The GGUF carries no chat template; without this llama-server falls back to ChatML.
+    return [*args, "-c", "4096", "-np", "4", "--chat-template", "gemma"]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
@@ -129,13 +130,17 @@ def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
             if log_dir is not None:
                 log_dir.mkdir(parents=True, exist_ok=True)
                 out = (log_dir / f"{name}.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    server_args(model, port, embeddings=embeddings, alias=name),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
+            try:
+                procs.append(
+                    subprocess.Popen(
+                        server_args(model, port, embeddings=embeddings, alias=name),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
                 )
-            )
+            finally:
+                if out is not subprocess.DEVNULL:
+                    out.close()  # the child has its own copy of the descriptor
             urls[name] = f"http://127.0.0.1:{port}"
         for url, proc in zip(urls.values(), procs, strict=True):
             wait_healthy(url, proc)

@@ -17,7 +17,7 @@ from gateway.context import DISCONNECTED, OK, REJECTED, UPSTREAM_ERROR, Reply, R
 from gateway.errors import GatewayError, bad_request, upstream_failed
 from gateway.logs import current_request
 from gateway.policy import Chain
-from gateway.sse import body_usage
+from gateway.sse import body_usage, upstream_message
 from gateway.streaming import relay_stream
 from gateway.upstreams import DOWN, Pool, Upstream
 
@@ -188,6 +188,7 @@ class Relay:
             ctx.usage = body_usage(data)
         else:
             ctx.outcome = UPSTREAM_ERROR
+            ctx.error = upstream_message(data)
         headers = CIMultiDict(
             {"Content-Type": resp.headers.get("Content-Type", "application/json")}
         )

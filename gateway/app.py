@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -12,15 +13,16 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.policy import Chain
-from gateway.registry import build_chain
+from gateway.policydoc import PolicySource
 from gateway.relay import Relay
+from gateway.runtime import PolicyRuntime
 from gateway.upstreams import Pool, prober
 
 
 @dataclass
 class State:
     config: GatewayConfig
-    chain: Chain
+    runtime: PolicyRuntime
     pool: Pool
     draining: bool = False
     relay: Relay | None = None
@@ -31,11 +33,15 @@ STATE = web.AppKey("state", State)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(config: GatewayConfig, chain: Chain | None = None) -> web.Application:
+def create_app(
+    config: GatewayConfig, chain: Chain | None = None, config_path: Path | None = None
+) -> web.Application:
+    """The gateway application; `chain` replaces the configured policy chain (for tests)."""
     # The body limit is enforced per request with an OpenAI-shaped 413; aiohttp's own
     # limit must not be lower.
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    state = State(config, chain or build_chain(config.policies), Pool.from_config(config))
+    runtime = PolicyRuntime(PolicySource(config, config_path), chain=chain)
+    state = State(config, runtime, Pool.from_config(config))
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/health", health)
@@ -77,20 +83,23 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("Accept-Encoding", "User-Agent"),
         json_serialize=lambda v: orjson.dumps(v).decode(),
     ) as session:
-        relay = Relay(state.config, state.chain, state.pool, session)
+        relay = Relay(state.config, state.runtime, state.pool, session)
         state.relay = relay
-        await state.chain.start()
+        await state.runtime.start()
         try:
-            async with prober(
-                session,
-                state.pool,
-                upstream.health_interval_seconds,
-                upstream.health_timeout_seconds,
+            async with (
+                prober(
+                    session,
+                    state.pool,
+                    upstream.health_interval_seconds,
+                    upstream.health_timeout_seconds,
+                ),
+                state.runtime.watching(state.config.policy_reload_seconds),
             ):
                 yield
                 await relay.drain()
         finally:
-            await state.chain.close()
+            await state.runtime.close()
 
 
 async def health(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway.config import (
@@ -17,33 +18,46 @@ from gateway.config import (
     with_overrides,
 )
 from gateway.logs import setup_logging
-from gateway.registry import build_chain
+from gateway.policydoc import PolicySource, parse_document
+from gateway.resources import Resources
+from gateway.runtime import build
 
 
-def load(args: argparse.Namespace) -> GatewayConfig:
+def load(args: argparse.Namespace) -> tuple[GatewayConfig, Path | None]:
+    """The configuration from file and flags, with its policy document checked too."""
     path = config_path(args.config)
     raw: dict[str, Any] = read_yaml(path) if path else {}
     merged = with_overrides(raw, host=args.host, port=args.port, upstreams=args.upstream or ())
-    source = str(path) if path else "command line"
-    config = parse_config(merged, source)
-    build_chain(config.policies, source)  # policy settings are checked before anything starts
-    return config
+    config = parse_config(merged, str(path) if path else "command line")
+    build(PolicySource(config, path), Resources())
+    return config, path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = load(args)
+    config, path = load(args)
     setup_logging(config.logging.level)
     from gateway.server import serve
 
-    run(serve(config))
+    run(serve(config, path))
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = parse_config(read_yaml(args.file), str(args.file))
-    chain = build_chain(config.policies, str(args.file))
+    """Check a gateway configuration (and its policy file), or a policy file alone."""
+    raw = read_yaml(args.file)
+    if raw and set(raw) <= {"tiers", "policies"}:
+        document = parse_document(raw, str(args.file))
+        config = parse_config({"models": {"-": {"upstreams": ["http://-"]}}, **raw})
+        _, chain = build(PolicySource(config, args.file), Resources())
+        print(
+            f"{args.file}: ok (policy file: {len(document.tiers)} tiers, "
+            f"policies: {', '.join(p.name for p in chain.policies) or 'none'})"
+        )
+        return 0
+    config = parse_config(raw, str(args.file))
+    document, chain = build(PolicySource(config, args.file), Resources())
     print(
-        f"{args.file}: ok ({len(config.models)} models, policies: "
+        f"{args.file}: ok ({len(config.models)} models, {len(document.tiers)} tiers, policies: "
         f"{', '.join(p.name for p in chain.policies) or 'none'})"
     )
     return 0
@@ -59,8 +73,6 @@ def run(coro: Any) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from pathlib import Path
-
     top = argparse.ArgumentParser(prog="llama-gateway", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")

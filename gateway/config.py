@@ -79,13 +79,39 @@ class LoggingConfig(Strict):
         return level.upper()
 
 
+class StorageConfig(Strict):
+    # PostgreSQL for API keys (and usage); without it an embedded SQLite file is used.
+    database_url: str | None = None
+    data_dir: str = "~/.local/share/llama-gateway"
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not re.match(r"^postgres(ql)?://", url):
+            raise ValueError("must be a postgresql:// URL (or empty for the embedded store)")
+        return url
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+
 class GatewayConfig(Strict):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    storage: StorageConfig = StorageConfig()
+    # The policy document (tiers and the policy chain) lives in its own file, which is
+    # reloaded when it changes, or inline under `tiers:` and `policies:`.
+    policy_file: str | None = None
+    # Tiers by name; validated as `gateway.tiers.Tier` with the policy document.
+    tiers: dict[str, Any] | None = None
     # Each entry is `{type: <policy name>, ...settings}`; the policy validates its settings.
-    policies: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "request_id"}])
+    policies: list[dict[str, Any]] | None = None
     logging: LoggingConfig = LoggingConfig()
+    policy_reload_seconds: float = Field(2.0, gt=0)
 
 
 def error_path(loc: Iterable[int | str]) -> str:
@@ -151,6 +177,10 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> Gatew
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, validation_problems(exc)) from exc
+    if config.policy_file and (config.tiers is not None or config.policies is not None):
+        raise ConfigError(
+            source, ["policy_file: give either policy_file or inline tiers/policies, not both"]
+        )
     if not config.models:
         raise ConfigError(
             source,

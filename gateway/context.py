@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,8 @@ class RequestContext:
     usage: dict[str, Any] | None = None
     first_byte_at: float | None = None
     finished: float | None = None
+    # Set by an auth policy: which models this caller may see in GET /v1/models.
+    model_allowed: Callable[[str], bool] | None = None
     # How many policies' on_request ran (the chain sets it); later hooks run for those only.
     entered: int = 0
     # Free space for policies, keyed by policy name.

@@ -167,14 +167,14 @@ def cmd_local(args: argparse.Namespace) -> int:
     )
     with llama_servers(cache_dir() / "logs") as urls:
         args.upstream = [f"{name}={url}" for name, url in urls.items()] + (args.upstream or [])
-        config = load(args)
+        config, path = load(args)
         setup_logging(config.logging.level)
         print(
             f"gateway on http://{config.server.host}:{config.server.port}/v1 "
             f"(models: {', '.join(config.models)}); Ctrl-C stops everything",
             flush=True,
         )
-        run(serve(config))
+        run(serve(config, path))
     return 0
 
 

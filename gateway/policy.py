@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from multidict import CIMultiDict
 from pydantic import BaseModel, ConfigDict
 
+from gateway.config import GatewayConfig
 from gateway.context import Reply, RequestContext
+from gateway.resources import Resources
+from gateway.tiers import Tier
 
 log = logging.getLogger("gateway.policy")
 
@@ -32,14 +36,29 @@ class PolicySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@dataclass(frozen=True)
+class PolicyEnv:
+    """What a policy may use besides its own settings."""
+
+    config: GatewayConfig
+    tiers: Mapping[str, Tier]
+    resources: Resources
+
+
 class Policy:
     """No-op defaults; a policy overrides only the hooks it needs."""
 
     name: ClassVar[str] = "policy"
     Settings: ClassVar[type[PolicySettings]] = PolicySettings
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, env: PolicyEnv) -> None:
         self.settings = settings
+        self.env = env
+
+    @classmethod
+    def problems(cls, settings: Any, env: PolicyEnv) -> list[str]:
+        """Cross-checks beyond the settings model (e.g. tier names), as `path: message`."""
+        return []
 
     async def start(self) -> None:
         """Open connections and start background work (called once at start-up)."""
@@ -68,6 +87,8 @@ def _overrides(policy: Policy, hook: str) -> bool:
 class Chain:
     def __init__(self, policies: list[Policy]) -> None:
         self.policies = policies
+        # Requests still using this chain; a replaced chain is closed when it drops to 0.
+        self.active = 0
         indexed = list(enumerate(policies))
         self._request = [(i, p) for i, p in indexed if _overrides(p, "on_request")]
         self._response = [(i, p) for i, p in reversed(indexed) if _overrides(p, "on_response")]

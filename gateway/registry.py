@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.config import ConfigError, validation_problems
-from gateway.policy import Chain, Policy
+from gateway.policy import Chain, Policy, PolicyEnv
 
 GROUP = "llama_gateway.policies"
 
@@ -30,7 +30,9 @@ def available() -> Mapping[str, type[Policy]]:
     return found
 
 
-def build_chain(specs: list[dict[str, Any]], source: str = "configuration") -> Chain:
+def build_chain(
+    specs: list[dict[str, Any]], env: PolicyEnv, source: str = "configuration"
+) -> Chain:
     """Validate every policy entry (errors name `policies[i].field`) and instantiate them."""
     known = available()
     problems: list[str] = []
@@ -53,9 +55,14 @@ def build_chain(specs: list[dict[str, Any]], source: str = "configuration") -> C
         seen.add(name)
         cls = known[name]
         try:
-            policies.append(cls(cls.Settings.model_validate(settings)))
+            validated = cls.Settings.model_validate(settings)
         except ValidationError as exc:
             problems.extend(validation_problems(exc, ("policies", i)))
+            continue
+        found = [f"policies[{i}].{p}" for p in cls.problems(validated, env)]
+        problems.extend(found)
+        if not found and not problems:
+            policies.append(cls(validated, env))
     if problems:
         raise ConfigError(source, problems)
     return Chain(policies)

@@ -17,6 +17,7 @@ from gateway.context import DISCONNECTED, OK, REJECTED, UPSTREAM_ERROR, Reply, R
 from gateway.errors import GatewayError, bad_request, upstream_failed
 from gateway.logs import current_request
 from gateway.policy import Chain
+from gateway.runtime import PolicyRuntime
 from gateway.sse import body_usage, upstream_message
 from gateway.streaming import relay_stream
 from gateway.upstreams import DOWN, Pool, Upstream
@@ -35,9 +36,13 @@ LARGE_BODY = 1024 * 1024
 
 class Relay:
     def __init__(
-        self, config: GatewayConfig, chain: Chain, pool: Pool, session: aiohttp.ClientSession
+        self,
+        config: GatewayConfig,
+        runtime: PolicyRuntime,
+        pool: Pool,
+        session: aiohttp.ClientSession,
     ) -> None:
-        self.chain = chain
+        self.runtime = runtime
         self.pool = pool
         self.session = session
         self.max_body = config.server.max_body_bytes
@@ -50,27 +55,22 @@ class Relay:
         )
         self.access_log = config.logging.access_log
         self.default_model = next(iter(config.models)) if len(config.models) == 1 else None
-        self.models_body = orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": name,
-                        "object": "model",
-                        "created": int(time.time()),
-                        "owned_by": "llama-gateway",
-                    }
-                    for name in config.models
-                ],
-            }
-        )
+        created = int(time.time())
+        self.models: list[dict[str, str | int]] = [
+            {"id": name, "object": "model", "created": created, "owned_by": "llama-gateway"}
+            for name in config.models
+        ]
+        self.models_body = orjson.dumps({"object": "list", "data": self.models})
         self.completions: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         ctx = RequestContext(request, endpoint, self.max_body)
         current_request.set(ctx)
+        # The chain in force when the request arrived serves it to the end, across reloads.
+        chain = self.runtime.chain
+        chain.active += 1
         try:
-            return await self._serve(ctx)
+            return await self._serve(ctx, chain)
         except asyncio.CancelledError:
             ctx.outcome = DISCONNECTED
             raise
@@ -78,39 +78,54 @@ class Relay:
             ctx.finished = time.perf_counter()
             if self.access_log:
                 self._log_access(ctx)
-            if self.chain.wants_completion:
+            if chain.wants_completion:
                 # A task of its own: completion work (usage, limits) must survive the
                 # client hanging up, which cancels this handler.
-                task = asyncio.create_task(self.chain.on_complete(ctx))
+                task = asyncio.create_task(self._complete(ctx, chain))
                 self.completions.add(task)
                 task.add_done_callback(self.completions.discard)
+            else:
+                self.runtime.release(chain)
 
-    async def _serve(self, ctx: RequestContext) -> web.StreamResponse:
+    async def _complete(self, ctx: RequestContext, chain: Chain) -> None:
         try:
-            reply = await self.chain.on_request(ctx)
+            await chain.on_complete(ctx)
+        finally:
+            self.runtime.release(chain)
+
+    async def _serve(self, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
+        try:
+            reply = await chain.on_request(ctx)
             if reply is None:
                 if ctx.endpoint == "models":
-                    reply = Reply(200, self.models_body)
+                    reply = Reply(200, self._models_body(ctx))
                 else:
-                    return await self._proxy(ctx)
+                    return await self._proxy(ctx, chain)
             if reply.status >= 400 and ctx.outcome == OK:
                 ctx.outcome = REJECTED
-            return await self._send(ctx, reply)
+            return await self._send(ctx, chain, reply)
         except GatewayError as err:
             ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
             ctx.error = err.message
-            return await self._send(ctx, Reply(err.status, err.body(), err.headers))
+            return await self._send(ctx, chain, Reply(err.status, err.body(), err.headers))
 
-    async def _send(self, ctx: RequestContext, reply: Reply) -> web.StreamResponse:
+    def _models_body(self, ctx: RequestContext) -> bytes:
+        allowed = ctx.model_allowed
+        if allowed is None:
+            return self.models_body
+        visible = [m for m in self.models if allowed(str(m["id"]))]
+        return orjson.dumps({"object": "list", "data": visible})
+
+    async def _send(self, ctx: RequestContext, chain: Chain, reply: Reply) -> web.StreamResponse:
         ctx.status = reply.status
         headers = CIMultiDict(reply.headers)
         headers["Content-Type"] = reply.content_type
-        await self.chain.on_response(ctx, headers)
+        await chain.on_response(ctx, headers)
         return await _finish(
             ctx, web.Response(status=reply.status, body=reply.body, headers=headers)
         )
 
-    async def _proxy(self, ctx: RequestContext) -> web.StreamResponse:
+    async def _proxy(self, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
         await ctx.json()
         model = ctx.model or self.default_model
         if model is None:
@@ -120,11 +135,13 @@ class Relay:
         ctx.upstream = upstream.url
         upstream.in_flight += 1
         try:
-            return await self._call(ctx, upstream)
+            return await self._call(ctx, chain, upstream)
         finally:
             upstream.in_flight -= 1
 
-    async def _call(self, ctx: RequestContext, upstream: Upstream) -> web.StreamResponse:
+    async def _call(
+        self, ctx: RequestContext, chain: Chain, upstream: Upstream
+    ) -> web.StreamResponse:
         url = upstream.url + UPSTREAM_PATHS[ctx.endpoint]
         headers = {"Content-Type": "application/json", **ctx.upstream_headers}
         if upstream.api_key:
@@ -154,8 +171,8 @@ class Relay:
                 protocol.start_timeout()
             ctx.status = resp.status
             if resp.content_type == "text/event-stream":
-                return await relay_stream(ctx, resp, self.chain)
-            return await self._relay_body(ctx, resp)
+                return await relay_stream(ctx, resp, chain)
+            return await self._relay_body(ctx, chain, resp)
         finally:
             # Releasing a half-read answer closes its connection (a complete one goes back
             # to the pool): that is how llama-server learns the client is gone.
@@ -175,7 +192,7 @@ class Relay:
         return io.BytesIO(payload) if len(payload) > LARGE_BODY else payload
 
     async def _relay_body(
-        self, ctx: RequestContext, resp: aiohttp.ClientResponse
+        self, ctx: RequestContext, chain: Chain, resp: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         try:
             data = await resp.read()
@@ -192,9 +209,9 @@ class Relay:
         headers = CIMultiDict(
             {"Content-Type": resp.headers.get("Content-Type", "application/json")}
         )
-        await self.chain.on_response(ctx, headers)
-        if self.chain.wants_events:
-            data = await self.chain.on_event(ctx, data) or b""
+        await chain.on_response(ctx, headers)
+        if chain.wants_events:
+            data = await chain.on_event(ctx, data) or b""
         return await _finish(ctx, web.Response(status=resp.status, body=data, headers=headers))
 
     def _log_access(self, ctx: RequestContext) -> None:

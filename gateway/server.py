@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from aiohttp import web
 
@@ -14,14 +15,16 @@ from gateway.config import GatewayConfig
 log = logging.getLogger("gateway.server")
 
 
-async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: GatewayConfig, config_path: Path | None = None, stop: asyncio.Event | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then drain.
 
     Draining: `/ready` turns 503, the listener closes, idle keep-alive connections are
     closed, in-flight requests (streams included) get `shutdown_grace_seconds` to
     finish, then completion work is flushed and resources are closed.
     """
-    app = create_app(config)
+    app = create_app(config, config_path=config_path)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -42,13 +45,14 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
                 "host": config.server.host,
                 "port": ports[0] if ports else config.server.port,
                 "models": list(config.models),
-                "policies": [p.get("type") for p in config.policies],
+                "policies": [p.name for p in app[STATE].runtime.chain.policies],
             },
         )
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, app[STATE].runtime.reload_soon, "SIGHUP")
         await stop.wait()
         log.info(
             "shutting down: draining in-flight requests",

@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 from pydantic import Field
 
 from gateway.context import Reply, RequestContext
-from gateway.policy import Policy, PolicySettings
+from gateway.policy import Policy, PolicyEnv, PolicySettings
 
 
 class RequestIdSettings(PolicySettings):
@@ -24,8 +24,8 @@ class RequestIdPolicy(Policy):
     Settings = RequestIdSettings
     settings: RequestIdSettings
 
-    def __init__(self, settings: RequestIdSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: RequestIdSettings, env: PolicyEnv) -> None:
+        super().__init__(settings, env)
         # Printable, header- and log-safe characters only: nothing that could forge a log line.
         self._sane = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{settings.max_length}}}")
 

@@ -8,7 +8,9 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import ConfigError, parse_config, read_yaml, with_overrides
+from gateway.policy import PolicyEnv
 from gateway.registry import build_chain
+from gateway.resources import Resources
 
 ROOT = Path(__file__).parents[2]
 
@@ -16,7 +18,7 @@ ROOT = Path(__file__).parents[2]
 @pytest.mark.parametrize("shipped", ["examples/gateway.yaml", "compose/gateway.yaml"])
 def test_shipped_configs_are_valid(shipped: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(ROOT / shipped)]) == 0
-    assert "ok (2 models, policies: request_id)" in capsys.readouterr().out
+    assert "ok (2 models, 0 tiers, policies: request_id)" in capsys.readouterr().out
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -55,7 +57,12 @@ policies:
 
 def test_policy_settings_errors_name_their_index(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
-        build_chain([{"type": "request_id", "max_length": 3}, {"type": "nope"}, {"header": "x"}])
+        build_chain(
+            [{"type": "request_id", "max_length": 3}, {"type": "nope"}, {"header": "x"}],
+            PolicyEnv(
+                parse_config({"models": {"m": {"upstreams": ["http://h"]}}}), {}, Resources()
+            ),
+        )
     assert exc.value.problems == [
         "policies[0].max_length: Input should be greater than or equal to 8",
         "policies[1].type: unknown policy 'nope'; known: ['request_id']",
@@ -83,7 +90,7 @@ def test_flags_alone_are_a_configuration() -> None:
     config = parse_config(raw)
     assert config.server.port == 9000
     assert config.models["a"].upstreams == ["http://h:1", "http://h:2"]
-    assert [p["type"] for p in config.policies] == ["request_id"]
+    assert config.policies is None  # the default chain: request IDs
 
 
 def test_no_models_is_an_error_that_says_what_to_do() -> None:

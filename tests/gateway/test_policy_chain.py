@@ -10,9 +10,11 @@ from multidict import CIMultiDict
 from gateway.app import STATE, create_app
 from gateway.context import Reply, RequestContext
 from gateway.errors import GatewayError
-from gateway.policy import Chain, Policy, describe
+from gateway.policy import Chain, Policy, PolicyEnv, describe
+from gateway.resources import Resources
 from tests.conftest import gateway_config
 
+ENV = PolicyEnv(gateway_config("http://127.0.0.1:9"), {}, Resources())
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -20,7 +22,7 @@ class Recorder(Policy):
     def __init__(
         self, name: str, log: list[str], *, reply: int | None = None, raises: bool = False
     ) -> None:
-        super().__init__(None)
+        super().__init__(None, ENV)
         self.name = name  # type: ignore[misc]
         self.log = log
         self.reply = reply
@@ -48,7 +50,7 @@ class OnlyComplete(Policy):
     name = "only_complete"
 
     def __init__(self, log: list[str]) -> None:
-        super().__init__(None)
+        super().__init__(None, ENV)
         self.log = log
 
     async def on_complete(self, ctx: RequestContext) -> None:

@@ -24,9 +24,9 @@ class GatewayProcess:
         self.url = f"http://127.0.0.1:{port}"
 
 
-async def start_gateway(fake_url: str, tmp_path: Path, grace: float) -> GatewayProcess:
+async def start_gateway(fake_url: str, tmp_path: Path, grace: float, extra: str) -> GatewayProcess:
     config = tmp_path / "gateway.yaml"
-    config.write_text(f"server: {{shutdown_grace_seconds: {grace}}}\n")
+    config.write_text(f"server: {{shutdown_grace_seconds: {grace}}}\n{extra}")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -52,8 +52,8 @@ async def start_gateway(fake_url: str, tmp_path: Path, grace: float) -> GatewayP
 async def gateway_process(fake_url: str, tmp_path: Path) -> AsyncIterator[Any]:
     started: list[GatewayProcess] = []
 
-    async def start(grace: float) -> GatewayProcess:
-        started.append(await start_gateway(fake_url, tmp_path, grace))
+    async def start(grace: float, extra: str = "") -> GatewayProcess:
+        started.append(await start_gateway(fake_url, tmp_path, grace, extra))
         return started[-1]
 
     yield start
@@ -89,3 +89,21 @@ async def test_streams_longer_than_the_grace_period_are_cut(gateway_process: Any
             assert await asyncio.wait_for(gw.proc.wait(), 10) == 0
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
+
+
+async def test_sighup_reloads_the_policy_document(gateway_process: Any, tmp_path: Path) -> None:
+    policies = "policy_reload_seconds: 3600\npolicies: [{type: request_id, header: X-Trace-%s}]\n"
+    gw = await gateway_process(grace=1, extra=policies % "A")
+    async with aiohttp.ClientSession() as session:
+        body = {**STREAM, "stream": False}
+        async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+            assert "X-Trace-A" in resp.headers
+        text = (tmp_path / "gateway.yaml").read_text().replace("X-Trace-A", "X-Trace-B")
+        (tmp_path / "gateway.yaml").write_text(text)
+        gw.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+                if "X-Trace-B" in resp.headers:
+                    break
+            await asyncio.sleep(0.05)
+        assert "X-Trace-B" in resp.headers

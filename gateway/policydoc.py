@@ -1,0 +1,75 @@
+"""The policy document: tiers and the ordered policy chain, the part admins edit and reload.
+
+It lives in `policy_file` (resolved next to the gateway configuration) or inline in the
+gateway configuration under `tiers:` and `policies:`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from gateway.config import ConfigError, GatewayConfig, Strict, read_yaml, validation_problems
+from gateway.tiers import Tier
+
+DEFAULT_POLICIES: list[dict[str, Any]] = [{"type": "request_id"}]
+
+
+class PolicyDocument(Strict):
+    tiers: dict[str, Tier] = Field(default_factory=dict)
+    policies: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
+
+    @field_validator("tiers")
+    @classmethod
+    def _names(cls, tiers: dict[str, Tier]) -> dict[str, Tier]:
+        for name in tiers:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"tier name {name!r}: use letters, digits, '-' and '_'")
+        return tiers
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """Where the policy document comes from, and which file to watch for changes."""
+
+    config: GatewayConfig
+    config_path: Path | None
+
+    @property
+    def path(self) -> Path | None:
+        if self.config.policy_file:
+            policy = Path(self.config.policy_file).expanduser()
+            if not policy.is_absolute() and self.config_path is not None:
+                policy = self.config_path.parent / policy
+            return policy
+        return self.config_path
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path else "command line"
+
+    def load(self) -> PolicyDocument:
+        """Read and validate the document (the file again, when there is one)."""
+        if self.config.policy_file:
+            assert self.path is not None
+            raw = read_yaml(self.path)
+        elif self.config_path is not None:
+            raw = read_yaml(self.config_path)
+            raw = {k: raw[k] for k in ("tiers", "policies") if raw.get(k) is not None}
+        else:
+            raw = {
+                k: v
+                for k, v in (("tiers", self.config.tiers), ("policies", self.config.policies))
+                if v is not None
+            }
+        return parse_document(raw, self.name)
+
+
+def parse_document(raw: dict[str, Any], source: str) -> PolicyDocument:
+    try:
+        return PolicyDocument.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, validation_problems(exc)) from exc

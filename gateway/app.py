@@ -10,13 +10,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.background import running
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.policy import Chain
 from gateway.policydoc import PolicySource
 from gateway.relay import Relay
 from gateway.runtime import PolicyRuntime
-from gateway.upstreams import Pool, prober
+from gateway.upstreams import Pool, probe_forever
 
 
 @dataclass
@@ -88,13 +89,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await state.runtime.start()
         try:
             async with (
-                prober(
-                    session,
-                    state.pool,
-                    upstream.health_interval_seconds,
-                    upstream.health_timeout_seconds,
+                running(
+                    probe_forever(
+                        session,
+                        state.pool,
+                        upstream.health_interval_seconds,
+                        upstream.health_timeout_seconds,
+                    ),
+                    "health-prober",
                 ),
-                state.runtime.watching(state.config.policy_reload_seconds),
+                running(state.runtime.watch(state.config.policy_reload_seconds), "policy-watch"),
             ):
                 yield
                 await relay.drain()

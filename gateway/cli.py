@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from gateway.config import (
     with_overrides,
 )
 from gateway.logs import setup_logging
-from gateway.policydoc import PolicySource, parse_document
+from gateway.policydoc import PolicyDocument, PolicySource, parse_document
 from gateway.resources import Resources
 from gateway.runtime import build
 
@@ -63,13 +64,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(coro: Any) -> None:
+def run(coro: Any) -> Any:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,7 +92,18 @@ def parser() -> argparse.ArgumentParser:
     from gateway.local import add_local_command
 
     add_local_command(sub)
+    # Packages that provide policies may add commands (e.g. `keys` from the auth policy).
+    for entry in entry_points(group="llama_gateway.commands"):
+        entry.load()(sub)
     return top
+
+
+def admin_config(explicit: str | None) -> tuple[GatewayConfig, PolicyDocument]:
+    """The configuration for admin commands: storage settings and tiers, no models needed."""
+    path = config_path(explicit)
+    raw: dict[str, Any] = read_yaml(path) if path else {}
+    config = parse_config(raw, str(path) if path else "defaults", require_models=False)
+    return config, PolicySource(config, path).load()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -172,7 +172,9 @@ def read_yaml(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any
         raise ConfigError(str(path), exc.problems) from exc
 
 
-def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> GatewayConfig:
+def parse_config(
+    raw: Mapping[str, Any], source: str = "configuration", *, require_models: bool = True
+) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
@@ -181,7 +183,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> Gatew
         raise ConfigError(
             source, ["policy_file: give either policy_file or inline tiers/policies, not both"]
         )
-    if not config.models:
+    if require_models and not config.models:
         raise ConfigError(
             source,
             ["models: no model configured: add a models section or pass --upstream MODEL=URL"],

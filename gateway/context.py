@@ -41,6 +41,7 @@ class RequestContext:
     principal: str | None = None
     tier: str | None = None
     model: str | None = None
+    default_model: str | None = None  # used when the body names none
     stream: bool = False
     client_wants_usage: bool = False
     raw_body: bytes = b""
@@ -75,7 +76,7 @@ class RequestContext:
         body = parse_body(self.raw_body)
         check_fields(self.endpoint, body)
         self.body = body
-        self.model = body.get("model")
+        self.model = body.get("model") or self.default_model
         self.stream = body.get("stream") is True
         options = body.get("stream_options") or {}
         self.client_wants_usage = self.stream and options.get("include_usage") is True

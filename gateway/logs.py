@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import sys
 import time
@@ -20,11 +21,21 @@ current_request: contextvars.ContextVar[Any] = contextvars.ContextVar(
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+@functools.lru_cache(maxsize=4)
+def _whole_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
+def timestamp(moment: float) -> str:
+    """ISO 8601 UTC with milliseconds; each second is formatted once."""
+    whole = int(moment)
+    return f"{_whole_second(whole)}.{int((moment - whole) * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.access import AccessLog
 from gateway.config import GatewayConfig
 from gateway.context import DISCONNECTED, OK, REJECTED, UPSTREAM_ERROR, Reply, RequestContext
 from gateway.errors import GatewayError, bad_request, upstream_failed
@@ -23,7 +24,6 @@ from gateway.streaming import relay_stream
 from gateway.upstreams import DOWN, Pool, Upstream
 
 log = logging.getLogger("gateway.relay")
-access = logging.getLogger("gateway.access")
 
 UPSTREAM_PATHS = {
     "chat.completions": "/v1/chat/completions",
@@ -53,7 +53,7 @@ class Relay:
             sock_connect=config.upstream.connect_timeout,
             sock_read=config.upstream.first_byte_timeout,
         )
-        self.access_log = config.logging.access_log
+        self.access_log = AccessLog() if config.logging.access_log else None
         self.default_model = next(iter(config.models)) if len(config.models) == 1 else None
         created = int(time.time())
         self.models: list[dict[str, str | int]] = [
@@ -64,7 +64,7 @@ class Relay:
         self.completions: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
-        ctx = RequestContext(request, endpoint, self.max_body)
+        ctx = RequestContext(request, endpoint, self.max_body, default_model=self.default_model)
         current_request.set(ctx)
         # The chain in force when the request arrived serves it to the end, across reloads.
         chain = self.runtime.chain
@@ -76,8 +76,8 @@ class Relay:
             raise
         finally:
             ctx.finished = time.perf_counter()
-            if self.access_log:
-                self._log_access(ctx)
+            if self.access_log is not None:
+                self.access_log.log(ctx)
             if chain.wants_completion:
                 # A task of its own: completion work (usage, limits) must survive the
                 # client hanging up, which cancels this handler.
@@ -127,11 +127,9 @@ class Relay:
 
     async def _proxy(self, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
         await ctx.json()
-        model = ctx.model or self.default_model
-        if model is None:
+        if ctx.model is None:
             raise bad_request("Missing required parameter: 'model'.", param="model")
-        upstream = self.pool.pick(model)
-        ctx.model = model
+        upstream = self.pool.pick(ctx.model)
         ctx.upstream = upstream.url
         upstream.in_flight += 1
         try:
@@ -214,37 +212,12 @@ class Relay:
             data = await chain.on_event(ctx, data) or b""
         return await _finish(ctx, web.Response(status=resp.status, body=data, headers=headers))
 
-    def _log_access(self, ctx: RequestContext) -> None:
-        request = ctx.request
-        usage = ctx.usage or {}
-        access.info(
-            "%s %s %s",
-            request.method,
-            request.path,
-            ctx.status,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": ctx.status,
-                "outcome": ctx.outcome,
-                "model": ctx.model,
-                "upstream": ctx.upstream,
-                "stream": ctx.stream,
-                "principal": ctx.principal,
-                "tier": ctx.tier,
-                "duration_ms": ctx.elapsed_ms(ctx.finished),
-                "ttft_ms": ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
-                "prompt_tokens": usage.get("prompt_tokens"),
-                "completion_tokens": usage.get("completion_tokens"),
-                "client": request.remote,
-                "error": ctx.error,
-            },
-        )
-
     async def drain(self) -> None:
         """Wait for completion work still running (at shutdown)."""
         while self.completions:
             await asyncio.gather(*self.completions, return_exceptions=True)
+        if self.access_log is not None:
+            self.access_log.flush()
 
 
 async def _finish(ctx: RequestContext, response: web.Response) -> web.StreamResponse:

@@ -8,10 +8,8 @@ An invalid document leaves the running chain in place, logged and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.config import ConfigError
@@ -71,9 +69,9 @@ class PolicyRuntime:
             try:
                 document, chain = build(self.source, self.resources)
                 await chain.start()
-            except (ConfigError, OSError, RuntimeError) as exc:
+            except Exception as exc:  # whatever goes wrong, the running chain stays
                 self.failures += 1
-                problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+                problems = exc.problems if isinstance(exc, ConfigError) else [repr(exc)]
                 log.error(
                     "policy reload failed (%s); the previous policy stays in force",
                     reason,
@@ -118,13 +116,3 @@ class PolicyRuntime:
             digest = await asyncio.to_thread(self._file_digest)
             if digest is not None and digest != self._digest:
                 await self.reload("file changed")
-
-    @contextlib.asynccontextmanager
-    async def watching(self, interval: float) -> AsyncIterator[None]:
-        task = asyncio.create_task(self.watch(interval), name="policy-watch")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -117,18 +115,3 @@ async def probe_forever(
     while True:
         await asyncio.gather(*(probe(session, u, probe_timeout) for u in pool.upstreams))
         await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def prober(
-    session: aiohttp.ClientSession, pool: Pool, interval: float, probe_timeout: float
-) -> AsyncIterator[None]:
-    task = asyncio.create_task(
-        probe_forever(session, pool, interval, probe_timeout), name="health-prober"
-    )
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -50,3 +50,23 @@ def make_gateway(aiohttp_client: Any, fake_url: str) -> GatewayFactory:
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
     return await make_gateway()
+
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+async def pg_url() -> Any:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
+    import uuid
+
+    import asyncpg
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_URL)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()

@@ -65,8 +65,8 @@ def test_policy_settings_errors_name_their_index(tmp_path: Path) -> None:
         )
     assert exc.value.problems == [
         "policies[0].max_length: Input should be greater than or equal to 8",
-        "policies[1].type: unknown policy 'nope'; known: ['request_id']",
-        "policies[2].type: required: the policy's name, one of ['request_id']",
+        "policies[1].type: unknown policy 'nope'; known: ['auth', 'request_id']",
+        "policies[2].type: required: the policy's name, one of ['auth', 'request_id']",
     ]
 
 
@@ -108,3 +108,28 @@ def test_bad_upstream_flag_is_explained() -> None:
 def test_invalid_yaml_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(write(tmp_path, "models: [unclosed"))]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_example_policy_file_is_valid(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_JWT_SECRET", "x" * 40)
+    assert main(["check-config", str(ROOT / "examples" / "policy.yaml")]) == 0
+    assert "3 tiers, policies: request_id, auth" in capsys.readouterr().out
+
+
+def test_policy_file_naming_an_unknown_tier_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """
+tiers: {free: {max_tokens: 1}}
+policies:
+  - {type: auth, static_keys: [{hash: "sha256:%s", owner: o, tier: gold}]}
+"""
+        % ("0" * 64),
+    )
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "policies[0].static_keys[0].tier: unknown tier 'gold'; tiers are ['free']" in err

@@ -72,18 +72,22 @@ async def test_every_log_line_of_a_request_carries_its_id(gateway: TestClient[An
     logger = logging.getLogger("gateway")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    relay = gateway.app[STATE].relay
+    assert relay is not None
+    assert relay.access_log is not None
+    access: list[bytes] = []
+    relay.access_log._write = access.append
     try:
         body = {**CHAT, "stream": True, "fake": {"drop_after": 1}}
         await gateway.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "trace-me"})
-        relay = gateway.app[STATE].relay
-        assert relay is not None
         await relay.drain()
     finally:
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
     lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
-    request_lines = [
-        line for line in lines if line["logger"] in ("gateway.streaming", "gateway.access")
-    ]
-    assert [line["logger"] for line in request_lines] == ["gateway.streaming", "gateway.access"]
+    lines += [orjson.loads(line) for line in b"".join(access).splitlines()]
+    loggers = ("gateway.streaming", "gateway.access")
+    request_lines = [line for line in lines if line["logger"] in loggers]
+    assert [line["logger"] for line in request_lines] == list(loggers)
     assert all(line["request_id"] == "trace-me" for line in request_lines)
+    assert request_lines[1]["outcome"] == "upstream_error"

@@ -1,0 +1,206 @@
+"""Database plumbing shared by policies: connections and versioned SQL migrations.
+
+A migration is a package-data file `NNN_name.sql`; applied versions are recorded in
+`schema_migrations`. Each pending migration runs in its own transaction together with its
+record, so a failed one leaves nothing behind. Versions share one namespace per database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+
+import aiosqlite
+import asyncpg
+
+log = logging.getLogger("gateway.db")
+
+_FILE = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
+# Any fixed bigint will do; it only has to be the same for every gateway process.
+_PG_LOCK = 0x6C6C_616D_6167_7731
+_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL
+)"""
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+class MigrationError(RuntimeError):
+    """The migrations on disk and the ones recorded in the database disagree."""
+
+
+def load_migrations(package: str, folder: str = "migrations") -> list[Migration]:
+    """The `NNN_name.sql` files of a package's data folder, in version order."""
+    found: dict[int, Migration] = {}
+    for entry in resources.files(package).joinpath(folder).iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _FILE.fullmatch(entry.name)
+        if match is None:
+            raise MigrationError(
+                f"{package}/{folder}/{entry.name}: name it NNN_name.sql "
+                "(three digits, then lowercase letters, digits and underscores)"
+            )
+        version = int(match[1])
+        if version in found:
+            raise MigrationError(f"{package}/{folder}: two migrations have version {version}")
+        found[version] = Migration(version, match[2], entry.read_text("utf-8"))
+    return [found[version] for version in sorted(found)]
+
+
+def _check_name(version: int, recorded: str, name: str) -> None:
+    if recorded != name:
+        raise MigrationError(
+            f"schema_migrations has version {version} as {recorded!r}, but the migration with "
+            f"that version is {name!r}: give the new migration an unused version number"
+        )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
+    PgConnection: TypeAlias = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+
+
+async def migrate_postgres(
+    target: asyncpg.Pool[Any] | PgConnection, migrations: Iterable[tuple[int, str, str]]
+) -> list[Migration]:
+    """Apply the pending migrations; returns those this call applied.
+
+    Every transaction takes one advisory lock first, so processes migrating at once
+    run one after another, and each sees what the others recorded.
+    """
+    if isinstance(target, asyncpg.Pool):
+        async with target.acquire() as conn:
+            return await migrate_postgres(conn, migrations)
+    async with target.transaction():
+        await target.execute("SELECT pg_advisory_xact_lock($1)", _PG_LOCK)
+        await target.execute(_TABLE)
+    applied: list[Migration] = []
+    for migration in sorted(Migration(*m) for m in migrations):
+        if await _apply_postgres(target, migration):
+            log.info("applied migration %03d_%s", migration.version, migration.name)
+            applied.append(migration)
+    return applied
+
+
+async def _apply_postgres(conn: PgConnection, migration: Migration) -> bool:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _PG_LOCK)
+        recorded = await conn.fetchval(
+            "SELECT name FROM schema_migrations WHERE version = $1", migration.version
+        )
+        if recorded is not None:
+            _check_name(migration.version, recorded, migration.name)
+            return False
+        await conn.execute(migration.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            migration.version,
+            migration.name,
+            _now(),
+        )
+    return True
+
+
+async def migrate_sqlite(
+    db: aiosqlite.Connection, migrations: Iterable[tuple[int, str, str]]
+) -> list[Migration]:
+    """Apply the pending migrations; returns those this call applied.
+
+    `BEGIN IMMEDIATE` takes SQLite's write lock before reading what is recorded, so
+    processes sharing the file migrate one after another (they wait up to the busy timeout).
+    """
+    await db.execute(_TABLE)
+    applied: list[Migration] = []
+    for migration in sorted(Migration(*m) for m in migrations):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = await db.execute_fetchall(
+                "SELECT name FROM schema_migrations WHERE version = ?", (migration.version,)
+            )
+            if rows:
+                _check_name(migration.version, next(iter(rows))[0], migration.name)
+                await db.rollback()
+                continue
+            # Not executescript(): it commits first, which would split the transaction.
+            for statement in split_sqlite(migration.sql):
+                await db.execute(statement)
+            await db.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, _now().isoformat(timespec="microseconds")),
+            )
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        log.info("applied migration %03d_%s", migration.version, migration.name)
+        applied.append(migration)
+    return applied
+
+
+def split_sqlite(script: str) -> Iterator[str]:
+    """The statements of a SQL script, cut where SQLite itself sees a complete statement."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    rest = "\n".join(
+        line for line in buffer.splitlines() if not line.strip().startswith("--")
+    ).strip()
+    if rest:
+        yield rest  # an unterminated last statement; SQLite reports it if it is broken
+
+
+async def open_postgres_pool(
+    dsn: str, *, max_size: int = 4, wait_seconds: float = 5.0
+) -> asyncpg.Pool[asyncpg.Record]:
+    """A small pool: the gateway's queries are short, and replicas share one server."""
+    return await asyncpg.create_pool(
+        dsn, min_size=1, max_size=max_size, command_timeout=wait_seconds, timeout=wait_seconds
+    )
+
+
+async def open_sqlite(path: Path, *, wait_seconds: float = 5.0) -> aiosqlite.Connection:
+    """A connection in autocommit mode with WAL, so readers never wait for the writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(path, timeout=wait_seconds, isolation_level=None)
+    try:
+        await _set_wal(db, wait_seconds)
+        await db.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def _set_wal(db: aiosqlite.Connection, wait_seconds: float) -> None:
+    """Switch to WAL; SQLite answers "locked" at once (no busy wait) while another
+    connection switches it, so retry for up to the busy timeout."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)

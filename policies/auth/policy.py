@@ -1,0 +1,223 @@
+"""Authentication and permissions: API keys, static keys, JWTs, or anonymous by client IP.
+
+Credentials come as `Authorization: Bearer ...` or an `api-key` header (Azure-style
+clients). The caller's tier then decides which endpoints and models it may use and caps
+`max_tokens`. Keys are looked up by their id and cached for at most `cache_seconds`, so
+a revocation reaches every replica within that time; the secret is compared in constant
+time and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import time
+from datetime import UTC, datetime
+
+from pydantic import Field
+
+from gateway.context import Reply, RequestContext
+from gateway.errors import GatewayError
+from gateway.policy import Policy, PolicyEnv, PolicySettings
+from gateway.tiers import Tier
+from policies.auth.jwt import Claims, JwtConfigError, JwtError, JwtSettings, JwtVerifier
+from policies.auth.keys import (
+    PREFIX,
+    ApiKey,
+    KeyStore,
+    Reason,
+    Verdict,
+    judge,
+    open_store,
+    parse_key,
+)
+from policies.auth.network import client_address
+
+log = logging.getLogger("policies.auth")
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class StaticKey(PolicySettings):
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    owner: str = Field(min_length=1)
+    tier: str
+
+
+class AnonymousSettings(PolicySettings):
+    tier: str
+    # Only connections from these proxies may name the client in `forwarded_header`.
+    trusted_proxies: list[IpNetwork] = Field(default_factory=list)
+    forwarded_header: str = "X-Forwarded-For"
+
+
+class AuthSettings(PolicySettings):
+    api_keys: bool = True  # keys from the key store (`llama-gateway keys create`)
+    static_keys: list[StaticKey] = Field(default_factory=list)
+    jwt: JwtSettings | None = None
+    anonymous: AnonymousSettings | None = None
+    default_tier: str | None = None  # for tokens without a tier claim
+    cache_seconds: float = Field(2.0, ge=0, le=5)
+
+
+def unauthorized(message: str) -> GatewayError:
+    return GatewayError(
+        401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def forbidden(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(
+        403, message, type="permission_error", code="permission_denied", param=param
+    )
+
+
+MISSING = unauthorized(
+    "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...' "
+    "(or in an 'api-key' header)."
+)
+INVALID = unauthorized("Incorrect API key provided. Check the key, or ask an admin for a new one.")
+
+
+class AuthPolicy(Policy):
+    name = "auth"
+    Settings = AuthSettings
+    settings: AuthSettings
+
+    def __init__(self, settings: AuthSettings, env: PolicyEnv) -> None:
+        super().__init__(settings, env)
+        self.static = {k.hash.removeprefix("sha256:"): k for k in settings.static_keys}
+        self.verifier = JwtVerifier(settings.jwt) if settings.jwt else None
+        self.store: KeyStore | None = None
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    @classmethod
+    def problems(cls, settings: AuthSettings, env: PolicyEnv) -> list[str]:
+        found = []
+        referenced = [
+            (f"static_keys[{i}].tier", k.tier) for i, k in enumerate(settings.static_keys)
+        ]
+        if settings.anonymous:
+            referenced.append(("anonymous.tier", settings.anonymous.tier))
+        if settings.default_tier:
+            referenced.append(("default_tier", settings.default_tier))
+        for path, tier in referenced:
+            if tier not in env.tiers:
+                found.append(f"{path}: unknown tier {tier!r}; tiers are {sorted(env.tiers)}")
+        if settings.jwt:
+            try:
+                JwtVerifier(settings.jwt)
+            except JwtConfigError as exc:
+                found.append(f"jwt: {exc}")
+        return found
+
+    async def start(self) -> None:
+        if self.settings.api_keys:
+            storage = self.env.config.storage
+
+            async def create() -> KeyStore:
+                store = open_store(storage.database_url, storage.data_path / "gateway.db")
+                await store.start()
+                return store
+
+            self.store = await self.env.resources.get("api_keys", create, lambda s: s.close())
+        if self.verifier:
+            await self.verifier.start()
+
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        principal, tier_name = await self._authenticate(ctx)
+        tier = self.env.tiers.get(tier_name)
+        if tier is None:
+            raise forbidden(f"Your tier {tier_name!r} is not configured; ask an admin.")
+        ctx.principal, ctx.tier = principal, tier_name
+        ctx.model_allowed = tier.allows_model
+        if not tier.allows_endpoint(ctx.endpoint):
+            raise forbidden(f"Your tier '{tier_name}' may not use {ctx.request.path}.")
+        if ctx.endpoint != "models":
+            await self._check_body(ctx, tier)
+        return None
+
+    async def _check_body(self, ctx: RequestContext, tier: Tier) -> None:
+        body = await ctx.json()
+        if ctx.model is not None and not tier.allows_model(ctx.model):
+            raise forbidden(
+                f"Your tier '{ctx.tier}' may not use the model '{ctx.model}'; "
+                "GET /v1/models lists the models you can use.",
+                param="model",
+            )
+        if tier.max_tokens and ctx.endpoint != "embeddings":
+            field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            asked = body.get(field)
+            if asked is None or asked > tier.max_tokens:
+                body[field] = tier.max_tokens
+                ctx.body_changed = True
+
+    async def _authenticate(self, ctx: RequestContext) -> tuple[str, str]:
+        token = credential(ctx)
+        if token is None:
+            anonymous = self.settings.anonymous
+            if anonymous is None:
+                raise MISSING
+            ip = client_address(ctx.request, anonymous.trusted_proxies, anonymous.forwarded_header)
+            return f"ip:{ip}", anonymous.tier
+        if token.startswith(PREFIX) and self.store is not None:
+            verdict = await self._verify_key(token)
+            if verdict.key is None:
+                log.info("API key refused: %s", verdict.reason, extra={"key_id": verdict.key_id})
+                raise INVALID
+            return f"key:{verdict.key.id}", verdict.key.tier
+        static = self.static.get(hashlib.sha256(token.encode()).hexdigest())
+        if static is not None:
+            return f"static:{static.owner}", static.tier
+        if self.verifier is not None and token.count(".") == 2:
+            return self._from_claims(await self._verify_jwt(token))
+        raise INVALID
+
+    async def _verify_jwt(self, token: str) -> Claims:
+        assert self.verifier is not None
+        try:
+            return await self.verifier.verify(token)
+        except JwtError as exc:
+            if exc.reason == "keys_unavailable":  # the identity provider's keys, not the caller
+                raise GatewayError(
+                    503,
+                    f"Bearer tokens cannot be checked right now: {exc.message}. Retry shortly.",
+                    type="server_error",
+                    code="auth_unavailable",
+                    headers={"Retry-After": "5"},
+                ) from exc
+            log.info("bearer token refused: %s", exc.reason)
+            raise unauthorized(f"Invalid bearer token: {exc.message}.") from exc
+
+    def _from_claims(self, claims: Claims) -> tuple[str, str]:
+        tier = claims.tier or self.settings.default_tier
+        if tier is None:
+            raise forbidden("Your token names no tier and no default tier is configured.")
+        return f"jwt:{claims.subject}", tier
+
+    async def _verify_key(self, token: str) -> Verdict:
+        key_id = parse_key(token)
+        if key_id is None:
+            return Verdict(None, Reason.MALFORMED)
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is None or cached[0] < now:
+            assert self.store is not None
+            cached = (now + self.settings.cache_seconds, await self.store.get(key_id))
+            if len(self._cache) >= 10_000:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key_id] = cached
+        return judge(token, key_id, cached[1], datetime.now(UTC))
+
+
+def credential(ctx: RequestContext) -> str | None:
+    headers = ctx.request.headers
+    auth = headers.get("Authorization")
+    if auth is not None:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("Send the key as 'Authorization: Bearer <key>'.")
+        return token.strip()
+    api_key = headers.get("api-key")
+    return api_key.strip() if api_key else None

@@ -241,7 +241,9 @@ async def test_starting_again_applies_no_migration_twice(stores: Stores) -> None
 
 async def test_concurrent_starts_do_not_fail(stores: Stores) -> None:
     started = [stores.new() for _ in range(4)]
-    await asyncio.gather(*(store.start() for store in started))
+    # return_exceptions: every start finishes (and its store gets closed) even if one fails.
+    results = await asyncio.gather(*(store.start() for store in started), return_exceptions=True)
+    assert results == [None] * 4
     assert await stores.query("SELECT version, name FROM schema_migrations") == [(1, "api_keys")]
     plaintext, _ = await started[0].create("alice", "free", None)
     assert all([(await store.verify(plaintext)).ok for store in started])

@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.background import running
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.metrics import Metrics
 from gateway.policy import Chain
 from gateway.policydoc import PolicySource
 from gateway.relay import Relay
@@ -41,12 +42,14 @@ def create_app(
     # The body limit is enforced per request with an OpenAI-shaped 413; aiohttp's own
     # limit must not be lower.
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    runtime = PolicyRuntime(PolicySource(config, config_path), chain=chain)
+    metrics = Metrics()
+    runtime = PolicyRuntime(PolicySource(config, config_path), chain=chain, metrics=metrics)
     state = State(config, runtime, Pool.from_config(config))
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics.handle)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_route("GET" if endpoint == "models" else "POST", path, _endpoint(endpoint))
     app.router.add_route("*", "/{tail:.*}", not_found)
@@ -81,6 +84,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("Accept-Encoding", "User-Agent"),
         json_serialize=lambda v: orjson.dumps(v).decode(),
     ) as session:

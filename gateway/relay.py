@@ -25,11 +25,6 @@ from gateway.upstreams import DOWN, Pool, Upstream
 
 log = logging.getLogger("gateway.relay")
 
-UPSTREAM_PATHS = {
-    "chat.completions": "/v1/chat/completions",
-    "completions": "/v1/completions",
-    "embeddings": "/v1/embeddings",
-}
 
 LARGE_BODY = 1024 * 1024
 
@@ -140,7 +135,7 @@ class Relay:
     async def _call(
         self, ctx: RequestContext, chain: Chain, upstream: Upstream
     ) -> web.StreamResponse:
-        url = upstream.url + UPSTREAM_PATHS[ctx.endpoint]
+        url = upstream.endpoint_urls[ctx.endpoint]
         headers = {"Content-Type": "application/json", **ctx.upstream_headers}
         if upstream.api_key:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
@@ -222,6 +217,9 @@ class Relay:
 
 async def _finish(ctx: RequestContext, response: web.Response) -> web.StreamResponse:
     """Send the whole answer from inside the handler, so completion runs after the client has it."""
-    await response.prepare(ctx.request)
-    await response.write_eof()
+    try:
+        await response.prepare(ctx.request)
+        await response.write_eof()
+    except ConnectionResetError:
+        ctx.outcome = DISCONNECTED
     return response

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from gateway.config import ConfigError
+from gateway.metrics import Metrics
 from gateway.policy import Chain, PolicyEnv
 from gateway.policydoc import PolicyDocument, PolicySource
 from gateway.registry import build_chain
@@ -29,9 +30,14 @@ def build(source: PolicySource, resources: Resources) -> tuple[PolicyDocument, C
 
 class PolicyRuntime:
     def __init__(
-        self, source: PolicySource, resources: Resources | None = None, chain: Chain | None = None
+        self,
+        source: PolicySource,
+        resources: Resources | None = None,
+        chain: Chain | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.source = source
+        self.metrics = metrics or Metrics()
         self.resources = resources or Resources()
         if chain is None:
             self.document, self.chain = build(source, self.resources)
@@ -71,6 +77,7 @@ class PolicyRuntime:
                 await chain.start()
             except Exception as exc:  # whatever goes wrong, the running chain stays
                 self.failures += 1
+                self.metrics.policy_reloads.labels("error").inc()
                 problems = exc.problems if isinstance(exc, ConfigError) else [repr(exc)]
                 log.error(
                     "policy reload failed (%s); the previous policy stays in force",
@@ -80,6 +87,7 @@ class PolicyRuntime:
                 return False
             old, self.chain, self.document = self.chain, chain, document
             self.reloads += 1
+            self.metrics.policy_reloads.labels("ok").inc()
             log.info(
                 "policy reloaded (%s)",
                 reason,

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 import aiohttp
+from yarl import URL
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, upstream_unavailable
@@ -15,6 +16,11 @@ from gateway.errors import GatewayError, upstream_unavailable
 log = logging.getLogger("gateway.upstreams")
 
 UNKNOWN, HEALTHY, LOADING, DOWN = "unknown", "healthy", "loading", "down"
+UPSTREAM_PATHS = {
+    "chat.completions": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
 
 
 @dataclass(slots=True, eq=False)
@@ -26,6 +32,11 @@ class Upstream:
     in_flight: int = 0
     # Rotates ties between equally loaded upstreams.
     picks: int = 0
+    # Parsed once: building URLs per request is measurable on the hot path.
+    endpoint_urls: dict[str, URL] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.endpoint_urls = {name: URL(self.url + path) for name, path in UPSTREAM_PATHS.items()}
 
     @property
     def usable(self) -> bool:

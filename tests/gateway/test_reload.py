@@ -66,6 +66,9 @@ async def test_invalid_file_keeps_the_old_policy_and_counts_the_failure(
     await wait_until(lambda: runtime_of(client).failures == 1)
     assert await header_names(client) == {"X-Trace-A"}
     assert runtime_of(client).reloads == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert 'llama_gateway_policy_reloads_total{result="error"} 1.0' in metrics
+    assert 'llama_gateway_policy_reloads_total{result="ok"} 0.0' in metrics
     failure = next(r for r in caplog.records if r.name == "gateway.reload")
     assert failure.problems == [
         "policies[0].colour: unknown key (check the spelling against the README's reference)"

@@ -9,28 +9,26 @@ configuration, never from `jku`/`x5u`/`jwk` headers; PyJWT then checks the signa
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import math
 import os
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 import jwt
-import orjson
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import Field, field_validator, model_validator
 
 from gateway.policy import PolicySettings
-
-log = logging.getLogger("policies.auth.jwt")
+from policies.auth.jwks import (
+    JwtConfigError as JwtConfigError,  # re-exported: the verifier's construction error
+)
+from policies.auth.jwks import (
+    KeySet,
+    RemoteJwks,
+    load_jwks_file,
+    load_pem,
+    load_secret,
+)
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 Reason = Literal[
@@ -38,8 +36,6 @@ Reason = Literal[
     "bad_audience", "bad_issuer", "missing_claim", "bad_claim", "unknown_key", "keys_unavailable",
 ]  # fmt: skip
 
-_MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
-_MAX_JWKS_BYTES = 1 << 20
 _KEY_SOURCES = ("public_key_file", "jwks_file", "jwks_url")
 
 
@@ -50,10 +46,6 @@ class JwtError(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason: Reason = reason
         self.message = message
-
-
-class JwtConfigError(ValueError):
-    """The verifier cannot be built: secret unset or too short, key file unusable."""
 
 
 @dataclass(frozen=True)
@@ -112,156 +104,6 @@ class JwtSettings(PolicySettings):
         elif given:
             raise ValueError(f"{', '.join(given)}: only for RS256/ES256; HS256 uses secret_env")
         return self
-
-
-@dataclass(frozen=True)
-class KeySet:
-    by_kid: Mapping[str, jwt.PyJWK] = field(default_factory=dict)
-    unnamed: tuple[jwt.PyJWK, ...] = ()
-
-    def find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
-        if kid is not None and kid in self.by_kid:
-            return self.by_kid[kid]
-        matching = [key for key in self.unnamed if key.algorithm_name == alg]
-        return matching[0] if len(matching) == 1 else None
-
-    def __len__(self) -> int:
-        return len(self.by_kid) + len(self.unnamed)
-
-
-def _jwk(entry: Any, algorithms: list[str]) -> jwt.PyJWK | str:
-    """One usable verification key, or why this JWKS entry is skipped."""
-    if not isinstance(entry, dict):
-        return "not a JSON object"
-    use, alg = entry.get("use", "sig"), entry.get("alg", algorithms[0])
-    if use != "sig" or alg not in algorithms:
-        return f"not a signing key for {', '.join(algorithms)} (use={use!r}, alg={alg!r})"
-    if "d" in entry:
-        return "holds private key material; publish only the public key"
-    if not isinstance(entry.get("kid", ""), str):
-        return "kid is not a string"
-    try:
-        key = jwt.PyJWK.from_dict(entry)
-        key.Algorithm.prepare_key(key.key)  # checks the key type and curve fit the algorithm
-    except jwt.PyJWTError as exc:
-        return str(exc)
-    if key.algorithm_name not in algorithms:
-        return f"a {key.algorithm_name} key; accepted: {', '.join(algorithms)}"
-    return key.Algorithm.check_key_length(key.key) or key
-
-
-def parse_jwks(data: Any, algorithms: list[str], source: str) -> KeySet:
-    """The usable keys of a JWKS document; JwtConfigError when none is usable."""
-    entries = data.get("keys") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise JwtConfigError(f"{source}: not a JWKS document ({{'keys': [...]}})")
-    by_kid: dict[str, jwt.PyJWK] = {}
-    unnamed: list[jwt.PyJWK] = []
-    skipped: list[str] = []
-    for index, entry in enumerate(entries):
-        key = _jwk(entry, algorithms)
-        if isinstance(key, str):
-            skipped.append(f"key {index}: {key}")
-        elif key.key_id is None:
-            unnamed.append(key)
-        else:
-            by_kid[key.key_id] = key
-    if skipped:
-        log.warning("%s: skipped unusable keys: %s", source, "; ".join(skipped))
-    if not by_kid and not unnamed:
-        raise JwtConfigError(f"{source}: no usable key ({'; '.join(skipped) or 'empty'})")
-    return KeySet(by_kid, tuple(unnamed))
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise JwtConfigError(f"{path}: cannot read the file: {exc.strerror}") from exc
-
-
-def load_pem(path: Path, algorithms: list[str]) -> KeySet:
-    try:
-        key = serialization.load_pem_public_key(_read(path))
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise JwtConfigError(f"{path}: not a PEM public key (BEGIN PUBLIC KEY): {exc}") from exc
-    if isinstance(key, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(key, as_dict=True)
-    else:
-        raise JwtConfigError(f"{path}: neither an RSA nor an EC public key")
-    return parse_jwks({"keys": [jwk]}, algorithms, str(path))
-
-
-def load_jwks_file(path: Path, algorithms: list[str]) -> KeySet:
-    try:
-        document = orjson.loads(_read(path))
-    except orjson.JSONDecodeError as exc:
-        raise JwtConfigError(f"{path}: not valid JSON: {exc}") from exc
-    return parse_jwks(document, algorithms, str(path))
-
-
-def load_secret(name: str, env: Mapping[str, str]) -> bytes:
-    secret = env.get(name, "").encode()
-    if not secret:
-        raise JwtConfigError(f"environment variable {name} (the HS256 secret) is not set")
-    if len(secret) < _MIN_SECRET_BYTES:
-        raise JwtConfigError(
-            f"the HS256 secret in {name} is {len(secret)} bytes; use at least "
-            f"{_MIN_SECRET_BYTES} random bytes, e.g. the output of `openssl rand -hex 32`"
-        )
-    return secret
-
-
-class RemoteJwks:
-    """A JWKS URL, cached; a failed refresh keeps the last good keys."""
-
-    def __init__(self, settings: JwtSettings, url: str) -> None:
-        self._url = url
-        self._algorithms: list[str] = list(settings.algorithms)
-        self._ttl = settings.jwks_cache_seconds
-        self._min_interval = settings.jwks_min_refetch_seconds
-        self._timeout = aiohttp.ClientTimeout(total=settings.jwks_timeout_seconds)
-        self._keys = KeySet()
-        self._fetched_at = self._tried_at = -math.inf
-        self._lock = asyncio.Lock()
-
-    async def keys(self) -> KeySet:
-        if time.monotonic() - self._fetched_at >= self._ttl:
-            await self.refresh()
-        return self._keys
-
-    async def refresh(self) -> KeySet:
-        """Fetch unless one fetch is under way or finished less than the minimum interval ago."""
-        tried = self._tried_at
-        async with self._lock:
-            if self._tried_at != tried or time.monotonic() - tried < self._min_interval:
-                return self._keys
-            self._tried_at = time.monotonic()
-            try:
-                self._keys = parse_jwks(await self._fetch(), self._algorithms, self._url)
-                self._fetched_at = self._tried_at
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning(
-                    "JWKS refresh from %s failed (%s); keeping %d cached keys",
-                    self._url, exc or type(exc).__name__, len(self._keys),
-                )  # fmt: skip
-        return self._keys
-
-    async def _fetch(self) -> Any:
-        async with (
-            aiohttp.ClientSession(timeout=self._timeout) as session,
-            session.get(self._url, headers={"Accept": "application/json"}) as resp,
-        ):
-            if resp.status != 200:
-                raise ValueError(f"HTTP {resp.status}")
-            body = bytearray()
-            async for chunk in resp.content.iter_chunked(1 << 16):
-                body += chunk
-                if len(body) > _MAX_JWKS_BYTES:
-                    raise ValueError(f"larger than {_MAX_JWKS_BYTES} bytes")
-        return orjson.loads(body)
 
 
 _REASONS: tuple[tuple[type[jwt.PyJWTError], Reason, str], ...] = (

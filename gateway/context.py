@@ -38,7 +38,9 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     request_id: str | None = None
     # Who is calling, set by an auth policy; the tier decides limits and permissions.
-    principal: str | None = None
+    principal: str | None = None  # e.g. "key:3f9a0c1b2d4e", "jwt:alice", "ip:10.0.0.7"
+    key_id: str | None = None  # the API key's id, when an API key was used
+    subject: str | None = None  # the person or service behind it (key owner, token subject)
     tier: str | None = None
     model: str | None = None
     default_model: str | None = None  # used when the body names none
@@ -53,6 +55,7 @@ class RequestContext:
     outcome: str = OK
     error: str | None = None
     usage: dict[str, Any] | None = None
+    cached: bool = False  # answered from the response cache
     first_byte_at: float | None = None
     finished: float | None = None
     # Set by an auth policy: which models this caller may see in GET /v1/models.

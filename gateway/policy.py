@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from multidict import CIMultiDict
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway.config import GatewayConfig
 from gateway.context import Reply, RequestContext
+from gateway.metrics import Metrics
 from gateway.resources import Resources
 from gateway.tiers import Tier
 
@@ -43,6 +44,7 @@ class PolicyEnv:
     config: GatewayConfig
     tiers: Mapping[str, Tier]
     resources: Resources
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 class Policy:

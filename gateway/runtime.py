@@ -22,9 +22,11 @@ from gateway.resources import Resources
 log = logging.getLogger("gateway.reload")
 
 
-def build(source: PolicySource, resources: Resources) -> tuple[PolicyDocument, Chain]:
+def build(
+    source: PolicySource, resources: Resources, metrics: Metrics | None = None
+) -> tuple[PolicyDocument, Chain]:
     document = source.load()
-    env = PolicyEnv(source.config, document.tiers, resources)
+    env = PolicyEnv(source.config, document.tiers, resources, metrics or Metrics())
     return document, build_chain(document.policies, env, source.name)
 
 
@@ -40,7 +42,7 @@ class PolicyRuntime:
         self.metrics = metrics or Metrics()
         self.resources = resources or Resources()
         if chain is None:
-            self.document, self.chain = build(source, self.resources)
+            self.document, self.chain = build(source, self.resources, self.metrics)
         else:  # a chain assembled in code (tests, embedding)
             self.document, self.chain = PolicyDocument(policies=[]), chain
         self.reloads = 0
@@ -73,7 +75,7 @@ class PolicyRuntime:
         async with self._lock:
             self._digest = self._file_digest()
             try:
-                document, chain = build(self.source, self.resources)
+                document, chain = build(self.source, self.resources, self.metrics)
                 await chain.start()
             except Exception as exc:  # whatever goes wrong, the running chain stays
                 self.failures += 1

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import time
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from pydantic import Field
 
@@ -59,6 +60,13 @@ class AuthSettings(PolicySettings):
     anonymous: AnonymousSettings | None = None
     default_tier: str | None = None  # for tokens without a tier claim
     cache_seconds: float = Field(2.0, ge=0, le=5)
+
+
+class Caller(NamedTuple):
+    principal: str  # what limits and usage are kept by: "key:<id>", "jwt:<sub>", "ip:<addr>"
+    subject: str  # the person or service: key owner, token subject, client address
+    tier: str
+    key_id: str | None = None
 
 
 def unauthorized(message: str) -> GatewayError:
@@ -126,17 +134,27 @@ class AuthPolicy(Policy):
             await self.verifier.start()
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:
-        principal, tier_name = await self._authenticate(ctx)
-        tier = self.env.tiers.get(tier_name)
+        try:
+            await self._admit(ctx)
+        except GatewayError as err:
+            reason = _failure_reason(err)
+            if reason is not None:  # not a bad body (400, 413): that is no auth failure
+                self.env.metrics.auth_failures.labels(reason).inc()
+            raise
+        return None
+
+    async def _admit(self, ctx: RequestContext) -> None:
+        caller = await self._authenticate(ctx)
+        tier = self.env.tiers.get(caller.tier)
         if tier is None:
-            raise forbidden(f"Your tier {tier_name!r} is not configured; ask an admin.")
-        ctx.principal, ctx.tier = principal, tier_name
+            raise forbidden(f"Your tier {caller.tier!r} is not configured; ask an admin.")
+        ctx.principal, ctx.subject, ctx.key_id = caller.principal, caller.subject, caller.key_id
+        ctx.tier = caller.tier
         ctx.model_allowed = tier.allows_model
         if not tier.allows_endpoint(ctx.endpoint):
-            raise forbidden(f"Your tier '{tier_name}' may not use {ctx.request.path}.")
+            raise forbidden(f"Your tier '{caller.tier}' may not use {ctx.request.path}.")
         if ctx.endpoint != "models":
             await self._check_body(ctx, tier)
-        return None
 
     async def _check_body(self, ctx: RequestContext, tier: Tier) -> None:
         body = await ctx.json()
@@ -153,23 +171,24 @@ class AuthPolicy(Policy):
                 body[field] = tier.max_tokens
                 ctx.body_changed = True
 
-    async def _authenticate(self, ctx: RequestContext) -> tuple[str, str]:
+    async def _authenticate(self, ctx: RequestContext) -> Caller:
         token = credential(ctx)
         if token is None:
             anonymous = self.settings.anonymous
             if anonymous is None:
                 raise MISSING
             ip = client_address(ctx.request, anonymous.trusted_proxies, anonymous.forwarded_header)
-            return f"ip:{ip}", anonymous.tier
+            return Caller(f"ip:{ip}", ip, anonymous.tier)
         if token.startswith(PREFIX) and self.store is not None:
             verdict = await self._verify_key(token)
             if verdict.key is None:
                 log.info("API key refused: %s", verdict.reason, extra={"key_id": verdict.key_id})
                 raise INVALID
-            return f"key:{verdict.key.id}", verdict.key.tier
+            key = verdict.key
+            return Caller(f"key:{key.id}", key.owner, key.tier, key.id)
         static = self.static.get(hashlib.sha256(token.encode()).hexdigest())
         if static is not None:
-            return f"static:{static.owner}", static.tier
+            return Caller(f"static:{static.owner}", static.owner, static.tier)
         if self.verifier is not None and token.count(".") == 2:
             return self._from_claims(await self._verify_jwt(token))
         raise INVALID
@@ -190,11 +209,11 @@ class AuthPolicy(Policy):
             log.info("bearer token refused: %s", exc.reason)
             raise unauthorized(f"Invalid bearer token: {exc.message}.") from exc
 
-    def _from_claims(self, claims: Claims) -> tuple[str, str]:
+    def _from_claims(self, claims: Claims) -> Caller:
         tier = claims.tier or self.settings.default_tier
         if tier is None:
             raise forbidden("Your token names no tier and no default tier is configured.")
-        return f"jwt:{claims.subject}", tier
+        return Caller(f"jwt:{claims.subject}", claims.subject, tier)
 
     async def _verify_key(self, token: str) -> Verdict:
         key_id = parse_key(token)
@@ -209,6 +228,16 @@ class AuthPolicy(Policy):
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key_id] = cached
         return judge(token, key_id, cached[1], datetime.now(UTC))
+
+
+def _failure_reason(err: GatewayError) -> str | None:
+    if err is MISSING:
+        return "missing"
+    if err.status == 401:
+        return "invalid_token" if err.message.startswith("Invalid bearer token") else "invalid_key"
+    if err.status == 403:
+        return "forbidden"
+    return "unavailable" if err.code == "auth_unavailable" else None
 
 
 def credential(ctx: RequestContext) -> str | None:

@@ -160,6 +160,9 @@ def servers(args: argparse.Namespace, logdir: Path) -> Iterator[dict[str, Server
         if not args.no_quiet:
             (logdir / "quiet.yaml").write_text("logging: {level: WARNING, access_log: false}\n")
             variants["gateway-quiet"] = ["--config", str(logdir / "quiet.yaml")]
+        for item in args.variant:
+            name, _, config = item.partition("=")
+            variants[name] = ["--config", str(Path(config).resolve())]
         for name, extra in variants.items():
             gport = free_port()
             cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gport)]
@@ -322,7 +325,18 @@ def main() -> int:
     parser.add_argument("--paced-seconds", type=float, default=10, help="paced run length")
     parser.add_argument("--no-quiet", action="store_true", help="skip the no-access-log variant")
     parser.add_argument("--quick", action="store_true", help="3 s runs, for a smoke test")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=CONFIG",
+        help="also measure a gateway started with this configuration file (repeatable); "
+        "its upstream is the fake model 'fake', given on the command line",
+    )
     args = parser.parse_args()
+    for item in args.variant:
+        if "=" not in item:
+            parser.error(f"--variant {item!r}: expected NAME=CONFIG.yaml")
     if args.quick:
         args.duration, args.paced_seconds, args.warmup = 3, 3, 1
     if shutil.which("wrk") is None:

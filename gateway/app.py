@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from aiohttp import web
 from gateway.background import running
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.metrics import Metrics
+from gateway.exposition import MetricsEndpoint, publish_forever
+from gateway.metrics import Metrics, multiprocess_dir
 from gateway.policy import Chain
 from gateway.policydoc import PolicySource
 from gateway.relay import Relay
@@ -42,14 +44,14 @@ def create_app(
     # The body limit is enforced per request with an OpenAI-shaped 413; aiohttp's own
     # limit must not be lower.
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    metrics = Metrics()
+    metrics = Metrics(models=config.models)
     runtime = PolicyRuntime(PolicySource(config, config_path), chain=chain, metrics=metrics)
     state = State(config, runtime, Pool.from_config(config))
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/metrics", MetricsEndpoint(metrics, state.pool).handle)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_route("GET" if endpoint == "models" else "POST", path, _endpoint(endpoint))
     app.router.add_route("*", "/{tail:.*}", not_found)
@@ -103,11 +105,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                     "health-prober",
                 ),
                 running(state.runtime.watch(state.config.policy_reload_seconds), "policy-watch"),
+                _publisher(state),
             ):
                 yield
                 await relay.drain()
         finally:
             await state.runtime.close()
+
+
+def _publisher(state: State) -> AbstractAsyncContextManager[None]:
+    """With several workers, each publishes its upstream gauges for the others to add up."""
+    if multiprocess_dir() is None:
+        return nullcontext()
+    return running(publish_forever(state.runtime.metrics, state.pool), "metrics-publisher")
 
 
 async def health(request: web.Request) -> web.Response:

@@ -2,72 +2,251 @@
 
 Label values come from bounded sets only: configured model and tier names, status
 classes, and fixed reason words. Policies reach the metrics through `PolicyEnv.metrics`.
+Every fixed label set is created at start-up, so its series exist (at 0) before the
+first event and dashboards and alerts have data to work on.
+
+The core records each request once, when it is over (`observe`), through children
+resolved once per label combination: a request pays no `labels()` lookup.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from gateway.context import DISCONNECTED, RequestContext
 
 NAMESPACE = "llama_gateway"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+AUTH_REASONS = ("missing", "invalid_key", "invalid_token", "forbidden", "unavailable")
+RATE_LIMITS = ("requests", "tokens", "concurrency", "quota_day", "quota_month")
+DEPENDENCIES = ("redis", "postgres", "sqlite")
+DEPENDENCY_ACTIONS = ("fail_open", "fail_closed", "journal", "retry")
+USAGE_DESTINATIONS = ("database", "journal", "replayed")
+CACHE_RESULTS = ("hit", "miss")
+ENDPOINTS = ("chat.completions", "completions", "embeddings", "models")
+
+NONE = "none"  # no model named (GET /v1/models), no tier (no auth policy), no status sent
+UNKNOWN = "unknown"  # a model name that is not configured: never a label value of its own
+
+# Seconds. Answers from a CPU llama-server take from milliseconds (embeddings, cache
+# hits) to minutes (long generations).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1)
+STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def multiprocess_dir() -> str | None:
+    """Where worker processes keep their samples, when the gateway runs several."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry()
-        self.policy_reloads = Counter(
-            "llama_gateway_policy_reloads",
-            "Policy document reloads by result (ok: swapped in; error: refused, old policy kept).",
-            ["result"],
-            registry=registry,
-        )
-        for result in ("ok", "error"):
-            self.policy_reloads.labels(result)
-        self.auth_failures = Counter(
-            "llama_gateway_auth_failures",
-            "Requests refused by the auth policy, by reason "
-            "(missing, invalid_key, invalid_token, forbidden, unavailable).",
-            ["reason"],
-            registry=registry,
-        )
-        self.rate_limited = Counter(
-            "llama_gateway_rate_limited",
-            "Requests refused by the rate-limit policy, by tier and by the limit that refused "
-            "them (requests, tokens, concurrency, quota_day, quota_month).",
-            ["tier", "limit"],
-            registry=registry,
-        )
-        self.dependency_errors = Counter(
-            "llama_gateway_dependency_errors",
-            "Failed calls to a dependency (redis, postgres, sqlite), by dependency and by what "
-            "the gateway did about it (fail_open, fail_closed, journal, retry).",
-            ["dependency", "action"],
-            registry=registry,
-        )
-        self.usage_queue_depth = Gauge(
-            "llama_gateway_usage_queue_depth",
-            "Usage records waiting in memory for the background writer.",
-            registry=registry,
-        )
-        self.usage_journal_bytes = Gauge(
-            "llama_gateway_usage_journal_bytes",
-            "Size of the local usage journal: records not yet in the database.",
-            registry=registry,
-        )
-        self.usage_records = Counter(
-            "llama_gateway_usage_records",
-            "Usage records by where they went (database, journal, replayed).",
-            ["destination"],
-            registry=registry,
+    def __init__(self, models: Iterable[str] = (), tiers: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        self.models = frozenset(models)
+        self.tiers: frozenset[str] = frozenset()
+        self._series: dict[tuple[str, str, int, str], _Series] = {}
+        self._define_policy_metrics()
+        self._define_request_metrics()
+        self._define_resource_metrics()
+        self.set_tiers(tiers)
+
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(f"{NAMESPACE}_{name}", doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...] = (), mode: str = "") -> Gauge:
+        # In multi-process mode the gauge's files are summed (or maxed) over live workers.
+        return Gauge(
+            f"{NAMESPACE}_{name}",
+            doc,
+            labels,
+            registry=self.registry,
+            multiprocess_mode=mode or "livesum",  # type: ignore[arg-type]
         )
 
-    async def handle(self, request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(self.registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
+    def _histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(
+            f"{NAMESPACE}_{name}",
+            doc,
+            ("model", "endpoint"),
+            registry=self.registry,
+            buckets=buckets,
+        )
+
+    def _define_policy_metrics(self) -> None:
+        self.policy_reloads = self._counter(
+            "policy_reloads",
+            "Policy document reloads by result (ok: swapped in; error: refused, old policy kept).",
+            ("result",),
+        )
+        _init(self.policy_reloads, ("ok",), ("error",))
+        self.auth_failures = self._counter(
+            "auth_failures",
+            "Requests refused by the auth policy, by reason "
+            "(missing, invalid_key, invalid_token, forbidden, unavailable).",
+            ("reason",),
+        )
+        _init(self.auth_failures, *((r,) for r in AUTH_REASONS))
+        self.rate_limited = self._counter(
+            "rate_limited",
+            "Requests refused by the rate-limit policy, by tier and by the limit that refused "
+            "them (requests, tokens, concurrency, quota_day, quota_month).",
+            ("tier", "limit"),
+        )
+        self.dependency_errors = self._counter(
+            "dependency_errors",
+            "Failed calls to a dependency (redis, postgres, sqlite), by dependency and by what "
+            "the gateway did about it (fail_open, fail_closed, journal, retry).",
+            ("dependency", "action"),
+        )
+        _init(self.dependency_errors, *((d, a) for d in DEPENDENCIES for a in DEPENDENCY_ACTIONS))
+        self.usage_queue_depth = self._gauge(
+            "usage_queue_depth", "Usage records waiting in memory for the background writer."
+        )
+        self.usage_journal_bytes = self._gauge(
+            "usage_journal_bytes",
+            "Size of the local usage journal: records not yet in the database.",
+        )
+        self.usage_records = self._counter(
+            "usage_records",
+            "Usage records by where they went (database, journal, replayed).",
+            ("destination",),
+        )
+        _init(self.usage_records, *((d,) for d in USAGE_DESTINATIONS))
+        self.cache_requests = self._counter(
+            "cache_requests",
+            "Cacheable requests looked up in the response cache, by result (hit, miss).",
+            ("result",),
+        )
+        _init(self.cache_requests, *((r,) for r in CACHE_RESULTS))
+
+    def _define_request_metrics(self) -> None:
+        self.requests = self._counter(
+            "requests",
+            "Requests served on the OpenAI endpoints, by model, endpoint, status class "
+            "(2xx, 4xx, 5xx; none when the client left before an answer) and tier.",
+            ("model", "endpoint", "status", "tier"),
+        )
+        self.client_disconnects = self._counter(
+            "client_disconnects",
+            "Requests whose client hung up before the answer was complete.",
+            ("model", "endpoint"),
+        )
+        self.duration = self._histogram(
+            "request_duration_seconds",
+            "Time from receiving a request to the end of its answer.",
+            LATENCY_BUCKETS,
+        )
+        self.ttft = self._histogram(
+            "time_to_first_token_seconds",
+            "Streamed answers: time from receiving the request to the first event relayed.",
+            LATENCY_BUCKETS,
+        )
+        self.upstream_duration = self._histogram(
+            "upstream_duration_seconds",
+            "Time spent on the upstream call: from sending the request to its last byte.",
+            LATENCY_BUCKETS,
+        )
+        self.overhead = self._histogram(
+            "overhead_seconds",
+            "Gateway overhead of requests relayed upstream: total time minus upstream time "
+            "(policies, parsing, routing, writing the answer).",
+            OVERHEAD_BUCKETS,
+        )
+        self.tokens = self._counter(
+            "tokens",
+            "Tokens reported by the upstream, by model, tier and type (prompt, completion).",
+            ("model", "tier", "type"),
+        )
+        for model in (*self.models, UNKNOWN):
+            for endpoint in ENDPOINTS:
+                self.duration.labels(model, endpoint)
+
+    def _define_resource_metrics(self) -> None:
+        self.upstream_up = self._gauge(
+            "upstream_up",
+            "1 while an upstream llama-server answers its health probe, 0 while it is down "
+            "or loading its model.",
+            ("upstream", "model"),
+            mode="livemax",
+        )
+        self.upstream_in_flight = self._gauge(
+            "upstream_in_flight",
+            "Requests being answered by each upstream right now.",
+            ("upstream", "model"),
+        )
+
+    def set_tiers(self, tiers: Iterable[str]) -> None:
+        """The tier names in force (after each policy load): the only tier label values."""
+        self.tiers = frozenset(tiers)
+        for tier in self.tiers:
+            for limit in RATE_LIMITS:
+                self.rate_limited.labels(tier, limit)
+
+    def observe(self, ctx: RequestContext) -> None:
+        """Record one finished request (called once, from the relay)."""
+        model = ctx.model
+        if model is None:
+            model = NONE
+        elif model not in self.models:
+            model = UNKNOWN
+        tier = ctx.tier if ctx.tier in self.tiers else NONE
+        key = (model, ctx.endpoint, ctx.status // 100, tier)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(self, *key)
+        series.requests.inc()
+        finished = ctx.finished or ctx.started
+        total = finished - ctx.started
+        series.duration.observe(total)
+        upstream = ctx.upstream_seconds
+        if upstream is not None:
+            series.upstream.observe(upstream)
+            series.overhead.observe(max(total - upstream, 0.0))
+            if ctx.stream and ctx.first_byte_at is not None and ctx.status < 400:
+                series.ttft.observe(ctx.first_byte_at - ctx.started)
+        usage = ctx.usage
+        if usage is not None:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if type(prompt) is int and prompt > 0:
+                series.prompt_tokens.inc(prompt)
+            if type(completion) is int and completion > 0:
+                series.completion_tokens.inc(completion)
+        if ctx.outcome == DISCONNECTED:
+            series.disconnects.inc()
+
+
+class _Series:
+    """The children of one (model, endpoint, status class, tier) combination."""
+
+    __slots__ = (
+        "completion_tokens",
+        "disconnects",
+        "duration",
+        "overhead",
+        "prompt_tokens",
+        "requests",
+        "ttft",
+        "upstream",
+    )
+
+    def __init__(self, m: Metrics, model: str, endpoint: str, status: int, tier: str) -> None:
+        self.requests = m.requests.labels(model, endpoint, STATUS_CLASSES.get(status, NONE), tier)
+        self.duration = m.duration.labels(model, endpoint)
+        self.ttft = m.ttft.labels(model, endpoint)
+        self.upstream = m.upstream_duration.labels(model, endpoint)
+        self.overhead = m.overhead.labels(model, endpoint)
+        self.prompt_tokens = m.tokens.labels(model, tier, "prompt")
+        self.completion_tokens = m.tokens.labels(model, tier, "completion")
+        self.disconnects = m.client_disconnects.labels(model, endpoint)
+
+
+def _init(metric: MetricWrapperBase, *label_sets: tuple[Any, ...]) -> None:
+    for labels in label_sets:
+        metric.labels(*labels)

@@ -38,6 +38,7 @@ class Relay:
         session: aiohttp.ClientSession,
     ) -> None:
         self.runtime = runtime
+        self.metrics = runtime.metrics
         self.pool = pool
         self.session = session
         self.max_body = config.server.max_body_bytes
@@ -71,6 +72,7 @@ class Relay:
             raise
         finally:
             ctx.finished = time.perf_counter()
+            self.metrics.observe(ctx)
             if self.access_log is not None:
                 self.access_log.log(ctx)
             if chain.wants_completion:
@@ -127,10 +129,17 @@ class Relay:
         upstream = self.pool.pick(ctx.model)
         ctx.upstream = upstream.url
         upstream.in_flight += 1
+        started = time.perf_counter()
         try:
             return await self._call(ctx, chain, upstream)
         finally:
             upstream.in_flight -= 1
+            # A whole body is read before it is sent on: its last byte came at `first_byte_at`.
+            # A stream's relay interleaves reading and writing: all of it counts as upstream.
+            end = ctx.first_byte_at
+            if end is None or ctx.stream:
+                end = time.perf_counter()
+            ctx.upstream_seconds = end - started
 
     async def _call(
         self, ctx: RequestContext, chain: Chain, upstream: Upstream
@@ -139,6 +148,12 @@ class Relay:
         headers = {"Content-Type": "application/json", **ctx.upstream_headers}
         if upstream.api_key:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
+        # W3C trace context: the caller's trace goes on to llama-server.
+        incoming = ctx.request.headers
+        if "traceparent" in incoming and "traceparent" not in headers:
+            headers["traceparent"] = incoming["traceparent"]
+            if "tracestate" in incoming:
+                headers["tracestate"] = incoming["tracestate"]
         try:
             resp = await self.session.post(
                 url, data=self._payload(ctx), headers=headers, timeout=self.timeout

@@ -45,6 +45,7 @@ class PolicyRuntime:
             self.document, self.chain = build(source, self.resources, self.metrics)
         else:  # a chain assembled in code (tests, embedding)
             self.document, self.chain = PolicyDocument(policies=[]), chain
+        self.metrics.set_tiers(self.document.tiers)
         self.reloads = 0
         self.failures = 0
         self._digest = self._file_digest()
@@ -88,6 +89,7 @@ class PolicyRuntime:
                 )
                 return False
             old, self.chain, self.document = self.chain, chain, document
+            self.metrics.set_tiers(document.tiers)
             self.reloads += 1
             self.metrics.policy_reloads.labels("ok").inc()
             log.info(

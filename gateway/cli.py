@@ -35,6 +35,13 @@ def load(args: argparse.Namespace) -> tuple[GatewayConfig, Path | None]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from gateway.workers import Supervisor, prepare_metrics_dir
+
+        prepare_metrics_dir()  # before anything creates a metric: it may live in that directory
+        config, path = load(args)
+        setup_logging(config.logging.level)
+        return Supervisor(config, path, args.workers).run()
     config, path = load(args)
     setup_logging(config.logging.level)
     from gateway.server import serve
@@ -85,6 +92,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="MODEL=URL",
         help="serve MODEL from the llama-server at URL; repeat for more models or replicas",
     )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes sharing the port (default 1); /metrics adds them up",
+    )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
@@ -96,6 +109,12 @@ def parser() -> argparse.ArgumentParser:
     for entry in entry_points(group="llama_gateway.commands"):
         entry.load()(sub)
     return top
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def admin_config(explicit: str | None) -> tuple[GatewayConfig, PolicyDocument]:

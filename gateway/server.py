@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -17,7 +18,12 @@ log = logging.getLogger("gateway.server")
 
 
 async def serve(
-    config: GatewayConfig, config_path: Path | None = None, stop: asyncio.Event | None = None
+    config: GatewayConfig,
+    config_path: Path | None = None,
+    stop: asyncio.Event | None = None,
+    *,
+    reuse_port: bool = False,
+    on_listening: Callable[[int], object] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then drain.
 
@@ -38,7 +44,9 @@ async def serve(
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+        site = web.TCPSite(
+            runner, config.server.host, config.server.port, backlog=1024, reuse_port=reuse_port
+        )
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
         ports = [s.getsockname()[1] for s in sockets or []]
@@ -53,6 +61,8 @@ async def serve(
                 "policies": [p.name for p in app[STATE].runtime.chain.policies],
             },
         )
+        if on_listening is not None:
+            on_listening(ports[0] if ports else config.server.port)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

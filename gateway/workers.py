@@ -1,0 +1,160 @@
+"""`serve --workers N`: N gateway processes on one port, with metrics added up across them.
+
+The parent reserves the port, starts the workers (fresh interpreters, so that every one
+loads prometheus_client in multi-process mode), passes SIGTERM, SIGINT and SIGHUP on,
+and restarts a worker that dies. Each worker listens with SO_REUSEPORT, so the kernel
+spreads new connections over them; `/metrics` on any of them reports the sum of all.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import time
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from types import FrameType
+
+from gateway.config import GatewayConfig
+from gateway.metrics import MULTIPROC_ENV
+
+log = logging.getLogger("gateway.workers")
+
+RESTART_DELAY_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 60.0
+
+
+def prepare_metrics_dir() -> Path:
+    """The directory the workers share their samples through, emptied of a previous run's.
+
+    Idempotent: the second call (when the workers start) removes the samples of the checks
+    made in this process meanwhile.
+    """
+    chosen = os.environ.get(MULTIPROC_ENV)
+    directory = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="llama-gateway-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in [*directory.glob("*.db"), *directory.glob("worker_*.pid")]:
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) to learn the port when it is 0 and to hold it for the workers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Connection) -> None:
+    """A worker process: serve on the shared port until told to stop."""
+    from gateway.cli import run
+    from gateway.exposition import write_worker_pid
+    from gateway.logs import setup_logging
+    from gateway.server import serve
+
+    setup_logging(config.logging.level)
+    write_worker_pid(index)
+    run(serve(config, path, reuse_port=True, on_listening=lambda port: ready.send(port)))
+
+
+class Supervisor:
+    def __init__(self, config: GatewayConfig, path: Path | None, count: int) -> None:
+        self.config, self.path, self.count = config, path, count
+        self.spawn = multiprocessing.get_context("spawn")
+        self.workers: dict[int, SpawnProcess] = {}
+        self.stopping = False
+
+    def run(self) -> int:
+        directory = prepare_metrics_dir()
+        holder = reserve_port(self.config.server.host, self.config.server.port)
+        port = holder.getsockname()[1]
+        self.config = self.config.model_copy(
+            update={"server": self.config.server.model_copy(update={"port": port})}
+        )
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._forward)
+        try:
+            for index in range(self.count):
+                self._start(index)
+            log.info(
+                "listening on %s:%s",
+                self.config.server.host,
+                port,
+                extra={"port": port, "workers": self.count, "metrics_dir": str(directory)},
+            )
+            self._watch()
+        finally:
+            holder.close()
+            self._stop(signal.SIGTERM, None)
+            for process in self.workers.values():
+                process.join()
+        log.info("stopped")
+        return 0
+
+    def _start(self, index: int) -> None:
+        receive, send = self.spawn.Pipe(duplex=False)
+        process = self.spawn.Process(
+            target=worker_main,
+            args=(self.config, self.path, index, send),
+            name=f"llama-gateway-worker-{index}",
+        )
+        process.start()
+        send.close()
+        self.workers[index] = process
+        try:
+            if not receive.poll(START_TIMEOUT_SECONDS):
+                raise EOFError
+            receive.recv()
+        except EOFError:
+            raise RuntimeError(
+                f"worker {index} did not start listening (exit code {process.exitcode}); "
+                "its log lines above say why"
+            ) from None
+        finally:
+            receive.close()
+
+    def _watch(self) -> None:
+        """Wait for workers to exit; restart those that die while not stopping."""
+        while self.workers:
+            sentinels = {p.sentinel: i for i, p in self.workers.items()}
+            for sentinel in wait(list(sentinels), timeout=1.0):
+                assert isinstance(sentinel, int)
+                index = sentinels[sentinel]
+                process = self.workers.pop(index)
+                process.join()
+                self._forget(process)
+                if not self.stopping:
+                    log.error(
+                        "worker %d exited with %s; restarting it",
+                        index,
+                        process.exitcode,
+                        extra={"worker": index, "exitcode": process.exitcode},
+                    )
+                    time.sleep(RESTART_DELAY_SECONDS)
+                    self._start(index)
+
+    def _forget(self, process: SpawnProcess) -> None:
+        from prometheus_client import multiprocess
+
+        if process.pid is not None:
+            multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for process in self.workers.values():
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        for process in self.workers.values():
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)

@@ -1,0 +1,130 @@
+"""`serve --workers N`: several processes on one port, one set of metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+REQUESTS = 40
+
+
+class Workers:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, metrics_dir: Path) -> None:
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+        self.metrics_dir = metrics_dir
+
+
+@pytest.fixture
+async def workers(fake_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    metrics_dir = tmp_path / "metrics"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--upstream",
+        f"fake={fake_url}",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
+    assert proc.stderr is not None
+    port = None
+    while line := await asyncio.wait_for(proc.stderr.readline(), 60):
+        record = orjson.loads(line)
+        if record["logger"] == "gateway.workers" and record["msg"].startswith("listening"):
+            port = record["port"]
+            break
+    assert port is not None, f"the gateway exited with {await proc.wait()} before listening"
+    # Keep reading its log so that a full pipe never stalls it.
+    drain = asyncio.create_task(proc.stderr.read())
+    try:
+        yield Workers(proc, port, metrics_dir)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 30)
+        await asyncio.wait_for(drain, 30)  # at end of file: every worker has exited too
+
+
+def requests_total(text: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "llama_gateway_requests_total"
+    )
+
+
+def per_process_requests(metrics_dir: Path, tmp_path: Path) -> list[float]:
+    """Requests counted by each worker process, read from its own sample file."""
+    counts = []
+    for i, path in enumerate(sorted(metrics_dir.glob("counter_*.db"))):
+        alone = tmp_path / f"alone-{i}"
+        alone.mkdir()
+        shutil.copy(path, alone)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, str(alone))  # type: ignore[no-untyped-call]
+        counts.append(requests_total(generate_latest(registry).decode()))
+    return counts
+
+
+async def test_metrics_add_up_the_requests_of_every_worker(
+    workers: Workers, tmp_path: Path
+) -> None:
+    # A new connection per request: the kernel spreads connections, not requests.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(REQUESTS):
+            async with session.post(workers.url + "/v1/chat/completions", json=CHAT) as resp:
+                assert resp.status == 200
+        async with session.get(workers.url + "/metrics") as resp:
+            text = await resp.text()
+    counts = per_process_requests(workers.metrics_dir, tmp_path)
+    assert len([c for c in counts if c > 0]) == 2, counts  # both workers served some
+    assert sum(counts) == REQUESTS
+    assert requests_total(text) == REQUESTS
+    assert "llama_gateway_workers 2.0" in text
+    assert 'process_resident_memory_bytes{worker="1"}' in text
+
+
+async def test_a_worker_that_dies_is_replaced(workers: Workers) -> None:
+    pid_file = workers.metrics_dir / "worker_0.pid"
+    first = int(pid_file.read_text())
+    os.kill(first, signal.SIGKILL)
+    for _ in range(200):
+        if int(pid_file.read_text()) != first:
+            break
+        await asyncio.sleep(0.05)
+    assert int(pid_file.read_text()) != first
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(workers.url + "/v1/chat/completions", json=CHAT) as resp,
+    ):
+        assert resp.status == 200
+
+
+async def test_sigterm_stops_every_worker(workers: Workers) -> None:
+    pids = [int(p.read_text()) for p in workers.metrics_dir.glob("worker_*.pid")]
+    workers.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(workers.proc.wait(), 30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

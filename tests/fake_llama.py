@@ -38,12 +38,15 @@ class FakeLlama:
         self.cancelled = 0
         self.completed = 0
         self.record = True
+        self.prompt_tokens = 0
+        self.predicted_tokens = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app[FAKE] = self
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -56,6 +59,20 @@ class FakeLlama:
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """A few of llama-server's own metrics (it serves them when started with --metrics)."""
+        lines = [
+            "# TYPE llamacpp:prompt_tokens_total counter",
+            f"llamacpp:prompt_tokens_total {self.prompt_tokens}",
+            "# TYPE llamacpp:tokens_predicted_total counter",
+            f"llamacpp:tokens_predicted_total {self.predicted_tokens}",
+            "# TYPE llamacpp:requests_processing gauge",
+            f"llamacpp:requests_processing {self.in_flight}",
+            "# TYPE llamacpp:requests_deferred gauge",
+            "llamacpp:requests_deferred 0",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -85,6 +102,8 @@ class FakeLlama:
             else:
                 response = _json(_completion(body, opts.get("chunks", 3)))
             self.completed += 1
+            self.prompt_tokens += 5
+            self.predicted_tokens += int(opts.get("chunks", 3))
             return response
         except asyncio.CancelledError:
             self.cancelled += 1

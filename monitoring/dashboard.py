@@ -1,0 +1,366 @@
+"""The llama-gateway Grafana dashboard, as code (grafana-foundation-sdk).
+
+    python monitoring/dashboard.py           # writes grafana/dashboards/llama-gateway.json
+    python monitoring/dashboard.py --check   # exit 1 if the committed JSON differs
+
+Panels are declared as data below (`ROWS`); the SDK's typed builders turn them into a
+dashboard Grafana accepts, so the JSON is valid by construction. Every query uses the
+`$__rate_interval` Grafana variable only; tests/monitoring/test_live_prometheus.py runs
+each one against a real Prometheus scraping a live gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders.common import VizLegendOptions
+from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, Row
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.builders.stat import Panel as Stat
+from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "llama-gateway.json"
+UID = "llama-gateway"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+R = "[$__rate_interval]"
+GW = 'job="llama-gateway"'
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    unit: str
+    queries: tuple[Query, ...]
+    description: str = ""
+    stat: bool = False
+    width: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def quantiles(metric: str, by: str, selector: str = "") -> tuple[Query, ...]:
+    sel = f"{{{selector}}}" if selector else ""
+    return tuple(
+        Query(
+            f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{sel}{R})))",
+            f"p{int(q * 100)} {{{{{by}}}}}",
+        )
+        for q in (0.5, 0.99)
+    )
+
+
+TRAFFIC = (
+    PanelSpec(
+        "Requests per second by status",
+        "reqps",
+        (Query(f"sum by (status) (rate(llama_gateway_requests_total{R}))", "{{status}}"),),
+        "Requests on the OpenAI endpoints by status class; none = the client left first.",
+    ),
+    PanelSpec(
+        "Requests per second by model and endpoint",
+        "reqps",
+        (
+            Query(
+                f"sum by (model, endpoint) (rate(llama_gateway_requests_total{R}))",
+                "{{model}} {{endpoint}}",
+            ),
+        ),
+    ),
+    PanelSpec(
+        "Error ratio (5xx)",
+        "percentunit",
+        (
+            Query(
+                f'(sum(rate(llama_gateway_requests_total{{status="5xx"}}{R})) or vector(0))'
+                f" / sum(rate(llama_gateway_requests_total{R}))",
+                "5xx",
+            ),
+            Query(
+                f"sum(rate(llama_gateway_client_disconnects_total{R}))"
+                f" / sum(rate(llama_gateway_requests_total{R}))",
+                "client hung up",
+            ),
+        ),
+        "Share of requests answered 5xx (upstream errors, timeouts) and of clients that "
+        "hung up before the end of their answer.",
+    ),
+)
+
+LATENCY = (
+    PanelSpec(
+        "Request duration",
+        "s",
+        quantiles("llama_gateway_request_duration_seconds", "endpoint", 'endpoint!="models"'),
+        "From receiving the request to the end of its answer.",
+    ),
+    PanelSpec(
+        "Time to first token",
+        "s",
+        quantiles("llama_gateway_time_to_first_token_seconds", "model"),
+        "Streamed answers: from receiving the request to the first event relayed.",
+    ),
+    PanelSpec(
+        "Gateway overhead",
+        "s",
+        quantiles("llama_gateway_overhead_seconds", "endpoint"),
+        "Time spent outside the upstream (policies, parsing, routing, writing the answer).",
+    ),
+    PanelSpec(
+        "Upstream duration",
+        "s",
+        quantiles("llama_gateway_upstream_duration_seconds", "model"),
+        "From sending the request upstream to its last byte.",
+    ),
+    PanelSpec(
+        "Tokens per second by model and tier",
+        "short",
+        (
+            Query(
+                f"sum by (model, tier, type) (rate(llama_gateway_tokens_total{R}))",
+                "{{model}} {{tier}} {{type}}",
+            ),
+        ),
+        "Prompt and completion tokens as reported by llama-server.",
+    ),
+    PanelSpec(
+        "llama-server tokens per second",
+        "short",
+        (
+            Query(f"sum by (instance) (rate(llamacpp:tokens_predicted_total{R}))", "{{instance}}"),
+            Query(
+                f"sum by (instance) (rate(llamacpp:prompt_tokens_total{R}))",
+                "{{instance}} prompt",
+            ),
+        ),
+        "From llama-server's own /metrics (started with --metrics).",
+    ),
+)
+
+POLICIES = (
+    PanelSpec(
+        "Rate-limited requests per second",
+        "reqps",
+        (
+            Query(
+                f"sum by (tier, limit) (rate(llama_gateway_rate_limited_total{R}))",
+                "{{tier}} {{limit}}",
+            ),
+        ),
+        "429 answers by tier and by the limit that refused them (quota_* = long-window quotas).",
+    ),
+    PanelSpec(
+        "Auth failures per second",
+        "reqps",
+        (Query(f"sum by (reason) (rate(llama_gateway_auth_failures_total{R}))", "{{reason}}"),),
+    ),
+    PanelSpec(
+        "Cache hit ratio",
+        "percentunit",
+        (
+            Query(
+                f'sum(rate(llama_gateway_cache_requests_total{{result="hit"}}{R}))'
+                f" / clamp_min(sum(rate(llama_gateway_cache_requests_total{R})), 1e-9)",
+                "hit ratio",
+            ),
+        ),
+        "Share of cacheable requests answered from the response cache (0 without lookups).",
+        stat=True,
+        width=4,
+    ),
+    PanelSpec(
+        "Cache lookups per second",
+        "reqps",
+        (Query(f"sum by (result) (rate(llama_gateway_cache_requests_total{R}))", "{{result}}"),),
+        width=4,
+    ),
+    PanelSpec(
+        "Policy reloads (last hour)",
+        "short",
+        (
+            Query(
+                "sum by (result) (increase(llama_gateway_policy_reloads_total[1h]))", "{{result}}"
+            ),
+        ),
+        "error = an invalid policy file was refused and the previous policy kept.",
+        stat=True,
+    ),
+)
+
+UPSTREAMS = (
+    PanelSpec(
+        "Upstream health",
+        "bool_yes_no",
+        (Query("max by (upstream, model) (llama_gateway_upstream_up)", "{{model}} {{upstream}}"),),
+        "1 while an upstream answers its /health probe; 0 while down or loading a model.",
+    ),
+    PanelSpec(
+        "In-flight requests per upstream",
+        "short",
+        (Query("sum by (upstream) (llama_gateway_upstream_in_flight)", "{{upstream}}"),),
+    ),
+    PanelSpec(
+        "llama-server slots",
+        "short",
+        (
+            Query("sum by (instance) (llamacpp:requests_processing)", "{{instance}} processing"),
+            Query("sum by (instance) (llamacpp:requests_deferred)", "{{instance}} waiting"),
+        ),
+        "Requests being processed and waiting for a free slot in each llama-server.",
+    ),
+)
+
+USAGE = (
+    PanelSpec(
+        "Usage pipeline backlog",
+        "short",
+        (Query("sum by (instance) (llama_gateway_usage_queue_depth)", "{{instance}} queue"),),
+        "Usage records waiting in memory for the background writer.",
+    ),
+    PanelSpec(
+        "Usage journal size",
+        "bytes",
+        (Query("sum by (instance) (llama_gateway_usage_journal_bytes)", "{{instance}} journal"),),
+        "Records kept on local disk while the database is unreachable; replayed later.",
+    ),
+    PanelSpec(
+        "Usage records per second",
+        "short",
+        (
+            Query(
+                f"sum by (destination) (rate(llama_gateway_usage_records_total{R}))",
+                "{{destination}}",
+            ),
+        ),
+    ),
+    PanelSpec(
+        "Dependency errors per second",
+        "short",
+        (
+            Query(
+                f"sum by (dependency, action) (rate(llama_gateway_dependency_errors_total{R}))",
+                "{{dependency}} {{action}}",
+            ),
+        ),
+        "Failed calls to Redis, PostgreSQL or SQLite, and what the gateway did about them.",
+        width=16,
+    ),
+)
+
+PROCESS = (
+    PanelSpec(
+        "CPU (cores)",
+        "short",
+        (Query(f"sum by (instance) (rate(process_cpu_seconds_total{{{GW}}}{R}))", "{{instance}}"),),
+        "All worker processes of each gateway instance together.",
+    ),
+    PanelSpec(
+        "Resident memory",
+        "bytes",
+        (Query(f"sum by (instance) (process_resident_memory_bytes{{{GW}}})", "{{instance}}"),),
+    ),
+    PanelSpec(
+        "Open file descriptors",
+        "short",
+        (Query(f"sum by (instance) (process_open_fds{{{GW}}})", "{{instance}}"),),
+        "Client and upstream connections, database pools, log files.",
+    ),
+)
+
+ROWS = (
+    ("Traffic", TRAFFIC),
+    ("Latency and tokens", LATENCY),
+    ("Policies: rate limits, auth, cache", POLICIES),
+    ("Upstreams", UPSTREAMS),
+    ("Usage pipeline and dependencies", USAGE),
+    ("Process resources", PROCESS),
+)
+
+
+def panel(spec: PanelSpec, panel_id: int) -> Stat | Timeseries:
+    built: Stat | Timeseries
+    if spec.stat:
+        built = Stat()
+    else:
+        built = (
+            Timeseries()
+            .fill_opacity(10)
+            .legend(
+                VizLegendOptions()
+                .show_legend(True)
+                .display_mode(LegendDisplayMode.LIST)
+                .placement(LegendPlacement.BOTTOM)
+            )
+        )
+    built = built.id(panel_id).title(spec.title).unit(spec.unit).datasource(DATASOURCE).height(8)
+    built = built.span(spec.width)
+    if spec.description:
+        built = built.description(spec.description)
+    for i, query in enumerate(spec.queries):
+        target = Dataquery().expr(query.expr).legend_format(query.legend).ref_id(chr(65 + i))
+        built = built.with_target(target.datasource(DATASOURCE))
+    return built
+
+
+def build() -> dict[str, Any]:
+    dashboard = (
+        Dashboard("llama-gateway")
+        .uid(UID)
+        .tags(["llama-gateway", "llm"])
+        .description("Traffic, latency, tokens, policies, upstreams and resources.")
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .with_variable(DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    )
+    ids = iter(range(1, 1000))  # Grafana needs unique panel ids; stable ones keep links working
+    for title, specs in ROWS:
+        dashboard = dashboard.with_row(Row(title).id(next(ids)))
+        for spec in specs:
+            dashboard = dashboard.with_panel(panel(spec, next(ids)))
+    encoded: dict[str, Any] = json.loads(json.dumps(dashboard.build(), cls=JSONEncoder))
+    return encoded
+
+
+def expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, query) for every query of a dashboard JSON."""
+    found: list[tuple[str, str]] = []
+    for item in dashboard["panels"]:
+        for p in [item, *item.get("panels", [])]:
+            found.extend((p["title"], t["expr"]) for t in p.get("targets", []))
+    return found
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare with the committed JSON")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        if OUTPUT.read_text() != text:
+            print(f"{OUTPUT} is stale: run python monitoring/dashboard.py", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text)
+    print(f"wrote {OUTPUT} ({len(expressions(build()))} queries)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

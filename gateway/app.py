@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from gateway.policy import Chain
 from gateway.policydoc import PolicySource
 from gateway.relay import Relay
 from gateway.runtime import PolicyRuntime
+from gateway.tracing import Tracing
 from gateway.upstreams import Pool, probe_forever
 
 
@@ -90,7 +92,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("Accept-Encoding", "User-Agent"),
         json_serialize=lambda v: orjson.dumps(v).decode(),
     ) as session:
-        relay = Relay(state.config, state.runtime, state.pool, session)
+        tracing = Tracing(state.config.tracing) if state.config.tracing.enabled else None
+        relay = Relay(state.config, state.runtime, state.pool, session, tracing)
         state.relay = relay
         await state.runtime.start()
         try:
@@ -111,6 +114,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 await relay.drain()
         finally:
             await state.runtime.close()
+            if tracing is not None:  # exports the spans still queued
+                await asyncio.to_thread(tracing.close)
 
 
 def _publisher(state: State) -> AbstractAsyncContextManager[None]:

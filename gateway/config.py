@@ -7,6 +7,7 @@ are replaced from the environment. Every error names the path of the offending v
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -98,6 +99,23 @@ class StorageConfig(Strict):
         return Path(self.data_dir).expanduser()
 
 
+class TracingConfig(Strict):
+    """OpenTelemetry tracing (the `otel` extra), off by default."""
+
+    enabled: bool = False
+    # OTLP over HTTP; a collector (or Jaeger, Tempo) listening on 4318.
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "llama-gateway"
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # of traces the caller did not decide on
+
+    @field_validator("enabled")
+    @classmethod
+    def _installed(cls, enabled: bool) -> bool:
+        if enabled and importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise ValueError("OpenTelemetry is not installed: pip install 'llama-gateway[otel]'")
+        return enabled
+
+
 class GatewayConfig(Strict):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -111,6 +129,7 @@ class GatewayConfig(Strict):
     # Each entry is `{type: <policy name>, ...settings}`; the policy validates its settings.
     policies: list[dict[str, Any]] | None = None
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     policy_reload_seconds: float = Field(2.0, gt=0)
 
 

@@ -21,6 +21,7 @@ from gateway.policy import Chain
 from gateway.runtime import PolicyRuntime
 from gateway.sse import body_usage, upstream_message
 from gateway.streaming import relay_stream
+from gateway.tracing import Tracing
 from gateway.upstreams import DOWN, Pool, Upstream
 
 log = logging.getLogger("gateway.relay")
@@ -36,8 +37,10 @@ class Relay:
         runtime: PolicyRuntime,
         pool: Pool,
         session: aiohttp.ClientSession,
+        tracing: Tracing | None = None,
     ) -> None:
         self.runtime = runtime
+        self.tracing = tracing
         self.metrics = runtime.metrics
         self.pool = pool
         self.session = session
@@ -62,6 +65,8 @@ class Relay:
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         ctx = RequestContext(request, endpoint, self.max_body, default_model=self.default_model)
         current_request.set(ctx)
+        if self.tracing is not None:
+            self.tracing.start(ctx)
         # The chain in force when the request arrived serves it to the end, across reloads.
         chain = self.runtime.chain
         chain.active += 1
@@ -73,6 +78,8 @@ class Relay:
         finally:
             ctx.finished = time.perf_counter()
             self.metrics.observe(ctx)
+            if self.tracing is not None:
+                self.tracing.finish(ctx)
             if self.access_log is not None:
                 self.access_log.log(ctx)
             if chain.wants_completion:
@@ -148,9 +155,11 @@ class Relay:
         headers = {"Content-Type": "application/json", **ctx.upstream_headers}
         if upstream.api_key:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
-        # W3C trace context: the caller's trace goes on to llama-server.
+        # W3C trace context: the caller's trace (or this request's span) goes on upstream.
         incoming = ctx.request.headers
-        if "traceparent" in incoming and "traceparent" not in headers:
+        if self.tracing is not None:
+            self.tracing.upstream_headers(ctx, headers)
+        elif "traceparent" in incoming and "traceparent" not in headers:
             headers["traceparent"] = incoming["traceparent"]
             if "tracestate" in incoming:
                 headers["tracestate"] = incoming["tracestate"]

@@ -203,13 +203,3 @@ async def test_tier_labels_come_from_the_configured_tiers(make_gateway: GatewayF
     for tier in ("gold", "tin"):
         for limit in RATE_LIMITS:
             assert value(samples, "llama_gateway_rate_limited_total", tier=tier, limit=limit) == 0
-
-
-async def test_traceparent_is_passed_to_the_upstream(
-    gateway: TestClient[Any, Any], fake: FakeLlama
-) -> None:
-    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    headers = {"traceparent": trace, "tracestate": "vendor=1"}
-    assert (await gateway.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
-    assert fake.headers[-1]["traceparent"] == trace
-    assert fake.headers[-1]["tracestate"] == "vendor=1"

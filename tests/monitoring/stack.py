@@ -245,7 +245,7 @@ async def _demo(minutes: float, plot: Path | None) -> None:
                 phase = (time.time() - started) / 60
                 rounds = 1 + int(4 * abs((phase % 2) - 1))
                 await asyncio.gather(*(stack.traffic() for _ in range(rounds)))
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.5)
             if plot is not None:
                 from monitoring.plot import plot_dashboard
 

@@ -29,7 +29,6 @@ DEPENDENCIES = ("redis", "postgres", "sqlite")
 DEPENDENCY_ACTIONS = ("fail_open", "fail_closed", "journal", "retry")
 USAGE_DESTINATIONS = ("database", "journal", "replayed")
 CACHE_RESULTS = ("hit", "miss")
-ENDPOINTS = ("chat.completions", "completions", "embeddings", "models")
 
 NONE = "none"  # no model named (GET /v1/models), no tier (no auth policy), no status sent
 UNKNOWN = "unknown"  # a model name that is not configured: never a label value of its own
@@ -164,9 +163,6 @@ class Metrics:
             "Tokens reported by the upstream, by model, tier and type (prompt, completion).",
             ("model", "tier", "type"),
         )
-        for model in (*self.models, UNKNOWN):
-            for endpoint in ENDPOINTS:
-                self.duration.labels(model, endpoint)
 
     def _define_resource_metrics(self) -> None:
         self.upstream_up = self._gauge(
@@ -207,28 +203,24 @@ class Metrics:
         series.duration.observe(total)
         upstream = ctx.upstream_seconds
         if upstream is not None:
-            series.upstream.observe(upstream)
-            series.overhead.observe(max(total - upstream, 0.0))
-            if ctx.stream and ctx.first_byte_at is not None and ctx.status < 400:
-                series.ttft.observe(ctx.first_byte_at - ctx.started)
-        usage = ctx.usage
-        if usage is not None:
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if type(prompt) is int and prompt > 0:
-                series.prompt_tokens.inc(prompt)
-            if type(completion) is int and completion > 0:
-                series.completion_tokens.inc(completion)
+            series.relayed(ctx, total, upstream)
         if ctx.outcome == DISCONNECTED:
             series.disconnects.inc()
 
 
 class _Series:
-    """The children of one (model, endpoint, status class, tier) combination."""
+    """The children of one (model, endpoint, status class, tier) combination.
+
+    Those of relayed requests are made on first use: a combination that never reaches an
+    upstream (a 401, an unknown model) leaves no empty series behind.
+    """
 
     __slots__ = (
         "completion_tokens",
         "disconnects",
         "duration",
+        "key",
+        "metrics",
         "overhead",
         "prompt_tokens",
         "requests",
@@ -237,14 +229,37 @@ class _Series:
     )
 
     def __init__(self, m: Metrics, model: str, endpoint: str, status: int, tier: str) -> None:
+        self.metrics, self.key = m, (model, endpoint, tier)
         self.requests = m.requests.labels(model, endpoint, STATUS_CLASSES.get(status, NONE), tier)
         self.duration = m.duration.labels(model, endpoint)
-        self.ttft = m.ttft.labels(model, endpoint)
-        self.upstream = m.upstream_duration.labels(model, endpoint)
-        self.overhead = m.overhead.labels(model, endpoint)
-        self.prompt_tokens = m.tokens.labels(model, tier, "prompt")
-        self.completion_tokens = m.tokens.labels(model, tier, "completion")
         self.disconnects = m.client_disconnects.labels(model, endpoint)
+        self.upstream: Any = None
+        self.overhead: Any = None
+        self.ttft: Any = None
+        self.prompt_tokens: Any = None
+        self.completion_tokens: Any = None
+
+    def relayed(self, ctx: RequestContext, total: float, upstream: float) -> None:
+        if self.upstream is None:
+            model, endpoint, tier = self.key
+            m = self.metrics
+            self.upstream = m.upstream_duration.labels(model, endpoint)
+            self.overhead = m.overhead.labels(model, endpoint)
+            self.prompt_tokens = m.tokens.labels(model, tier, "prompt")
+            self.completion_tokens = m.tokens.labels(model, tier, "completion")
+        self.upstream.observe(upstream)
+        self.overhead.observe(max(total - upstream, 0.0))
+        if ctx.stream and ctx.first_byte_at is not None and ctx.status < 400:
+            if self.ttft is None:
+                self.ttft = self.metrics.ttft.labels(*self.key[:2])
+            self.ttft.observe(ctx.first_byte_at - ctx.started)
+        usage = ctx.usage
+        if usage is not None:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if type(prompt) is int and prompt > 0:
+                self.prompt_tokens.inc(prompt)
+            if type(completion) is int and completion > 0:
+                self.completion_tokens.inc(completion)
 
 
 def _init(metric: MetricWrapperBase, *label_sets: tuple[Any, ...]) -> None:

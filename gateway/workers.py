@@ -65,6 +65,10 @@ def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Con
     run(serve(config, path, reuse_port=True, on_listening=lambda port: ready.send(port)))
 
 
+class WorkerFailed(Exception):
+    pass
+
+
 class Supervisor:
     def __init__(self, config: GatewayConfig, path: Path | None, count: int) -> None:
         self.config, self.path, self.count = config, path, count
@@ -83,8 +87,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._forward)
         try:
-            for index in range(self.count):
-                self._start(index)
+            # Started together, then awaited: each takes about a second to import and start.
+            starting = [self._launch(index) for index in range(self.count)]
+            for index, ready in enumerate(starting):
+                self._await_ready(index, ready)
             log.info(
                 "listening on %s:%s",
                 self.config.server.host,
@@ -92,15 +98,21 @@ class Supervisor:
                 extra={"port": port, "workers": self.count, "metrics_dir": str(directory)},
             )
             self._watch()
+        except WorkerFailed as exc:
+            log.error("%s", exc)
+            return 1
         finally:
             holder.close()
             self._stop(signal.SIGTERM, None)
             for process in self.workers.values():
                 process.join()
-        log.info("stopped")
+            log.info("stopped")
         return 0
 
     def _start(self, index: int) -> None:
+        self._await_ready(index, self._launch(index))
+
+    def _launch(self, index: int) -> Connection:
         receive, send = self.spawn.Pipe(duplex=False)
         process = self.spawn.Process(
             target=worker_main,
@@ -110,12 +122,16 @@ class Supervisor:
         process.start()
         send.close()
         self.workers[index] = process
+        return receive
+
+    def _await_ready(self, index: int, receive: Connection) -> None:
+        process = self.workers[index]
         try:
             if not receive.poll(START_TIMEOUT_SECONDS):
                 raise EOFError
             receive.recv()
         except EOFError:
-            raise RuntimeError(
+            raise WorkerFailed(
                 f"worker {index} did not start listening (exit code {process.exitcode}); "
                 "its log lines above say why"
             ) from None

@@ -128,3 +128,33 @@ async def test_sigterm_stops_every_worker(workers: Workers) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    # Valid to check, fails when the worker starts: the key store's directory is a file.
+    (tmp_path / "file").write_text("")
+    config.write_text(
+        f"storage: {{data_dir: {tmp_path / 'file'}}}\n"
+        "tiers: {free: {}}\n"
+        "policies: [{type: auth}]\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--upstream",
+        "fake=http://127.0.0.1:9",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert b"did not start listening" in err

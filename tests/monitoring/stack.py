@@ -193,16 +193,22 @@ async def _prometheus(binary: str, tmp: Path, gateway: str, fake_url: str) -> As
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(gateway, fake_url.removeprefix("http://"))))
     port = free_port()
-    async with process(
-        binary,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    ):
-        yield f"http://127.0.0.1:{port}"
+    log = tmp / "prometheus.log"
+    with log.open("wb") as out:
+        async with process(
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            stdout=out,
+            stderr=out,
+        ):
+            try:
+                yield f"http://127.0.0.1:{port}"
+            except AssertionError as exc:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise AssertionError(f"{exc}\nPrometheus log:\n{tail}") from exc
 
 
 async def wait_for_scrapes(stack: Stack) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.app import STATE, create_app
 from gateway.metrics import AUTH_REASONS, DEPENDENCIES, DEPENDENCY_ACTIONS, RATE_LIMITS
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, gateway_config
 from tests.fake_llama import FakeLlama
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
@@ -203,3 +205,17 @@ async def test_tier_labels_come_from_the_configured_tiers(make_gateway: GatewayF
     for tier in ("gold", "tin"):
         for limit in RATE_LIMITS:
             assert value(samples, "llama_gateway_rate_limited_total", tier=tier, limit=limit) == 0
+
+
+async def test_a_reloaded_policy_document_brings_its_tier_names(
+    aiohttp_client: Any, fake_url: str, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("tiers: {bronze: {}}\npolicies: [{type: request_id}]\n")
+    config = gateway_config(fake_url, policy_file=str(policy), policy_reload_seconds=3600)
+    client = await aiohttp_client(create_app(config, config_path=tmp_path / "gateway.yaml"))
+    policy.write_text("tiers: {silver: {}}\npolicies: [{type: request_id}]\n")
+    assert await client.app[STATE].runtime.reload("test")
+    samples = await scrape(client)
+    assert value(samples, "llama_gateway_rate_limited_total", tier="silver", limit="tokens") == 0
+    assert client.app[STATE].runtime.metrics.tiers == {"silver"}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.app import STATE
-from gateway.config import GatewayConfig, TracingConfig
+from gateway.config import ConfigError, GatewayConfig, TracingConfig
 from gateway.relay import Relay
 from gateway.tracing import Tracing
 from tests.conftest import GatewayFactory, gateway_config
@@ -115,3 +116,16 @@ async def test_without_tracing_the_callers_traceparent_still_reaches_the_upstrea
     assert (await gateway.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
     assert fake.headers[-1]["traceparent"] == TRACEPARENT
     assert fake.headers[-1]["tracestate"] == "vendor=1"
+
+
+def test_turning_tracing_on_without_opentelemetry_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, fake_url: str
+) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError) as raised:
+        gateway_config(fake_url, tracing={"enabled": True})
+    assert raised.value.problems == [
+        "tracing.enabled: OpenTelemetry is not installed: pip install 'llama-gateway[otel]'"
+    ]

@@ -36,9 +36,9 @@ def load(args: argparse.Namespace) -> tuple[GatewayConfig, Path | None]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
-        from gateway.workers import Supervisor, prepare_metrics_dir
+        from gateway.workers import Supervisor, user_metrics_dir
 
-        prepare_metrics_dir()  # before anything creates a metric: it may live in that directory
+        user_metrics_dir()  # with PROMETHEUS_MULTIPROC_DIR set, checking makes sample files
         config, path = load(args)
         setup_logging(config.logging.level)
         return Supervisor(config, path, args.workers).run()

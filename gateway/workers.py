@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -29,19 +30,33 @@ RESTART_DELAY_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 60.0
 
 
-def prepare_metrics_dir() -> Path:
-    """The directory the workers share their samples through, emptied of a previous run's.
+def user_metrics_dir() -> None:
+    """Create the directory named by `PROMETHEUS_MULTIPROC_DIR`, if that is set."""
+    chosen = os.environ.get(MULTIPROC_ENV)
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
 
-    Idempotent: the second call (when the workers start) removes the samples of the checks
-    made in this process meanwhile.
+
+def metrics_dir() -> tuple[Path, bool]:
+    """The directory the workers share their samples through, and whether it was made here.
+
+    `PROMETHEUS_MULTIPROC_DIR` when set, otherwise a new temporary directory (removed at
+    exit); set in this process's environment, which the workers inherit.
     """
     chosen = os.environ.get(MULTIPROC_ENV)
-    directory = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="llama-gateway-metrics-"))
-    directory.mkdir(parents=True, exist_ok=True)
+    if chosen:
+        directory = Path(chosen)
+        directory.mkdir(parents=True, exist_ok=True)
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="llama-gateway-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory, not chosen
+
+
+def clear_samples(directory: Path) -> None:
+    """Remove a previous run's samples (and those of checks made in this process)."""
     for stale in [*directory.glob("*.db"), *directory.glob("worker_*.pid")]:
         stale.unlink()
-    os.environ[MULTIPROC_ENV] = str(directory)
-    return directory
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -65,6 +80,10 @@ def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Con
     run(serve(config, path, reuse_port=True, on_listening=lambda port: ready.send(port)))
 
 
+def _removal_failed(function: object, path: str, exc_info: object) -> None:
+    log.warning("could not remove %s from the metrics directory", path)
+
+
 class WorkerFailed(Exception):
     pass
 
@@ -77,7 +96,8 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> int:
-        directory = prepare_metrics_dir()
+        directory, owned = metrics_dir()
+        clear_samples(directory)
         holder = reserve_port(self.config.server.host, self.config.server.port)
         port = holder.getsockname()[1]
         self.config = self.config.model_copy(
@@ -106,6 +126,8 @@ class Supervisor:
             self._stop(signal.SIGTERM, None)
             for process in self.workers.values():
                 process.join()
+            if owned:
+                shutil.rmtree(directory, onerror=_removal_failed)
             log.info("stopped")
         return 0
 

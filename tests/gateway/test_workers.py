@@ -158,3 +158,25 @@ async def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
     assert b"did not start listening" in err
+
+
+async def test_a_metrics_directory_made_for_the_run_is_removed_at_exit(fake_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway.cli", "serve", "--port", "0", "--workers", "2"),
+        *("--upstream", f"fake={fake_url}"),
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stderr is not None
+    while line := await asyncio.wait_for(proc.stderr.readline(), 60):
+        record = orjson.loads(line)
+        if record["logger"] == "gateway.workers" and record["msg"].startswith("listening"):
+            break
+    directory = record["metrics_dir"]
+    pid_files = [name for name in os.listdir(directory) if name.endswith(".pid")]
+    assert sorted(pid_files) == ["worker_0.pid", "worker_1.pid"]
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    assert not await asyncio.to_thread(os.path.exists, directory)

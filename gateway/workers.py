@@ -80,10 +80,6 @@ def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Con
     run(serve(config, path, reuse_port=True, on_listening=lambda port: ready.send(port)))
 
 
-def _removal_failed(function: object, path: str, exc_info: object) -> None:
-    log.warning("could not remove %s from the metrics directory", path)
-
-
 class WorkerFailed(Exception):
     pass
 
@@ -127,7 +123,10 @@ class Supervisor:
             for process in self.workers.values():
                 process.join()
             if owned:
-                shutil.rmtree(directory, onerror=_removal_failed)
+                try:
+                    shutil.rmtree(directory)
+                except OSError as exc:
+                    log.warning("could not remove the metrics directory: %s", exc)
             log.info("stopped")
         return 0
 

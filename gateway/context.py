@@ -57,6 +57,8 @@ class RequestContext:
     usage: dict[str, Any] | None = None
     cached: bool = False  # answered from the response cache
     first_byte_at: float | None = None
+    # SSE events written to the client: what a stream that broke off had generated.
+    events_sent: int = 0
     finished: float | None = None
     # Set by an auth policy: which models this caller may see in GET /v1/models.
     model_allowed: Callable[[str], bool] | None = None

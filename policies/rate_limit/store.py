@@ -112,9 +112,7 @@ class Backend:
         try:
             result = await client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            log.info(
-                "Redis does not know the %s script (restarted or flushed); loading it", script.name
-            )
+            log.info("Redis lacks the %s script (restarted or flushed); loading it", script.name)
             await client.script_load(script.text)
             result = await client.evalsha(script.sha, len(keys), *keys, *args)
         return [int(x) for x in result] if isinstance(result, list) else [int(result)]

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from gateway.context import DISCONNECTED, REJECTED, Reply, RequestContext
+from gateway.context import REJECTED, UPSTREAM_ERROR, Reply, RequestContext
 from gateway.errors import GatewayError
 from gateway.policy import Policy, PolicyEnv
 from policies.rate_limit.buckets import (
@@ -232,11 +232,12 @@ def tokens_used(ctx: RequestContext, admission: Admission) -> int:
     if ctx.stream:
         # llama-server writes one event per token (after one with the role).
         return admission.prompt + max(0, ctx.events_sent - 1)
-    if ctx.outcome == DISCONNECTED and ctx.first_byte_at is None:
-        # The client left while the answer was being generated: how much of it was is
-        # unknowable, so the reservation stands (else leaving early would be free).
-        return admission.reserved
-    return admission.prompt
+    if ctx.outcome == UPSTREAM_ERROR:
+        return admission.prompt  # the answer broke off: the client got nothing
+    # The client left while the answer was being generated (how much of it was is
+    # unknowable), or an answer came without usage: the reservation stands, so that
+    # leaving early is not a way to free generation.
+    return admission.reserved
 
 
 def _set_headers(admission: Admission, headers: CIMultiDict[str]) -> None:

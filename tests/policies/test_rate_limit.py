@@ -48,11 +48,6 @@ def quota_used(store: redis.Redis, prefix: str) -> int:
     return int(store.get(keys[0]) or 0)
 
 
-def in_flight(store: redis.Redis, prefix: str) -> int:
-    keys = list(store.scan_iter(match=f"{prefix}:*:concurrency"))
-    return sum(store.zcard(k) for k in keys)
-
-
 async def test_answer_carries_openai_rate_limit_headers(
     make_gateway: GatewayFactory, prefix: str
 ) -> None:

@@ -4,6 +4,7 @@ counts that never leak; quotas; refill; configuration errors. On the real Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from tests.policies.rate_limit_helpers import (
     limit_policy,
     unique_prefix,
 )
-from tests.policies.test_rate_limit import STORAGE, until
+from tests.policies.test_rate_limit import STORAGE, quota_used, until
 
 KEYS = {"alice-1": "alice", "alice-2": "alice", "bob-1": "bob"}
 TIERS = {"free": {"max_tokens": 20}, "premium": {}}
@@ -67,6 +68,11 @@ async def tiered(make_gateway: GatewayFactory, prefix: str, **free: Any) -> Test
 
 async def chat(client: TestClient[Any, Any], key: str, **extra: Any) -> Any:
     return await client.post("/v1/chat/completions", json={**CHAT, **extra}, headers=auth(key))
+
+
+def in_flight(store: redis.Redis, prefix: str) -> int:
+    keys = list(store.scan_iter(match=f"{prefix}:*:concurrency"))
+    return sum(int(store.zcard(k)) for k in keys)
 
 
 async def test_each_key_has_its_own_buckets(make_gateway: GatewayFactory, prefix: str) -> None:
@@ -120,7 +126,7 @@ async def test_tier_without_limits_is_not_limited(
 async def test_concurrency_limit_refuses_beyond_in_flight_count(
     make_gateway: GatewayFactory, fake: FakeLlama, prefix: str
 ) -> None:
-    client = await tiered(make_gateway, prefix, concurrency=2)
+    client = await tiered(make_gateway, prefix, concurrency=2, requests_per_minute=10)
     slow = [
         asyncio.ensure_future(chat(client, "alice-1", fake={"first_byte_delay": 0.5}))
         for _ in range(2)
@@ -132,7 +138,23 @@ async def test_concurrency_limit_refuses_beyond_in_flight_count(
     error = (await refused.json())["error"]
     assert error["code"] == "rate_limit_exceeded"
     assert "in flight" in error["message"]
+    # A refused request is not charged: only the two admitted ones count.
+    assert refused.headers["x-ratelimit-remaining-requests"] == "8"
     assert len(fake.requests) == 2
+
+
+async def test_client_leaving_before_the_answer_is_charged_the_reservation(
+    make_gateway: GatewayFactory, fake: FakeLlama, store: redis.Redis, prefix: str
+) -> None:
+    client = await tiered(make_gateway, prefix, concurrency=5, tokens_per_day=10_000)
+    slow = {**CHAT, "fake": {"first_byte_delay": 2}}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await client.post("/v1/chat/completions", json=slow, headers=auth("alice-1"))
+    await until(lambda: in_flight(store, prefix) == 0)
+    # Whatever was generated before the client left is unknowable: the tier's
+    # max_tokens (20) plus the prompt estimate stays charged.
+    assert quota_used(store, prefix) == 20 + (len("hello there") + 16) // 4 + 1
 
 
 async def test_in_flight_slots_are_released_on_every_outcome(
@@ -148,11 +170,7 @@ async def test_in_flight_slots_are_released_on_every_outcome(
     await gone.content.readany()
     gone.close()
 
-    def in_flight() -> int:
-        keys = list(store.scan_iter(match=f"{prefix}:*:concurrency"))
-        return sum(int(store.zcard(k)) for k in keys)
-
-    await until(lambda: in_flight() == 0)
+    await until(lambda: in_flight(store, prefix) == 0)
     # All ten slots are free again.
     answers = await asyncio.gather(*(chat(client, "alice-1") for _ in range(10)))
     assert [a.status for a in answers] == [200] * 10

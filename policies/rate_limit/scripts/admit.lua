@@ -15,57 +15,61 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local member, ttl = ARGV[1], tonumber(ARGV[2])
 local QUOTA_GRACE_MS = 3600000 -- a quota outlives its window while answers settle
 
-local level, remaining, reset = {}, {}, {}
+local level, wait = {}, {}
 local refused, retry = 0, 0
 
 for i, key in ipairs(KEYS) do
   local at = 3 + (i - 1) * 4
   local kind, limit = ARGV[at], tonumber(ARGV[at + 1])
   local cost, extra = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-  local wait = 0
-  if kind == "b" then
+  local lvl
+  wait[i] = 0
+  if kind == "b" then -- level: tokens in the bucket
     local state = redis.call("HMGET", key, "v", "t")
-    local lvl = limit
+    lvl = limit
     if state[1] then
       lvl = math.min(limit, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * limit / extra)
     end
-    level[i] = lvl
     if lvl < cost then
-      wait = math.ceil((cost - lvl) * extra / limit)
-      remaining[i], reset[i] = math.max(0, math.floor(lvl)), math.ceil((limit - lvl) * extra / limit)
-    else
-      remaining[i], reset[i] = math.floor(lvl - cost), math.ceil((limit - lvl + cost) * extra / limit)
+      wait[i] = math.ceil((cost - lvl) * extra / limit)
     end
-  elseif kind == "c" then
+  elseif kind == "c" then -- level: free slots
     redis.call("ZREMRANGEBYSCORE", key, "-inf", now)
-    local count = redis.call("ZCARD", key)
-    if count + 1 > limit then
-      wait = 1000 -- until one in flight ends: unknowable here
-      remaining[i] = 0
-    else
-      remaining[i] = limit - count - 1
+    lvl = limit - redis.call("ZCARD", key)
+    if lvl < 1 then
+      wait[i] = 1000 -- until one in flight ends: unknowable here
     end
-    reset[i] = 0
-  else
-    local used = tonumber(redis.call("GET", key) or "0")
-    level[i] = used
-    reset[i] = math.max(0, extra - now)
-    if used + cost > limit then
-      wait = reset[i]
-      remaining[i] = math.max(0, limit - used)
-    else
-      remaining[i] = limit - used - cost
+  else -- level: tokens left in the window
+    lvl = limit - tonumber(redis.call("GET", key) or "0")
+    if lvl < cost then
+      wait[i] = math.max(1, extra - now)
     end
   end
-  if wait > 0 and wait >= retry then
-    refused, retry = i, wait
+  level[i] = lvl
+  if wait[i] > 0 and wait[i] >= retry then
+    refused, retry = i, wait[i]
   end
 end
 
+-- What is left in each bucket (after this request's charge, if admitted) and how long
+-- until it is full again.
 local out = {refused == 0 and 1 or 0, refused, retry}
 for i = 1, #KEYS do
-  out[#out + 1] = remaining[i]
-  out[#out + 1] = reset[i]
+  local at = 3 + (i - 1) * 4
+  local kind, limit = ARGV[at], tonumber(ARGV[at + 1])
+  local cost, extra = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local left = level[i]
+  if refused == 0 then
+    left = left - (kind == "c" and 1 or cost)
+  end
+  local reset = 0
+  if kind == "b" then
+    reset = math.ceil((limit - left) * extra / limit)
+  elseif kind == "q" then
+    reset = math.max(0, extra - now)
+  end
+  out[#out + 1] = math.max(0, math.floor(left))
+  out[#out + 1] = reset
 end
 if refused > 0 then
   return out

@@ -85,10 +85,9 @@ class StorageConfig(Strict):
     data_dir: str = "~/.local/share/llama-gateway"
     # Redis for rate limits (and the cache); without it they are kept in process.
     redis_url: str | None = None
-    # Every Redis call is bounded by this (connect and each read); then the policy's
+    # Every Redis call is bounded by this, connecting included; then the policy's
     # failure mode decides.
     redis_timeout_seconds: float = Field(0.25, gt=0, le=10)
-    redis_max_connections: int = Field(8, gt=0)
 
     @field_validator("redis_url")
     @classmethod

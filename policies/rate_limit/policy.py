@@ -270,8 +270,7 @@ async def _async(value: Any) -> Any:
 
 
 async def _close_client(client: Any) -> None:
-    await client.aclose()
-    await client.connection_pool.disconnect()
+    await client.close()
 
 
 async def _nothing(_: Any) -> None:

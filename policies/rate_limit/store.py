@@ -13,21 +13,20 @@ import hashlib
 import logging
 import time
 from importlib.resources import files
-from typing import Any
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from typing import Any, Protocol
 
 from gateway.config import StorageConfig
+from gateway.redis_client import RedisClient, ReplyError, Unreachable
 
 log = logging.getLogger("policies.rate_limit")
 
 
 class Unavailable(Exception):
     """Redis did not answer in time, or not at all."""
+
+
+class _NoScript(Exception):
+    """EVALSHA named a script the server does not have."""
 
 
 class Script:
@@ -43,37 +42,53 @@ ADMIT = Script("admit")
 SETTLE = Script("settle")
 
 
-def open_client(storage: StorageConfig) -> Redis:
-    """The shared client for `storage.redis_url`, or an embedded store without one."""
-    if storage.redis_url is None:
-        import fakeredis
+class Client(Protocol):
+    async def call(self, *args: Any) -> Any: ...
 
-        embedded: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-        return embedded
-    timeout = storage.redis_timeout_seconds
-    # A bounded pool: a burst of requests waits briefly for a connection instead of
-    # opening hundreds at once (each with a connect timeout to meet).
-    pool = BlockingConnectionPool.from_url(
-        storage.redis_url,
-        max_connections=storage.redis_max_connections,
-        timeout=timeout * 4,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # A connection that died (Redis restarted) is retried once at once, on a new
-        # connection; a timeout is not retried: the time bound is the caller's promise.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
-    return Redis(connection_pool=pool)
+    def abort(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Embedded:
+    """fakeredis in process, running the same scripts, behind the same interface."""
+
+    def __init__(self) -> None:
+        import fakeredis
+        from redis.exceptions import NoScriptError, ResponseError
+
+        # redis-py leaves execute_command untyped.
+        self.fake: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        self._no_script, self._error = NoScriptError, ResponseError
+
+    async def call(self, *args: Any) -> Any:
+        try:
+            return await self.fake.execute_command(*args)
+        except self._no_script as exc:
+            raise ReplyError(f"NOSCRIPT {exc}") from exc
+        except self._error as exc:
+            raise ReplyError(str(exc)) from exc
+
+    def abort(self) -> None:
+        """Nothing to drop: there is no connection."""
+
+    async def close(self) -> None:
+        await self.fake.aclose()
+
+
+def open_client(storage: StorageConfig) -> Client:
+    """The shared client for `storage.redis_url`, or the embedded store without one."""
+    if storage.redis_url is None:
+        return Embedded()
+    return RedisClient(storage.redis_url)
 
 
 class Backend:
     """Runs the scripts on one Redis client and keeps track of outages."""
 
-    def __init__(self, client: Redis, timeout: float, where: str) -> None:
+    def __init__(self, client: Client, timeout: float, where: str) -> None:
         self.client = client
-        # The socket timeouts bound each read; this bounds a whole call (connect, a
-        # reconnect, a NOSCRIPT reload) whatever happens inside the client.
-        self.deadline = timeout * 4
+        self.timeout = timeout  # for a whole call, connecting included
         self.where = where
         self.down_since: float | None = None
         self.failures = 0
@@ -84,11 +99,10 @@ class Backend:
     async def load(self) -> None:
         """Register the scripts (best effort: a Redis down at start-up is not fatal)."""
         try:
-            async with asyncio.timeout(self.deadline):
-                for script in (ADMIT, SETTLE):
-                    await self.client.script_load(script.text)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            for script in (ADMIT, SETTLE):
+                await self._bounded("SCRIPT", "LOAD", script.text)
+        except Unavailable:
+            pass  # logged; EVALSHA loads them on first use
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> list[int]:
         if self.down_since is not None:
@@ -98,24 +112,35 @@ class Backend:
                 raise Unavailable("Redis is failing; next try shortly")
             self.probe_at = now + PROBE_SECONDS
         try:
-            async with asyncio.timeout(self.deadline):
-                result = await self._call(script, keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
-            raise Unavailable(f"{exc.__class__.__name__}: {exc}") from exc
+            result = await self._bounded("EVALSHA", script.sha, len(keys), *keys, *args)
+        except _NoScript:
+            log.info("Redis lacks the %s script (restarted or flushed); loading it", script.name)
+            try:
+                await self._bounded("SCRIPT", "LOAD", script.text)
+                result = await self._bounded("EVALSHA", script.sha, len(keys), *keys, *args)
+            except _NoScript as exc:  # loaded, yet unknown: a misbehaving server
+                self._failed(exc)
+                raise Unavailable(str(exc)) from exc
         if self.down_since is not None:
             self._recovered()
-        return result
-
-    async def _call(self, script: Script, keys: list[str], args: list[Any]) -> list[int]:
-        client: Any = self.client  # redis-py types evalsha as sync-or-async
-        try:
-            result = await client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            log.info("Redis lacks the %s script (restarted or flushed); loading it", script.name)
-            await client.script_load(script.text)
-            result = await client.evalsha(script.sha, len(keys), *keys, *args)
         return [int(x) for x in result] if isinstance(result, list) else [int(result)]
+
+    async def _bounded(self, *args: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.client.call(*args)
+        except TimeoutError as exc:
+            self.client.abort()  # the next call starts afresh, not behind a stuck one
+            self._failed(exc)
+            raise Unavailable(f"no answer within {self.timeout:g} s") from exc
+        except ReplyError as exc:
+            if str(exc).startswith("NOSCRIPT"):
+                raise _NoScript(str(exc)) from exc
+            self._failed(exc)
+            raise Unavailable(f"Redis answered: {exc}") from exc
+        except (Unreachable, OSError) as exc:
+            self._failed(exc)
+            raise Unavailable(f"{exc.__class__.__name__}: {exc}") from exc
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1

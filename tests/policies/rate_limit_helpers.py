@@ -43,7 +43,8 @@ def free_port() -> int:
 class PrivateRedis:
     """A redis-server of the test's own, on a free port, that it may stop and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
+        self.options = options  # more redis-server options, e.g. --requirepass
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
@@ -53,13 +54,19 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is needed: apt-get install -y redis-server"
         cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        cmd += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        cmd += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.options]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+        if "--requirepass" in self.options:
+            client = redis.Redis(
+                port=self.port,
+                password=self.options[self.options.index("--requirepass") + 1],
+                socket_timeout=0.5,
+            )
         deadline = time.monotonic() + 10
         try:
             while True:
-                with contextlib.suppress(redis.ConnectionError):
+                with contextlib.suppress(redis.ConnectionError, redis.AuthenticationError):
                     if client.ping():
                         return
                 if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -79,8 +86,8 @@ class PrivateRedis:
 
 
 @contextlib.contextmanager
-def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(workdir)
+def private_redis(workdir: Path, *options: str) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(workdir, *options)
     server.start()
     try:
         yield server

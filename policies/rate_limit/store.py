@@ -1,4 +1,4 @@
-"""Where the buckets live: Redis, or an embedded fakeredis running the very same Lua scripts.
+"""Where the buckets live: Redis, or an embedded store running the very same Lua scripts.
 
 Scripts are package data files, read and hashed once; calls go by EVALSHA and a script
 the server does not know (NOSCRIPT: a restarted or flushed Redis) is loaded and the call
@@ -50,35 +50,11 @@ class Client(Protocol):
     async def close(self) -> None: ...
 
 
-class Embedded:
-    """fakeredis in process, running the same scripts, behind the same interface."""
-
-    def __init__(self) -> None:
-        import fakeredis
-        from redis.exceptions import NoScriptError, ResponseError
-
-        # redis-py leaves execute_command untyped.
-        self.fake: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-        self._no_script, self._error = NoScriptError, ResponseError
-
-    async def call(self, *args: Any) -> Any:
-        try:
-            return await self.fake.execute_command(*args)
-        except self._no_script as exc:
-            raise ReplyError(f"NOSCRIPT {exc}") from exc
-        except self._error as exc:
-            raise ReplyError(str(exc)) from exc
-
-    def abort(self) -> None:
-        """Nothing to drop: there is no connection."""
-
-    async def close(self) -> None:
-        await self.fake.aclose()
-
-
 def open_client(storage: StorageConfig) -> Client:
     """The shared client for `storage.redis_url`, or the embedded store without one."""
     if storage.redis_url is None:
+        from policies.rate_limit.embedded import Embedded
+
         return Embedded()
     return RedisClient(storage.redis_url)
 

@@ -55,9 +55,17 @@ def store() -> Iterator[redis.Redis]:
     client.close()
 
 
-async def tiered(make_gateway: GatewayFactory, prefix: str, **free: Any) -> TestClient[Any, Any]:
+@pytest.fixture(params=["redis", "embedded"])
+def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Where the limits live: the same behaviour is expected from both."""
+    return STORAGE if request.param == "redis" else {}
+
+
+async def tiered(
+    make_gateway: GatewayFactory, prefix: str, storage: dict[str, Any], **free: Any
+) -> TestClient[Any, Any]:
     return await make_gateway(
-        storage=STORAGE,
+        storage=storage,
         tiers=TIERS,
         policies=[
             {"type": "auth", "api_keys": False, "static_keys": static_keys()},
@@ -75,17 +83,19 @@ def in_flight(store: redis.Redis, prefix: str) -> int:
     return sum(int(store.zcard(k)) for k in keys)
 
 
-async def test_each_key_has_its_own_buckets(make_gateway: GatewayFactory, prefix: str) -> None:
-    client = await tiered(make_gateway, prefix, requests_per_minute=2)
+async def test_each_key_has_its_own_buckets(
+    make_gateway: GatewayFactory, prefix: str, storage: dict[str, Any]
+) -> None:
+    client = await tiered(make_gateway, prefix, storage, requests_per_minute=2)
     assert [(await chat(client, "alice-1")).status for _ in range(3)] == [200, 200, 429]
     assert (await chat(client, "bob-1")).status == 200
 
 
 async def test_keys_of_one_user_share_the_per_user_bucket(
-    make_gateway: GatewayFactory, prefix: str
+    make_gateway: GatewayFactory, prefix: str, storage: dict[str, Any]
 ) -> None:
     client = await tiered(
-        make_gateway, prefix, requests_per_minute=100, per_user={"requests_per_minute": 3}
+        make_gateway, prefix, storage, requests_per_minute=100, per_user={"requests_per_minute": 3}
     )
     for key in ("alice-1", "alice-2", "alice-1"):
         assert (await chat(client, key)).status == 200
@@ -96,9 +106,9 @@ async def test_keys_of_one_user_share_the_per_user_bucket(
 
 
 async def test_whole_tier_bucket_is_shared_by_every_caller(
-    make_gateway: GatewayFactory, prefix: str
+    make_gateway: GatewayFactory, prefix: str, storage: dict[str, Any]
 ) -> None:
-    client = await tiered(make_gateway, prefix, whole_tier={"requests_per_minute": 2})
+    client = await tiered(make_gateway, prefix, storage, whole_tier={"requests_per_minute": 2})
     assert (await chat(client, "alice-1")).status == 200
     assert (await chat(client, "bob-1")).status == 200
     refused = await chat(client, "alice-2")
@@ -124,9 +134,9 @@ async def test_tier_without_limits_is_not_limited(
 
 
 async def test_concurrency_limit_refuses_beyond_in_flight_count(
-    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str
+    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str, storage: dict[str, Any]
 ) -> None:
-    client = await tiered(make_gateway, prefix, concurrency=2, requests_per_minute=10)
+    client = await tiered(make_gateway, prefix, storage, concurrency=2, requests_per_minute=10)
     slow = [
         asyncio.ensure_future(chat(client, "alice-1", fake={"first_byte_delay": 0.5}))
         for _ in range(2)
@@ -146,7 +156,7 @@ async def test_concurrency_limit_refuses_beyond_in_flight_count(
 async def test_client_leaving_before_the_answer_is_charged_the_reservation(
     make_gateway: GatewayFactory, fake: FakeLlama, store: redis.Redis, prefix: str
 ) -> None:
-    client = await tiered(make_gateway, prefix, concurrency=5, tokens_per_day=10_000)
+    client = await tiered(make_gateway, prefix, STORAGE, concurrency=5, tokens_per_day=10_000)
     slow = {**CHAT, "fake": {"first_byte_delay": 2}}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(0.3):
@@ -160,7 +170,7 @@ async def test_client_leaving_before_the_answer_is_charged_the_reservation(
 async def test_in_flight_slots_are_released_on_every_outcome(
     make_gateway: GatewayFactory, store: redis.Redis, prefix: str
 ) -> None:
-    client = await tiered(make_gateway, prefix, concurrency=10, tokens_per_minute=1_000)
+    client = await tiered(make_gateway, prefix, STORAGE, concurrency=10, tokens_per_minute=1_000)
     assert (await chat(client, "alice-1")).status == 200
     assert (await chat(client, "alice-1", fake={"status": 500})).status == 500
     assert (await chat(client, "alice-1", model="no-such-model")).status == 404
@@ -177,9 +187,9 @@ async def test_in_flight_slots_are_released_on_every_outcome(
 
 
 async def test_tokens_reserved_are_capped_by_the_tier(
-    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str
+    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str, storage: dict[str, Any]
 ) -> None:
-    client = await tiered(make_gateway, prefix, tokens_per_minute=1_000)
+    client = await tiered(make_gateway, prefix, storage, tokens_per_minute=1_000)
     resp = await chat(client, "alice-1", max_tokens=5_000)
     assert resp.status == 200
     assert fake.requests[-1]["max_tokens"] == 20
@@ -188,9 +198,9 @@ async def test_tokens_reserved_are_capped_by_the_tier(
 
 
 async def test_daily_quota_gives_insufficient_quota(
-    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str
+    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str, storage: dict[str, Any]
 ) -> None:
-    client = await tiered(make_gateway, prefix, tokens_per_day=40)
+    client = await tiered(make_gateway, prefix, storage, tokens_per_day=40)
     # Reserves up to 20 + the prompt estimate; the fake then reports 8 tokens used.
     assert (await chat(client, "alice-1")).status == 200
     await asyncio.sleep(0)
@@ -207,9 +217,9 @@ async def test_daily_quota_gives_insufficient_quota(
 
 
 async def test_bucket_refills_at_the_configured_rate(
-    make_gateway: GatewayFactory, prefix: str
+    make_gateway: GatewayFactory, prefix: str, storage: dict[str, Any]
 ) -> None:
-    client = await tiered(make_gateway, prefix, requests_per_minute=60)  # one a second
+    client = await tiered(make_gateway, prefix, storage, requests_per_minute=60)  # one a second
     answers = await asyncio.gather(*(chat(client, "alice-1") for _ in range(61)))
     assert sorted(a.status for a in answers).count(429) >= 1
     refused = next(a for a in answers if a.status == 429)
@@ -220,9 +230,11 @@ async def test_bucket_refills_at_the_configured_rate(
 
 
 async def test_rejected_request_is_counted_by_tier_and_limit(
-    make_gateway: GatewayFactory, prefix: str
+    make_gateway: GatewayFactory, prefix: str, storage: dict[str, Any]
 ) -> None:
-    client = await tiered(make_gateway, prefix, requests_per_minute=1, tokens_per_day=1_000)
+    client = await tiered(
+        make_gateway, prefix, storage, requests_per_minute=1, tokens_per_day=1_000
+    )
     metrics = await (await client.get("/metrics")).text()
     assert 'llama_gateway_rate_limited_total{limit="quota_day",tier="free"} 0.0' in metrics
     await chat(client, "alice-1")

@@ -32,10 +32,13 @@ class Unreachable(Exception):
 
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        # Commands issued in one turn of the event loop go out in one write.
+        self.unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport
@@ -63,11 +66,17 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(Unreachable(f"connection lost: {exc or 'closed by Redis'}"))
 
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        assert self.transport is not None
-        future = asyncio.get_running_loop().create_future()
+        future = self.loop.create_future()
         self.waiting.append(future)
-        self.transport.write(hiredis.pack_command(args))
+        if not self.unsent:
+            self.loop.call_soon(self._flush)
+        self.unsent.append(hiredis.pack_command(args))
         return future
+
+    def _flush(self) -> None:
+        unsent, self.unsent = self.unsent, []
+        if self.transport is not None and not self.lost:
+            self.transport.write(b"".join(unsent))
 
 
 class RedisClient:

@@ -83,7 +83,7 @@ class Embedded:
         }
 
         def call(name: str, *args: Any) -> Any:
-            command = commands.get(name.upper())
+            command = commands.get(name) or commands.get(name.upper())
             if command is None:
                 raise ReplyError(f"ERR the embedded store does not offer {name}")
             return command(*args)

@@ -128,7 +128,7 @@ class Backend:
                 "answers again",
                 self.where,
                 exc.__class__.__name__,
-                exc or "no answer in time",
+                str(exc) or "no answer in time",
             )
 
     def _recovered(self) -> None:

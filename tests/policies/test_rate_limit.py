@@ -174,3 +174,33 @@ async def until(condition: Callable[[], bool]) -> None:
 async def settled(store: redis.Redis, prefix: str, below: int) -> None:
     """Wait until completion has given back (most of) the reservation."""
     await until(lambda: quota_used(store, prefix) < below)
+
+
+async def test_upstream_error_answer_carries_rate_limit_headers(
+    make_gateway: GatewayFactory, prefix: str
+) -> None:
+    client = await limited(make_gateway, prefix, requests_per_minute=5)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "fake": {"status": 500}})
+    assert resp.status == 500
+    assert resp.headers["x-ratelimit-remaining-requests"] == "4"
+
+
+async def test_model_listing_costs_a_request_and_no_tokens(
+    make_gateway: GatewayFactory, prefix: str
+) -> None:
+    client = await limited(make_gateway, prefix, requests_per_minute=5, tokens_per_minute=100)
+    resp = await client.get("/v1/models")
+    assert resp.status == 200
+    assert resp.headers["x-ratelimit-remaining-requests"] == "4"
+    assert "x-ratelimit-remaining-tokens" not in resp.headers
+
+
+async def test_embeddings_reserve_only_the_prompt(
+    make_gateway: GatewayFactory, store: redis.Redis, prefix: str
+) -> None:
+    client = await limited(make_gateway, prefix, tokens_per_minute=10_000, tokens_per_day=10_000)
+    resp = await client.post("/v1/embeddings", json={"model": "fake", "input": "x" * 400})
+    assert resp.status == 200
+    # 400 characters: about 100 tokens reserved, where a chat would add max_tokens.
+    assert 9_895 <= int(resp.headers["x-ratelimit-remaining-tokens"]) <= 9_900
+    await until(lambda: quota_used(store, prefix) == 4)  # then the fake's real usage

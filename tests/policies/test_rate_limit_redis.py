@@ -224,3 +224,25 @@ async def until_ready(session: aiohttp.ClientSession, url: str) -> None:
     async with asyncio.timeout(20):
         while not await ready():  # noqa: ASYNC110 - the gateway is another process
             await asyncio.sleep(0.05)
+
+
+async def test_redis_lost_before_completion_keeps_the_answer_and_counts_it(
+    make_gateway: GatewayFactory, fake: FakeLlama, own_redis: PrivateRedis
+) -> None:
+    client = await on_redis(make_gateway, own_redis.url, "open", concurrency=5)
+    slow = {**CHAT, "fake": {"first_byte_delay": 0.3}}
+    answer = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
+    async with asyncio.timeout(5):
+        while fake.in_flight == 0:  # noqa: ASYNC110 - the fake runs in this loop
+            await asyncio.sleep(0.005)
+    own_redis.stop()  # admitted; its completion call will find no Redis
+    resp = await answer
+    assert resp.status == 200
+
+    async def counted() -> bool:
+        metrics = await (await client.get("/metrics")).text()
+        return 'action="settle_lost",dependency="redis"} 1.0' in metrics
+
+    async with asyncio.timeout(5):
+        while not await counted():  # noqa: ASYNC110 - completion runs after the answer
+            await asyncio.sleep(0.02)

@@ -36,22 +36,40 @@ class Keyspace:
     def __init__(self) -> None:
         self.data: dict[str, Value] = {}
         self.expires: dict[str, int] = {}
-        self._deadlines: list[tuple[int, str]] = []  # a heap; stale entries are skipped
+        # At most one heap entry per key (its earliest deadline); a key whose deadline
+        # moved later is put back when its entry comes due. Memory stays bounded by the
+        # number of keys, however often their expiries are extended.
+        self._heap: list[tuple[int, str]] = []
+        self._scheduled: dict[str, int] = {}
 
     def purge(self, now: int) -> None:
-        heap = self._deadlines
+        heap, scheduled = self._heap, self._scheduled
         while heap and heap[0][0] <= now:
-            deadline, key = heapq.heappop(heap)
-            if self.expires.get(key) == deadline:
+            due, key = heapq.heappop(heap)
+            if scheduled.get(key) != due:
+                continue  # superseded by an earlier entry
+            del scheduled[key]
+            deadline = self.expires.get(key)
+            if deadline is None:
+                continue  # persisted or deleted meanwhile
+            if deadline <= now:
                 del self.expires[key]
                 self.data.pop(key, None)
+            else:
+                self._schedule(key, deadline)
 
     def expire_at(self, key: str, deadline: int) -> int:
         if key not in self.data:
             return 0
         self.expires[key] = deadline
-        heapq.heappush(self._deadlines, (deadline, key))
+        current = self._scheduled.get(key)
+        if current is None or deadline < current:
+            self._schedule(key, deadline)
         return 1
+
+    def _schedule(self, key: str, deadline: int) -> None:
+        self._scheduled[key] = deadline
+        heapq.heappush(self._heap, (deadline, key))
 
     def typed(self, key: str, kind: type) -> Any:
         value = self.data.get(key)

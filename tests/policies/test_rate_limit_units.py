@@ -14,6 +14,7 @@ from policies.rate_limit.buckets import (
     prompt_tokens,
     safe_id,
 )
+from policies.rate_limit.embedded import Keyspace
 from policies.rate_limit.headers import duration, retry_after
 from policies.rate_limit.settings import Limits, TierLimits
 
@@ -108,3 +109,24 @@ def test_quota_windows_are_utc_calendar_day_and_month() -> None:
         "202612",
         int(datetime(2027, 1, 1, tzinfo=UTC).timestamp() * 1000),
     )
+
+
+def test_embedded_keys_expire_when_their_time_is_up() -> None:
+    keys = Keyspace()
+    keys.data["a"], keys.data["b"] = "1", "2"
+    keys.expire_at("a", 1_000)
+    keys.expire_at("b", 1_000)
+    keys.expire_at("b", 5_000)  # extended
+    keys.purge(1_000)
+    assert keys.data == {"b": "2"}
+    keys.purge(5_000)
+    assert keys.data == {}
+
+
+def test_embedded_expiry_bookkeeping_stays_bounded_by_the_keys() -> None:
+    keys = Keyspace()
+    keys.data["slot"] = "1"
+    for now in range(10_000):  # every request extends the same key's expiry
+        keys.purge(now)
+        keys.expire_at("slot", now + 900_000)
+    assert len(keys._heap) == 1

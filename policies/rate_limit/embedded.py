@@ -1,6 +1,7 @@
 """The embedded store for a gateway without Redis: the very same Lua scripts, run in
-process by Lua 5.1 (Redis's Lua), on a small in-memory keyspace offering the commands
-the scripts use, with Redis's semantics for them (replies, expiry in milliseconds).
+process by Lua 5.1 (Redis's Lua), on a keyspace kept in Lua (`scripts/keyspace.lua`)
+that offers the commands the scripts use with Redis's semantics (replies, errors,
+expiry in milliseconds). Commands stay inside Lua: a script costs one call from Python.
 
 It answers `SCRIPT LOAD` and `EVALSHA` like a Redis server (NOSCRIPT included), behind
 the same `call` interface as the Redis client, so the policy cannot tell them apart.
@@ -9,104 +10,25 @@ the same `call` interface as the Redis client, so the policy cannot tell them ap
 from __future__ import annotations
 
 import hashlib
-import heapq
 import time
-from collections.abc import Callable
+from importlib.resources import files
 from typing import Any
 
 from lupa import lua51
 
 from gateway.redis_client import ReplyError
 
-
-class Hash(dict[str, str]):
-    pass
-
-
-class SortedSet(dict[str, float]):
-    """member -> score; the scripts only count and trim by score, never rank."""
-
-
-Value = str | Hash | SortedSet
-
-
-class Keyspace:
-    """Strings, hashes and sorted sets with millisecond expiry."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Value] = {}
-        self.expires: dict[str, int] = {}
-        # At most one heap entry per key (its earliest deadline); a key whose deadline
-        # moved later is put back when its entry comes due. Memory stays bounded by the
-        # number of keys, however often their expiries are extended.
-        self._heap: list[tuple[int, str]] = []
-        self._scheduled: dict[str, int] = {}
-
-    def purge(self, now: int) -> None:
-        heap, scheduled = self._heap, self._scheduled
-        while heap and heap[0][0] <= now:
-            due, key = heapq.heappop(heap)
-            if scheduled.get(key) != due:
-                continue  # superseded by an earlier entry
-            del scheduled[key]
-            deadline = self.expires.get(key)
-            if deadline is None:
-                continue  # persisted or deleted meanwhile
-            if deadline <= now:
-                del self.expires[key]
-                self.data.pop(key, None)
-            else:
-                self._schedule(key, deadline)
-
-    def expire_at(self, key: str, deadline: int) -> int:
-        if key not in self.data:
-            return 0
-        self.expires[key] = deadline
-        current = self._scheduled.get(key)
-        if current is None or deadline < current:
-            self._schedule(key, deadline)
-        return 1
-
-    def _schedule(self, key: str, deadline: int) -> None:
-        self._scheduled[key] = deadline
-        heapq.heappush(self._heap, (deadline, key))
-
-    def typed(self, key: str, kind: type) -> Any:
-        value = self.data.get(key)
-        if value is not None and not isinstance(value, kind):
-            raise ReplyError("WRONGTYPE Operation against a key holding the wrong kind of value")
-        return value
+SWEEP_MS = 1000  # how often expired keys nobody reads again are dropped
 
 
 class Embedded:
     def __init__(self) -> None:
         self.lua = lua51.LuaRuntime(encoding="utf-8", unpack_returned_tuples=True)
-        self.keys = Keyspace()
-        self.now = 0  # unix ms of the script running now: Redis's time stands still in one
+        keyspace = (files("policies.rate_limit") / "scripts" / "keyspace.lua").read_text("utf-8")
+        redis, self._begin, self._sweep = self.lua.execute(keyspace)
+        self.lua.globals().redis = redis
         self.scripts: dict[str, Any] = {}
-        commands: dict[str, Callable[..., Any]] = {
-            "TIME": self._time,
-            "GET": self._get,
-            "SET": self._set,
-            "INCRBY": self._incrby,
-            "EXISTS": lambda key: int(key in self.keys.data),
-            "PEXPIRE": lambda key, ms: self.keys.expire_at(key, self.now + int(ms)),
-            "PEXPIREAT": lambda key, at: self.keys.expire_at(key, int(at)),
-            "HMGET": self._hmget,
-            "HSET": self._hset,
-            "ZADD": self._zadd,
-            "ZREM": self._zrem,
-            "ZCARD": lambda key: len(self.keys.typed(key, SortedSet) or ()),
-            "ZREMRANGEBYSCORE": self._zremrangebyscore,
-        }
-
-        def call(name: str, *args: Any) -> Any:
-            command = commands.get(name) or commands.get(name.upper())
-            if command is None:
-                raise ReplyError(f"ERR the embedded store does not offer {name}")
-            return command(*args)
-
-        self.lua.globals().redis = self.lua.table_from({"call": call})
+        self._swept = 0
 
     async def call(self, *args: Any) -> Any:
         name = str(args[0]).upper()
@@ -123,87 +45,28 @@ class Embedded:
         script = self.scripts.get(sha)
         if script is None:
             raise ReplyError("NOSCRIPT No matching script. Please use EVAL.")
-        self.now = int(time.time() * 1000)
-        self.keys.purge(self.now)
+        now = int(time.time() * 1000)
+        self._begin(now)
+        if now - self._swept >= SWEEP_MS:
+            self._swept = now
+            self._sweep()
         table = self.lua.table_from
-        result = script(table(args[:count]), table(args[count:]))
+        try:
+            result = script(table(args[:count]), table(args[count:]))
+        except lua51.LuaError as exc:  # the message, without Lua's stack traceback
+            raise ReplyError(str(exc).split("\n", 1)[0]) from exc
         if lua51.lua_type(result) == "table":  # Redis truncates numbers to integers
             return [int(result[i]) for i in range(1, len(result) + 1)]
         return int(result)
+
+    def size(self, now_ms: int | None = None) -> int:
+        """Keys held once the expired ones are dropped (as of `now_ms`)."""
+        if now_ms is not None:
+            self._begin(now_ms)
+        return int(self._sweep())
 
     def abort(self) -> None:
         """Nothing to drop: there is no connection."""
 
     async def close(self) -> None:
-        self.keys = Keyspace()
-
-    # The commands, with Redis's replies as the scripts see them (nil is false).
-
-    def _time(self) -> Any:
-        return self.lua.table_from([str(self.now // 1000), str(self.now % 1000 * 1000)])
-
-    def _get(self, key: str) -> str | bool:
-        value = self.keys.typed(key, str)
-        return False if value is None else value
-
-    def _set(self, key: str, value: Any, *options: str) -> Any:
-        self.keys.data[key] = _text(value)
-        if "KEEPTTL" not in (o.upper() for o in options):
-            self.keys.expires.pop(key, None)
-        return self.lua.table_from({"ok": "OK"})
-
-    def _incrby(self, key: str, by: Any) -> int:
-        current = self.keys.typed(key, str)
-        value = int(current or 0) + int(by)
-        self.keys.data[key] = str(value)
-        return value
-
-    def _hmget(self, key: str, *fields: str) -> Any:
-        stored = self.keys.typed(key, Hash) or {}
-        return self.lua.table_from([stored.get(f, False) for f in fields])
-
-    def _hset(self, key: str, *pairs: Any) -> int:
-        stored = self.keys.typed(key, Hash)
-        if stored is None:
-            stored = self.keys.data[key] = Hash()
-        added = 0
-        for field, value in zip(pairs[::2], pairs[1::2], strict=True):
-            added += field not in stored
-            stored[field] = _text(value)
-        return added
-
-    def _zadd(self, key: str, score: Any, member: str) -> int:
-        stored = self.keys.typed(key, SortedSet)
-        if stored is None:
-            stored = self.keys.data[key] = SortedSet()
-        added = int(member not in stored)
-        stored[member] = float(score)
-        return added
-
-    def _zrem(self, key: str, member: str) -> int:
-        stored = self.keys.typed(key, SortedSet) or {}
-        removed = int(stored.pop(member, None) is not None)
-        if not stored:
-            self._drop(key)
-        return removed
-
-    def _zremrangebyscore(self, key: str, low: str, high: Any) -> int:
-        stored = self.keys.typed(key, SortedSet) or {}
-        floor = float("-inf") if low == "-inf" else float(low)
-        gone = [m for m, score in stored.items() if floor <= score <= float(high)]
-        for member in gone:
-            del stored[member]
-        if not stored:
-            self._drop(key)
-        return len(gone)
-
-    def _drop(self, key: str) -> None:
-        self.keys.data.pop(key, None)
-        self.keys.expires.pop(key, None)
-
-
-def _text(value: Any) -> str:
-    """A Lua value as Redis stores it (numbers as Lua 5.1 writes them: %.17g)."""
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return str(value)
+        self.scripts.clear()

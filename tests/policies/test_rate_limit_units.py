@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 
 import pytest
 
+from gateway.redis_client import ReplyError
 from policies.rate_limit.buckets import (
     Windows,
     completion_tokens,
@@ -14,7 +16,7 @@ from policies.rate_limit.buckets import (
     prompt_tokens,
     safe_id,
 )
-from policies.rate_limit.embedded import Keyspace
+from policies.rate_limit.embedded import Embedded
 from policies.rate_limit.headers import duration, retry_after
 from policies.rate_limit.settings import Limits, TierLimits
 
@@ -111,22 +113,26 @@ def test_quota_windows_are_utc_calendar_day_and_month() -> None:
     )
 
 
-def test_embedded_keys_expire_when_their_time_is_up() -> None:
-    keys = Keyspace()
-    keys.data["a"], keys.data["b"] = "1", "2"
-    keys.expire_at("a", 1_000)
-    keys.expire_at("b", 1_000)
-    keys.expire_at("b", 5_000)  # extended
-    keys.purge(1_000)
-    assert keys.data == {"b": "2"}
-    keys.purge(5_000)
-    assert keys.data == {}
+async def test_embedded_keys_expire_when_their_time_is_up() -> None:
+    store = Embedded()
+    script = "redis.call('SET', KEYS[1], '1') return redis.call('PEXPIRE', KEYS[1], ARGV[1])"
+    sha = await store.call("SCRIPT", "LOAD", script)
+    now = int(time.time() * 1000)
+    await store.call("EVALSHA", sha, 1, "short", 1_000)
+    await store.call("EVALSHA", sha, 1, "long", 60_000)
+    assert store.size(now + 2_000) == 1
+    assert store.size(now + 120_000) == 0
 
 
-def test_embedded_expiry_bookkeeping_stays_bounded_by_the_keys() -> None:
-    keys = Keyspace()
-    keys.data["slot"] = "1"
-    for now in range(10_000):  # every request extends the same key's expiry
-        keys.purge(now)
-        keys.expire_at("slot", now + 900_000)
-    assert len(keys._heap) == 1
+async def test_embedded_store_answers_like_redis() -> None:
+    store = Embedded()
+    with pytest.raises(ReplyError, match=r"^NOSCRIPT"):
+        await store.call("EVALSHA", "0" * 40, 0)
+    sha = await store.call("SCRIPT", "LOAD", "return redis.call('HGET', KEYS[1], 'f')")
+    with pytest.raises(ReplyError, match=r"^ERR the embedded store does not offer HGET$"):
+        await store.call("EVALSHA", sha, 1, "k")
+    incr = await store.call("SCRIPT", "LOAD", "return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    assert await store.call("EVALSHA", incr, 1, "n", 5) == 5
+    hmget = await store.call("SCRIPT", "LOAD", "return redis.call('HMGET', KEYS[1], 'v')")
+    with pytest.raises(ReplyError, match=r"^WRONGTYPE"):
+        await store.call("EVALSHA", hmget, 1, "n")

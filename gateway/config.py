@@ -84,6 +84,22 @@ class StorageConfig(Strict):
     # PostgreSQL for API keys (and usage); without it an embedded SQLite file is used.
     database_url: str | None = None
     data_dir: str = "~/.local/share/llama-gateway"
+    # Redis for rate limits (and the cache); without it they are kept in process.
+    redis_url: str | None = None
+    # Every Redis call is bounded by this, connecting included; then the policy's
+    # failure mode decides.
+    redis_timeout_seconds: float = Field(0.25, gt=0, le=10)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", url):
+            raise ValueError(
+                "must be a redis://, rediss:// or unix:// URL (or empty to keep limits in process)"
+            )
+        return url
 
     @field_validator("database_url")
     @classmethod

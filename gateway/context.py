@@ -59,6 +59,8 @@ class RequestContext:
     first_byte_at: float | None = None
     # Seconds spent on the upstream call (sending the request to its last byte), when made.
     upstream_seconds: float | None = None
+    # SSE events written to the client: what a stream that broke off had generated.
+    events_sent: int = 0
     finished: float | None = None
     # Set by an auth policy: which models this caller may see in GET /v1/models.
     model_allowed: Callable[[str], bool] | None = None

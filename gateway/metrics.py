@@ -26,7 +26,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 AUTH_REASONS = ("missing", "invalid_key", "invalid_token", "forbidden", "unavailable")
 RATE_LIMITS = ("requests", "tokens", "concurrency", "quota_day", "quota_month")
 DEPENDENCIES = ("redis", "postgres", "sqlite")
-DEPENDENCY_ACTIONS = ("fail_open", "fail_closed", "journal", "retry")
+DEPENDENCY_ACTIONS = ("fail_open", "fail_closed", "settle_lost", "journal", "retry")
 USAGE_DESTINATIONS = ("database", "journal", "replayed")
 CACHE_RESULTS = ("hit", "miss")
 
@@ -101,7 +101,7 @@ class Metrics:
         self.dependency_errors = self._counter(
             "dependency_errors",
             "Failed calls to a dependency (redis, postgres, sqlite), by dependency and by what "
-            "the gateway did about it (fail_open, fail_closed, journal, retry).",
+            "the gateway did about it (fail_open, fail_closed, settle_lost, journal, retry).",
             ("dependency", "action"),
         )
         _init(self.dependency_errors, *((d, a) for d in DEPENDENCIES for a in DEPENDENCY_ACTIONS))

@@ -80,6 +80,7 @@ async def _forward(
     except ConnectionResetError:
         ctx.outcome = DISCONNECTED
         return False
+    ctx.events_sent += ready.count(b"data:")
     return True
 
 

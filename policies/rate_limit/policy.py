@@ -1,0 +1,277 @@
+"""Rate limits: token buckets for requests and tokens, in-flight counts and token quotas.
+
+One atomic script call at admission checks and charges every bucket the request touches
+(per caller; per user and per whole tier where configured): tokens are reserved as the
+prompt estimate plus max_tokens. At most one call at completion charges the difference
+with the real usage and frees the in-flight slot. OpenAI's `x-ratelimit-*` headers go
+on every answer the policy admitted or refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict
+
+from gateway.context import REJECTED, UPSTREAM_ERROR, Reply, RequestContext
+from gateway.errors import GatewayError
+from gateway.policy import Policy, PolicyEnv
+from policies.rate_limit.buckets import (
+    MINUTE_MS,
+    Plan,
+    Windows,
+    completion_tokens,
+    make_plan,
+    prompt_tokens,
+)
+from policies.rate_limit.headers import duration, refusal
+from policies.rate_limit.settings import (
+    REQUESTS,
+    TOKENS,
+    Limits,
+    RateLimitSettings,
+    TierLimits,
+)
+from policies.rate_limit.store import ADMIT, SETTLE, Backend, Unavailable, open_client
+
+log = logging.getLogger("policies.rate_limit")
+
+DEFAULT_TIER = "default"  # the metric label of requests without a tier
+_PLAN_CACHE = 10_000
+
+
+@dataclass(slots=True)
+class Admission:
+    plan: Plan
+    indexes: list[int]  # the plan's buckets this request touched, in script order
+    keys: list[str]
+    costs: list[int]
+    prompt: int  # estimated prompt tokens
+    reserved: int  # prompt estimate + the most the answer may cost
+    member: str  # this request in the in-flight sets
+    results: list[int]  # remaining_1, reset_ms_1, ... as the script returned them
+    admitted: bool = True
+
+
+class RateLimitPolicy(Policy):
+    name = "rate_limit"
+    Settings = RateLimitSettings
+    settings: RateLimitSettings
+
+    def __init__(self, settings: RateLimitSettings, env: PolicyEnv) -> None:
+        super().__init__(settings, env)
+        self.backend: Backend | None = None
+        self._plans: dict[tuple[str | None, str, str | None], Plan] = {}
+        self._windows = Windows()
+        self._member = f"{secrets.token_hex(8)}:"
+        self._counter = itertools.count(1)
+        self._ttl_ms = int(settings.concurrency_ttl_seconds * 1000)
+        self._action = "fail_open" if settings.failure_mode == "open" else "fail_closed"
+        metrics = env.metrics
+        # Every series exists from the start, at 0.
+        for tier, limits in [*settings.tiers.items(), (DEFAULT_TIER, settings.default)]:
+            scopes: list[Limits] = [limits] if limits is not None else []
+            if isinstance(limits, TierLimits):
+                scopes += [s for s in (limits.per_user, limits.whole_tier) if s is not None]
+            for unit in {unit for scope in scopes for unit, _ in scope.configured()}:
+                metrics.rate_limited.labels(tier, unit)
+        for action in ("fail_open", "fail_closed"):
+            metrics.dependency_errors.labels("redis", action)
+
+    @classmethod
+    def problems(cls, settings: RateLimitSettings, env: PolicyEnv) -> list[str]:
+        return [
+            f"tiers.{name}: unknown tier {name!r}; tiers are {sorted(env.tiers)}"
+            for name in settings.tiers
+            if name not in env.tiers
+        ]
+
+    async def start(self) -> None:
+        storage = self.env.config.storage
+        client = await self.env.resources.get(
+            "redis", lambda: _async(open_client(storage)), _close_client
+        )
+        where = _where(storage.redis_url)
+
+        async def create() -> Backend:
+            backend = Backend(client, storage.redis_timeout_seconds, where)
+            await backend.load()
+            return backend
+
+        self.backend = await self.env.resources.get("rate_limit.backend", create, _nothing)
+
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        limits = self.settings.tiers.get(ctx.tier) if ctx.tier else self.settings.default
+        if limits is None:
+            return None
+        principal = ctx.principal or f"ip:{ctx.request.remote}"
+        plan = self._plan(ctx.tier, limits, principal, ctx.subject)
+        if not plan.buckets:
+            return None
+        admission = await self._prepare(ctx, plan)
+        assert self.backend is not None, "start() runs before any request"
+        try:
+            args: list[Any] = [admission.member, self._ttl_ms]
+            for i, cost in zip(admission.indexes, admission.costs, strict=True):
+                bucket = plan.buckets[i]
+                args += [bucket.kind, bucket.limit, cost, self._extra(bucket.unit)]
+            result = await self.backend.run(ADMIT, admission.keys, args)
+        except Unavailable as exc:
+            return self._unavailable(exc)
+        admission.results = result[3:]
+        ctx.state[self.name] = admission
+        if result[0] != 1:
+            admission.admitted = False
+            position = result[1] - 1
+            bucket = plan.buckets[admission.indexes[position]]
+            self.env.metrics.rate_limited.labels(ctx.tier or DEFAULT_TIER, bucket.unit).inc()
+            raise refusal(bucket, ctx.tier, admission.costs[position], result[2])
+        return None
+
+    def _plan(self, tier: str | None, limits: Limits, principal: str, subject: str | None) -> Plan:
+        cache_key = (tier, principal, subject)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            plan = make_plan(self.settings.key_prefix, tier, limits, principal, subject)
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[cache_key] = plan
+        return plan
+
+    async def _prepare(self, ctx: RequestContext, plan: Plan) -> Admission:
+        """What this request touches and reserves (GET /v1/models: a request, no tokens)."""
+        if ctx.endpoint == "models":
+            indexes = [i for i, b in enumerate(plan.buckets) if b.unit == REQUESTS]
+            prompt = reserved = 0
+        else:
+            body = await ctx.json()
+            tier = self.env.tiers.get(ctx.tier) if ctx.tier else None
+            prompt = prompt_tokens(ctx.endpoint, body)
+            answer = 0
+            if ctx.endpoint != "embeddings":
+                cap = tier.max_tokens if tier else None
+                answer = completion_tokens(body, cap, self.settings.default_max_tokens)
+            reserved = prompt + answer
+            indexes = list(range(len(plan.buckets)))
+        windows = self._windows.current(time.time()) if plan.has_quota else {}
+        keys, costs = [], []
+        for i in indexes:
+            bucket = plan.buckets[i]
+            window = windows.get(bucket.unit)
+            keys.append(f"{bucket.key}:{window[0]}" if window else bucket.key)
+            costs.append(1 if bucket.unit == REQUESTS else min(reserved, bucket.limit))
+        member = f"{self._member}{next(self._counter)}"
+        return Admission(plan, indexes, keys, costs, prompt, reserved, member, [])
+
+    def _extra(self, unit: str) -> int:
+        window = self._windows.ids.get(unit)
+        return window[1] if window else MINUTE_MS
+
+    def _unavailable(self, exc: Unavailable) -> Reply | None:
+        self.env.metrics.dependency_errors.labels("redis", self._action).inc()
+        if self._action == "fail_open":
+            return None
+        raise GatewayError(
+            503,
+            "Rate limits cannot be checked right now (the gateway's Redis is unavailable), "
+            "so the request was not run. Retry shortly.",
+            type="server_error",
+            code="rate_limiter_unavailable",
+            headers={"Retry-After": "1"},
+        ) from exc
+
+    async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        admission: Admission | None = ctx.state.get(self.name)
+        if admission is not None:
+            _set_headers(admission, headers)
+
+    async def on_complete(self, ctx: RequestContext) -> None:
+        admission: Admission | None = ctx.state.get(self.name)
+        if admission is None or not admission.admitted or not admission.plan.settles:
+            return
+        used = tokens_used(ctx, admission)
+        keys: list[str] = []
+        args: list[Any] = [admission.member]
+        for i, key, cost in zip(admission.indexes, admission.keys, admission.costs, strict=True):
+            bucket = admission.plan.buckets[i]
+            if bucket.unit == REQUESTS or (bucket.kind != "c" and used == cost):
+                continue
+            keys.append(key)
+            args += [bucket.kind, bucket.limit, used - cost if bucket.kind != "c" else 0]
+            args.append(self._extra(bucket.unit) if bucket.kind == "b" else 0)
+        if not keys:
+            return
+        assert self.backend is not None
+        try:
+            await self.backend.run(SETTLE, keys, args)
+        except Unavailable:
+            # The reservation stands (buckets refill anyway) and the in-flight slot
+            # frees itself after concurrency_ttl_seconds.
+            self.env.metrics.dependency_errors.labels("redis", "settle_lost").inc()
+
+
+def tokens_used(ctx: RequestContext, admission: Admission) -> int:
+    """What the request really cost, or the best estimate of it where usage is unknown."""
+    if ctx.cached:
+        return 0  # answered from the cache: a request, but no tokens
+    usage = ctx.usage
+    if usage is not None:
+        total = usage.get("total_tokens")
+        if isinstance(total, int):
+            return total
+        parts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        return sum(p for p in parts if isinstance(p, int))
+    if ctx.upstream is None or ctx.outcome == REJECTED or ctx.status >= 400:
+        return 0  # the upstream never ran it, or refused it
+    if ctx.stream:
+        # llama-server writes one event per token (after one with the role).
+        return admission.prompt + max(0, ctx.events_sent - 1)
+    if ctx.outcome == UPSTREAM_ERROR:
+        return admission.prompt  # the answer broke off: the client got nothing
+    # The client left while the answer was being generated (how much of it was is
+    # unknowable), or an answer came without usage: the reservation stands, so that
+    # leaving early is not a way to free generation.
+    return admission.reserved
+
+
+def _set_headers(admission: Admission, headers: CIMultiDict[str]) -> None:
+    buckets, results = admission.plan.buckets, admission.results
+    for unit, suffix in ((REQUESTS, "requests"), (TOKENS, "tokens")):
+        best: tuple[int, int, int] | None = None  # remaining, reset ms, limit
+        for position, i in enumerate(admission.indexes):
+            bucket = buckets[i]
+            if bucket.unit == unit:
+                remaining = results[2 * position]
+                if best is None or remaining < best[0]:
+                    best = (remaining, results[2 * position + 1], bucket.limit)
+        if best is not None:
+            headers[f"x-ratelimit-limit-{suffix}"] = str(best[2])
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(best[0])
+            headers[f"x-ratelimit-reset-{suffix}"] = duration(best[1])
+
+
+def _where(url: str | None) -> str:
+    """The Redis address for logs, without credentials."""
+    if url is None:
+        return "embedded store"
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def _close_client(client: Any) -> None:
+    await client.close()
+
+
+async def _nothing(_: Any) -> None:
+    return None

@@ -1,0 +1,84 @@
+"""The lean pipelined Redis client, on the real Redis and on Redis servers of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.redis_client import RedisClient, ReplyError, Unreachable
+from tests.policies.rate_limit_helpers import (
+    SHARED_REDIS,
+    PrivateRedis,
+    private_redis,
+    unique_prefix,
+)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[RedisClient]:
+    redis = RedisClient(SHARED_REDIS)
+    yield redis
+    await redis.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    with private_redis(tmp_path) as server:
+        yield server
+
+
+async def test_concurrent_calls_on_one_connection_get_their_own_replies(
+    client: RedisClient,
+) -> None:
+    values = [f"value-{i}" for i in range(500)]
+    replies = await asyncio.gather(*(client.call("ECHO", v) for v in values))
+    assert replies == [v.encode() for v in values]
+
+
+async def test_error_reply_raises_and_the_connection_goes_on(client: RedisClient) -> None:
+    key = unique_prefix()
+    try:
+        await client.call("SET", key, "text")
+        with pytest.raises(ReplyError, match="WRONGTYPE"):
+            await client.call("HGET", key, "field")
+        assert await client.call("GET", key) == b"text"
+    finally:
+        await client.call("DEL", key)
+
+
+async def test_lost_connection_fails_the_call_and_the_next_one_reconnects(
+    own_redis: PrivateRedis,
+) -> None:
+    client = RedisClient(own_redis.url)
+    try:
+        assert await client.call("PING") == b"PONG"
+        own_redis.stop()
+        with pytest.raises(Unreachable):
+            await client.call("PING")
+        own_redis.start()
+        assert await client.call("PING") == b"PONG"
+    finally:
+        await client.close()
+
+
+async def test_password_and_database_come_from_the_url(tmp_path: Path) -> None:
+    with private_redis(tmp_path, "--requirepass", "s3cret") as server:
+        client = RedisClient(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        wrong = RedisClient(f"redis://:wrong@127.0.0.1:{server.port}/0")
+        try:
+            info = (await client.call("CLIENT", "INFO")).decode()
+            assert " db=3 " in info
+            with pytest.raises(ReplyError, match=r"WRONGPASS|invalid password"):
+                await wrong.call("PING")
+        finally:
+            await client.close()
+            await wrong.close()
+
+
+async def test_unreachable_server_raises_at_once() -> None:
+    client = RedisClient("redis://127.0.0.1:1/0")
+    with pytest.raises(Unreachable, match="cannot connect"):
+        await client.call("PING")

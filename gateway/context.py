@@ -62,6 +62,9 @@ class RequestContext:
     # SSE events written to the client: what a stream that broke off had generated.
     events_sent: int = 0
     finished: float | None = None
+    # The whole answer was written to the client (a stream's `[DONE]` included): a hang-up
+    # after this point is not a disconnect mid-answer.
+    delivered: bool = False
     # Set by an auth policy: which models this caller may see in GET /v1/models.
     model_allowed: Callable[[str], bool] | None = None
     # How many policies' on_request ran (the chain sets it); later hooks run for those only.

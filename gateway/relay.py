@@ -73,7 +73,10 @@ class Relay:
         try:
             return await self._serve(ctx, chain)
         except asyncio.CancelledError:
-            ctx.outcome = DISCONNECTED
+            # A client that closes right after `[DONE]` (as the OpenAI SDK does) while the
+            # upstream's response is still ending has had its whole answer.
+            if not ctx.delivered:
+                ctx.outcome = DISCONNECTED
             raise
         finally:
             ctx.finished = time.perf_counter()

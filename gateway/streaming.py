@@ -60,7 +60,11 @@ async def relay_stream(
     last = pending.rstrip(b"\r\n")
     if last and not await _forward(ctx, out, chain, last + sse.SEPARATOR, slow):
         return out
-    await out.write_eof()
+    try:
+        await out.write_eof()
+    except ConnectionResetError:
+        if not ctx.delivered:
+            ctx.outcome = DISCONNECTED
     return out
 
 
@@ -81,6 +85,8 @@ async def _forward(
         ctx.outcome = DISCONNECTED
         return False
     ctx.events_sent += ready.count(b"data:")
+    if ready.endswith(sse.DONE):
+        ctx.delivered = True
     return True
 
 

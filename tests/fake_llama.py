@@ -149,6 +149,8 @@ class FakeLlama:
         if usage_mode == "always" or (usage_mode == "separate" and include):
             await out.write(_sse({**_chunk_base(), "choices": [], "usage": usage}))
         await out.write(b"data: [DONE]\n\n")
+        if opts.get("linger_after_done"):  # the answer is over, the response not yet ended
+            await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()
         return out
 

@@ -9,7 +9,11 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from gateway import sse
-from tests.conftest import GatewayFactory
+from gateway.app import STATE, create_app
+from gateway.context import OK, RequestContext
+from gateway.policy import Chain, Policy, PolicyEnv
+from gateway.resources import Resources
+from tests.conftest import GatewayFactory, gateway_config
 from tests.fake_llama import FakeLlama
 
 STREAM = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -157,3 +161,38 @@ async def test_client_hang_up_before_first_byte_cancels_the_upstream_request(
         await asyncio.sleep(0.02)
     assert fake.cancelled == 1
     assert fake.in_flight == 0
+
+
+class Outcomes(Policy):
+    """Records how each request ended, as completion policies see it."""
+
+    name = "outcomes"
+
+    def __init__(self) -> None:
+        super().__init__(None, PolicyEnv(gateway_config("http://127.0.0.1:9"), {}, Resources()))
+        self.seen: list[str] = []
+
+    async def on_complete(self, ctx: RequestContext) -> None:
+        self.seen.append(ctx.outcome)
+
+
+async def test_client_closing_right_after_done_is_not_a_disconnect(
+    aiohttp_client: Any, fake_url: str
+) -> None:
+    recorder = Outcomes()
+    app = create_app(gateway_config(fake_url), Chain([recorder]))
+    # As in production: a client's hang-up cancels the handler at once.
+    client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    body = {**STREAM, "fake": {"chunks": 2, "linger_after_done": 1.0}}
+    resp = await client.post("/v1/chat/completions", json=body)
+    data = b""
+    while not data.endswith(sse.DONE):
+        data += await resp.content.readany()
+    resp.close()  # as the OpenAI SDK does once it has read `[DONE]`
+    relay = client.app[STATE].relay
+    for _ in range(200):
+        if recorder.seen:
+            break
+        await asyncio.sleep(0.01)
+    await relay.drain()
+    assert recorder.seen == [OK]

@@ -41,7 +41,15 @@ CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 # Policies that other branches add: turned on here as soon as they are installed, so that
 # their metrics carry real traffic. Their settings are the lead's to adjust.
 OPTIONAL_POLICIES: dict[str, dict[str, Any]] = {
-    "rate_limit": {"type": "rate_limit"},
+    # The free tier runs out within a few rounds of traffic: the rate-limit panels get data.
+    "rate_limit": {
+        "type": "rate_limit",
+        "key_prefix": f"llgw-live-{os.getpid()}",
+        "tiers": {
+            "free": {"requests_per_minute": 3},
+            "premium": {"requests_per_minute": 100_000, "tokens_per_minute": 10_000_000},
+        },
+    },
     "cache": {"type": "cache"},
     "usage": {"type": "usage"},
 }

@@ -62,6 +62,11 @@ class UsageWriter:
         self._lock = asyncio.Lock()  # the journal: one operation at a time
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._backoff = wait_exponential_jitter(
+            multiplier=options.retry_initial_seconds,
+            max=options.retry_max_seconds,
+            jitter=options.retry_initial_seconds,
+        )
         metrics.usage_queue_depth.set_function(self.queued)
         metrics.usage_journal_bytes.set_function(lambda: journal.pending_bytes)
 
@@ -157,11 +162,7 @@ class UsageWriter:
             await self._replay.wait()
             self._replay.clear()
             async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(
-                    initial=self.options.retry_initial_seconds,
-                    max=self.options.retry_max_seconds,
-                    jitter=self.options.retry_initial_seconds,
-                ),
+                wait=self._backoff,
                 retry=retry_if_exception_type(Exception),
                 before_sleep=self._retrying,
             ):
@@ -235,12 +236,24 @@ class UsageWriter:
             async with asyncio.timeout(self.options.shutdown_seconds):
                 if intake is not None:
                     await asyncio.shield(intake)
-                if self.healthy and self.journal.pending_bytes:
+                if self.journal.pending_bytes:
                     await self._replay_all()
         except TimeoutError:
-            log.warning("usage flush took longer than %g s", self.options.shutdown_seconds)
-        except Exception:
-            log.exception("usage flush failed; what is left goes to the journal")
+            log.warning(
+                "usage flush took longer than %g s; the rest stays in the journal %s",
+                self.options.shutdown_seconds,
+                self.journal.path,
+            )
+        except Exception as exc:
+            log.warning(
+                "usage database unavailable at shutdown (%s: %s); the journal %s keeps %d "
+                "bytes for the next start",
+                type(exc).__name__,
+                exc,
+                self.journal.path,
+                self.journal.pending_bytes,
+                exc_info=not isinstance(exc, self.store.errors),
+            )
         finally:
             await _stop(intake)
             left = [*self._in_hand, *self._spill, *self._queue]

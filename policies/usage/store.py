@@ -7,6 +7,7 @@ written twice (a replay after an ambiguous failure) leaves one row per request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -61,6 +62,8 @@ _PG_TYPES = {
     "ttft_ms": "float8",
     "cost": "float8",
 }
+# Reports may scan millions of rows: longer than the writer's statements may take.
+REPORT_TIMEOUT = 120.0
 _COLUMN_LIST = ", ".join(COLUMNS)
 _PG_INSERT = (
     f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT * FROM unnest("
@@ -119,9 +122,12 @@ class PostgresUsageStore:
     dependency = "postgres"
     errors = PG_ERRORS
 
-    def __init__(self, dsn: str, *, wait_seconds: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, *, wait_seconds: float = 5.0, report_timeout: float = REPORT_TIMEOUT
+    ) -> None:
         self.dsn = dsn
         self.wait_seconds = wait_seconds
+        self.report_timeout = report_timeout
         self.pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._connecting = asyncio.Lock()
 
@@ -165,23 +171,22 @@ class PostgresUsageStore:
             f"percentile_cont({q}) WITHIN GROUP (ORDER BY latency_ms)" for q in PERCENTILES
         )
         where = "FROM usage_records WHERE started_at >= $1 AND started_at < $2"
+        # One scan for the groups and the total line (the empty grouping set).
+        sql = (
+            f"SELECT grouping({column}) = 1, {column}, {_SUMS}, {quantiles} {where}"
+            f" GROUP BY GROUPING SETS (({column}), ())"
+            if column
+            else f"SELECT true, 'all', {_SUMS}, {quantiles} {where}"
+        )
         try:
-            total = await self._db().fetchrow(
-                f"SELECT 'all', {_SUMS}, {quantiles} {where}", since, until
-            )
-            grouped = (
-                await self._db().fetch(
-                    f"SELECT {column}, {_SUMS}, {quantiles} {where} GROUP BY {column}", since, until
-                )
-                if column
-                else []
-            )
+            records = await self._db().fetch(sql, since, until, timeout=self.report_timeout)
         except asyncpg.UndefinedTableError as exc:
             raise StoreUnavailable(
                 "the usage table does not exist: run `llama-gateway db migrate`"
             ) from exc
-        assert total is not None  # an aggregate without GROUP BY always returns one row
-        return _sort([_pg_row(r) for r in grouped]), _pg_row(total)
+        groups = [_pg_row(r[1:]) for r in records if not r[0]]
+        total = next(_pg_row(r[1:]) for r in records if r[0])
+        return _sort(groups), ReportRow("all", *dataclasses.astuple(total)[1:])
 
 
 def _pg_row(record: Any) -> ReportRow:

@@ -93,23 +93,29 @@ class UsageWriter:
         ]
 
     async def _intake(self) -> None:
+        batch_size = self.options.batch_size
         while True:
-            if not self._queue and not self._spill:
-                if self._stopping:
-                    return
+            if self._stopping and not self._queue and not self._spill:
+                return
+            if len(self._queue) < batch_size and not self._spill and not self._stopping:
+                # A full batch (or a spill) wakes us; a partial one waits at most this long.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.options.flush_seconds):
                         await self._wake.wait()
-                self._wake.clear()
-            if self._spill:
-                self._in_hand, self._spill = self._spill, []
-                await self._to_journal(self._in_hand)
-                self._in_hand = []
-            if self._queue:
-                size = min(self.options.batch_size, len(self._queue))
+            self._wake.clear()
+            await self._journal_spill()
+            while self._queue:  # everything queued now, in batches
+                size = min(batch_size, len(self._queue))
                 self._in_hand = [self._queue.popleft() for _ in range(size)]
                 await self._store(self._in_hand)
                 self._in_hand = []
+                await self._journal_spill()
+
+    async def _journal_spill(self) -> None:
+        if self._spill:
+            self._in_hand, self._spill = self._spill, []
+            await self._to_journal(self._in_hand)
+            self._in_hand = []
 
     async def _store(self, batch: list[UsageRow]) -> None:
         if self.healthy:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from gateway.local import free_port
 from gateway.metrics import Metrics
 from policies.usage.journal import Journal
+from policies.usage.record import UsageRow
 from policies.usage.store import PostgresUsageStore, SqliteUsageStore, UsageStore
 from policies.usage.writer import UsageWriter, WriterOptions
 from tests.policies.usage.conftest import eventually, pg_rows, wait_for_rows
@@ -113,3 +116,32 @@ async def test_close_flushes_rows_submitted_just_before(
         assert journal == b""
     else:
         assert journal.count(b"\n") == 7
+
+
+class CountingStore(SqliteUsageStore):
+    """The embedded store, noting the size of every batch it is given."""
+
+    batches: list[int]
+
+    async def insert(self, rows: Sequence[UsageRow]) -> int:
+        self.batches.append(len(rows))
+        return await super().insert(rows)
+
+
+async def test_rows_are_written_in_batches_not_one_by_one(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "u.db")
+    store.batches = []
+    usage = writer(store, tmp_path, batch_size=100, flush_seconds=60)
+    await usage.start()
+    await eventually(lambda: usage.healthy)
+    for n in range(250):
+        usage.submit(row(n))
+    # A full batch wakes the writer, which then takes everything queued.
+    await eventually(lambda: sum(store.batches) == 250)
+    assert store.batches == [100, 100, 50]
+    for n in range(250, 280):
+        usage.submit(row(n))
+    await asyncio.sleep(0.2)
+    assert store.batches == [100, 100, 50]  # a partial batch waits for flush_seconds
+    await usage.close()  # or for the shutdown
+    assert store.batches == [100, 100, 50, 30]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +41,9 @@ class Journal:
         self.size = 0  # bytes in the file
         self.offset = 0  # bytes already replayed into the database
         self._file: BinaryIO | None = None
+        # The writer runs these methods in threads; a cancelled caller's thread may still
+        # be writing when the next one starts (at shutdown): one at a time, always.
+        self._mutex = threading.Lock()
 
     @property
     def pending_bytes(self) -> int:
@@ -101,15 +105,20 @@ class Journal:
         if not rows:
             return 0
         data = _lines(rows)
-        handle = self._handle()
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-        self.size += len(data)
+        with self._mutex:
+            handle = self._handle()
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            self.size += len(data)
         return len(data)
 
     def read(self, max_rows: int) -> tuple[list[UsageRow], int]:
         """Up to `max_rows` rows from the replay position, and the offset after them."""
+        with self._mutex:
+            return self._read(max_rows)
+
+    def _read(self, max_rows: int) -> tuple[list[UsageRow], int]:
         handle = self._handle()
         handle.seek(self.offset)
         rows: list[UsageRow] = []
@@ -131,18 +140,20 @@ class Journal:
 
     def commit(self, offset: int) -> None:
         """Everything before `offset` is in the database; empty the file once all is."""
-        self.offset = offset
-        if self.offset >= self.size:
-            handle = self._handle()
-            handle.truncate(0)
-            handle.flush()
-            os.fsync(handle.fileno())
-            self.size = self.offset = 0
+        with self._mutex:
+            self.offset = offset
+            if self.offset >= self.size:
+                handle = self._handle()
+                handle.truncate(0)
+                handle.flush()
+                os.fsync(handle.fileno())
+                self.size = self.offset = 0
 
     def close(self) -> None:
-        handle, self._file = self._file, None
-        if handle is not None:
-            handle.close()  # releases the flock
+        with self._mutex:
+            handle, self._file = self._file, None
+            if handle is not None:
+                handle.close()  # releases the flock
 
 
 def append_rejected(directory: Path, rows: list[UsageRow]) -> None:

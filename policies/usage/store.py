@@ -146,8 +146,13 @@ class PostgresUsageStore:
 
     async def close(self) -> None:
         pool, self.pool = self.pool, None
-        if pool is not None:
-            await pool.close()
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                await pool.close()  # waits for connections in use to come back
+        except TimeoutError:
+            pool.terminate()
 
     def _db(self) -> asyncpg.Pool[asyncpg.Record]:
         if self.pool is None:
@@ -210,10 +215,10 @@ class SqliteUsageStore:
         self.path = path
         self.wait_seconds = wait_seconds
         self.conn: aiosqlite.Connection | None = None
-        self._connecting = asyncio.Lock()
+        self._lock = asyncio.Lock()  # the one connection: one user at a time
 
     async def connect(self, *, migrate: bool = True) -> None:
-        async with self._connecting:
+        async with self._lock:
             if self.conn is not None:
                 return
             conn = await open_sqlite(self.path, wait_seconds=self.wait_seconds)
@@ -240,7 +245,7 @@ class SqliteUsageStore:
             return 0
         values = [(*row[:2], _iso(row[2]), _iso(row[3]), *row[4:]) for row in rows]
         db = self._db()
-        async with self._connecting:  # one transaction at a time on the one connection
+        async with self._lock:  # one transaction at a time on the one connection
             before = db.total_changes
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -284,7 +289,7 @@ class SqliteUsageStore:
             FROM usage_records WHERE started_at >= ? AND started_at < ?)
             SELECT grp, {_SUMS}, max(n), {picks} FROM ranked GROUP BY grp"""
         db = self._db()
-        async with self._connecting:
+        async with self._lock:
             rows = await db.execute_fetchall(sql, bounds)
         return [_sqlite_row(tuple(row)) for row in rows]
 

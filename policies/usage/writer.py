@@ -211,7 +211,7 @@ class UsageWriter:
                 await self.store.insert(rows)
         except Exception as exc:
             if not is_permanent(exc, self.store):
-                self._failed(exc, "journal")
+                self.healthy = False  # the rows stay in the journal; the retry logs why
                 raise
             # Some row can never be stored (it would block the journal forever): store the
             # others one by one and set the refused ones aside for an admin to look at.

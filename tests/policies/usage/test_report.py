@@ -176,3 +176,13 @@ def test_the_table_has_a_line_per_group_and_a_total() -> None:
     ]
     assert lines[2].split() == ["m1", "1,200", "5,000", "700", "3", "1.5000", "12.2", "80.0"]
     assert lines[3].split()[:2] == ["TOTAL", "1,200"]
+
+
+async def test_a_client_hanging_up_is_no_error(stores: list[UsageStore]) -> None:
+    gone = row(500, model="m3", status=499, outcome="client_disconnected", disconnected=True)
+    failed = row(501, model="m3", status=502, outcome="upstream_error")
+    for store in stores:
+        await store.insert([gone, failed])
+        rows, _ = await store.report(NOW - timedelta(hours=1), NOW, "model")
+        m3 = next(r for r in rows if r.group == "m3")
+        assert (m3.requests, m3.errors) == (2, 1)

@@ -117,6 +117,7 @@ def format_table(
         ).rstrip()
         for line in [header, *lines]
     ]
+    since, until = since.astimezone(UTC), until.astimezone(UTC)
     span = f"usage from {since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC"
     return "\n".join([span, *rendered])
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.app import STATE, create_app
 from gateway.local import free_port
+from tests.conftest import gateway_config
 from tests.policies.usage.conftest import (
     ADMIN_TOKEN,
     CHAT,
     UsageGateway,
     eventually,
+    sha256,
     usage_settings,
 )
 
@@ -111,3 +116,23 @@ async def test_a_database_that_is_down_gives_503(usage_gateway: UsageGateway) ->
     status, body = await report(client)
     assert status == 503
     assert body["error"]["code"] == "usage_unavailable"
+
+
+async def test_a_reloaded_policy_serves_the_route_with_its_new_settings(
+    aiohttp_client: Any, fake_url: str, tmp_path: Path
+) -> None:
+    def document(token_hash: str) -> str:
+        settings = usage_settings(admin={"key_hashes": [token_hash]})
+        return f"policies: {json.dumps([{'type': 'request_id'}, settings])}\n"
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(document(sha256("first-admin-token")))
+    config = gateway_config(
+        fake_url, policy_file="policy.yaml", storage={"data_dir": str(tmp_path / "data")}
+    )
+    client = await aiohttp_client(create_app(config, config_path=tmp_path / "gateway.yaml"))
+    assert (await report(client, Authorization="Bearer first-admin-token"))[0] == 200
+    policy.write_text(document(sha256("second-admin-token")))
+    assert await client.app[STATE].runtime.reload("test")
+    assert (await report(client, Authorization="Bearer first-admin-token"))[0] == 401
+    assert (await report(client, Authorization="Bearer second-admin-token"))[0] == 200

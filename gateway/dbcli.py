@@ -9,7 +9,9 @@ file; versions share its `schema_migrations` table, so two packages never reuse 
 from __future__ import annotations
 
 import argparse
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -45,7 +47,7 @@ def registered() -> list[Migration]:
     return sorted(found)
 
 
-async def migrate(database_url: str | None, data_dir: Any) -> tuple[str, list[Migration]]:
+async def migrate(database_url: str | None, data_dir: Path) -> tuple[str, list[Migration]]:
     """Apply what is pending; returns (where, the migrations this call applied)."""
     migrations = registered()
     if database_url:
@@ -70,10 +72,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         where, applied = run(migrate(storage.database_url, storage.data_path))
     except MigrationError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"error: the database refused: {exc}; check storage.database_url")
+        print(f"error: the database refused: {exc}; check storage.database_url", file=sys.stderr)
         return 1
     for migration in applied:
         print(f"applied {migration.version:03d}_{migration.name}")

@@ -50,7 +50,7 @@ def test_db_migrate_explains_an_unreachable_database(
 
     write_config(tmp_path, monkeypatch, f"postgresql://postgres@127.0.0.1:{free_port()}/test")
     assert main(["db", "migrate"]) == 1
-    assert "check storage.database_url" in capsys.readouterr().out
+    assert "check storage.database_url" in capsys.readouterr().err
 
 
 async def _fill_sqlite(path: Path) -> None:

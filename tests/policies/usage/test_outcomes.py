@@ -124,7 +124,7 @@ async def test_rows_reach_the_database_in_the_background(
     for i in range(5):
         assert await send(client, f"r{i}", CHAT) == 200
     await wait_for_rows(pg_url, 5)  # written every flush_seconds, no shutdown needed
-    assert writer_of(client).healthy
+    await eventually(lambda: writer_of(client).healthy)
     await client.close()
     assert len(await pg_rows(pg_url)) == 5
 

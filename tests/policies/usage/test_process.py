@@ -24,7 +24,12 @@ from tests.policies.usage.conftest import (
 def usage_yaml(database_url: str, data_dir: Path, **settings: Any) -> str:
     policies = [{"type": "request_id"}, usage_settings(**settings)]
     storage = {"database_url": database_url, "data_dir": str(data_dir)}
-    return f"storage: {json.dumps(storage)}\npolicies: {json.dumps(policies)}\n"
+    # No access log: nobody reads the gateway's stderr after start-up, and a full pipe
+    # would stall it.
+    return (
+        f"storage: {json.dumps(storage)}\npolicies: {json.dumps(policies)}\n"
+        "logging: {access_log: false}\n"
+    )
 
 
 async def send(gw: GatewayProcess, count: int) -> None:

@@ -159,11 +159,7 @@ class UsagePolicy(Policy):
         try:
             await writer.store.connect()
             rows, total = await writer.store.report(since, until, by)
-        except ReportError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, writer.store.errors):
-                raise
+        except writer.store.errors as exc:  # a bad parameter (ReportError) passes through
             raise GatewayError(
                 503,
                 f"The usage database cannot answer right now ({type(exc).__name__}); "

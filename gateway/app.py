@@ -56,6 +56,7 @@ def create_app(
     app.router.add_get("/metrics", MetricsEndpoint(metrics, state.pool).handle)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_route("GET" if endpoint == "models" else "POST", path, _endpoint(endpoint))
+    _mount_policy_routes(app, runtime)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 
@@ -66,6 +67,28 @@ ENDPOINTS = {
     "/v1/embeddings": "embeddings",
     "/v1/models": "models",
 }
+
+
+def _mount_policy_routes(app: web.Application, runtime: PolicyRuntime) -> None:
+    """Routes that policies serve themselves (admin endpoints), next to the core's."""
+    taken = {"/health", "/ready", "/metrics", *ENDPOINTS}
+    for policy in runtime.chain.policies:
+        for method, path in policy.routes():
+            if path in taken or not path.startswith("/"):
+                raise ValueError(f"policy {policy.name!r} cannot serve {path!r}: it is taken")
+            app.router.add_route(method, path, _policy_route(runtime, policy.name, method, path))
+
+
+def _policy_route(runtime: PolicyRuntime, name: str, method: str, path: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        for policy in runtime.chain.policies:
+            if policy.name == name:
+                handler = policy.routes().get((method, path))
+                if handler is not None:
+                    return await handler(request)
+        return await not_found(request)  # a reload took the policy out of the chain
+
+    return handle
 
 
 def _endpoint(endpoint: str) -> Handler:

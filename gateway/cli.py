@@ -102,9 +102,11 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
+    from gateway.dbcli import add_db_command
     from gateway.local import add_local_command
 
     add_local_command(sub)
+    add_db_command(sub)
     # Packages that provide policies may add commands (e.g. `keys` from the auth policy).
     for entry in entry_points(group="llama_gateway.commands"):
         entry.load()(sub)

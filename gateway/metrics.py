@@ -25,9 +25,18 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 AUTH_REASONS = ("missing", "invalid_key", "invalid_token", "forbidden", "unavailable")
 RATE_LIMITS = ("requests", "tokens", "concurrency", "quota_day", "quota_month")
-DEPENDENCIES = ("redis", "postgres", "sqlite")
-DEPENDENCY_ACTIONS = ("fail_open", "fail_closed", "settle_lost", "journal", "retry")
-USAGE_DESTINATIONS = ("database", "journal", "replayed")
+# (dependency, what the gateway did about its failure): the combinations that can happen.
+DEPENDENCY_ERRORS = (
+    ("redis", "fail_open"),  # a rate-limit check skipped: the request went through
+    ("redis", "fail_closed"),  # ... or was refused with 503
+    ("redis", "settle_lost"),  # a completion call lost: the reservation stays charged
+    ("postgres", "journal"),  # usage rows written to the local journal instead
+    ("postgres", "retry"),  # the journal's replay failed and waits for its next try
+    ("sqlite", "journal"),
+    ("sqlite", "retry"),
+    ("disk", "retry"),  # the usage journal could not be written: rows wait in memory
+)
+USAGE_DESTINATIONS = ("database", "journal", "replayed", "rejected", "dropped")
 CACHE_RESULTS = ("hit", "miss")
 
 NONE = "none"  # no model named (GET /v1/models), no tier (no auth policy), no status sent
@@ -100,11 +109,11 @@ class Metrics:
         )
         self.dependency_errors = self._counter(
             "dependency_errors",
-            "Failed calls to a dependency (redis, postgres, sqlite), by dependency and by what "
-            "the gateway did about it (fail_open, fail_closed, settle_lost, journal, retry).",
+            "Failed calls to a dependency (redis, postgres, sqlite, disk), by dependency and by "
+            "what the gateway did about it (fail_open, fail_closed, settle_lost, journal, retry).",
             ("dependency", "action"),
         )
-        _init(self.dependency_errors, *((d, a) for d in DEPENDENCIES for a in DEPENDENCY_ACTIONS))
+        _init(self.dependency_errors, *DEPENDENCY_ERRORS)
         self.usage_queue_depth = self._gauge(
             "usage_queue_depth", "Usage records waiting in memory for the background writer."
         )
@@ -114,7 +123,8 @@ class Metrics:
         )
         self.usage_records = self._counter(
             "usage_records",
-            "Usage records by where they went (database, journal, replayed).",
+            "Usage records by where they went (database, journal, replayed; rejected: refused "
+            "by the database for good, set aside; dropped: neither database nor journal).",
             ("destination",),
         )
         _init(self.usage_records, *((d,) for d in USAGE_DESTINATIONS))

@@ -10,15 +10,19 @@ Hook order (Envoy's filter contract):
 
 The chain keeps, per hook, only the policies that override it, so a hook nobody
 implements costs nothing; when no policy implements `on_event` the relay copies bytes.
+
+A policy may also serve HTTP routes of its own outside the chain (`routes()`, e.g. an
+admin endpoint); the application mounts them at start-up.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +33,8 @@ from gateway.resources import Resources
 from gateway.tiers import Tier
 
 log = logging.getLogger("gateway.policy")
+
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class PolicySettings(BaseModel):
@@ -67,6 +73,15 @@ class Policy:
 
     async def close(self) -> None:
         """Flush and release what `start` opened (called once at shutdown)."""
+
+    def routes(self) -> Mapping[tuple[str, str], RouteHandler]:
+        """Extra HTTP routes, `(method, path) -> handler`, served outside the chain.
+
+        Mounted when the application is created; each request goes to the instance of this
+        policy in the chain in force, so a reload's settings apply. A route that only a
+        reloaded document adds is served after a restart.
+        """
+        return {}
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:
         return None

@@ -64,6 +64,7 @@ def test_policy_settings_errors_name_their_index(tmp_path: Path) -> None:
             ),
         )
     known = sorted(available())  # every installed policy, whichever they are
+    assert {"auth", "request_id"} <= set(known)
     assert exc.value.problems == [
         "policies[0].max_length: Input should be greater than or equal to 8",
         f"policies[1].type: unknown policy 'nope'; known: {known}",
@@ -115,8 +116,9 @@ def test_example_policy_file_is_valid(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("GATEWAY_JWT_SECRET", "x" * 40)
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", "y" * 40)
     assert main(["check-config", str(ROOT / "examples" / "policy.yaml")]) == 0
-    assert "3 tiers, policies: request_id, auth" in capsys.readouterr().out
+    assert "3 tiers, policies: request_id, usage, auth, rate_limit" in capsys.readouterr().out
 
 
 def test_policy_file_naming_an_unknown_tier_is_refused(

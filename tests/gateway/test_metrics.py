@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import STATE, create_app
-from gateway.metrics import AUTH_REASONS, DEPENDENCIES, DEPENDENCY_ACTIONS, RATE_LIMITS
+from gateway.metrics import AUTH_REASONS, DEPENDENCY_ERRORS, RATE_LIMITS, USAGE_DESTINATIONS
 from tests.conftest import GatewayFactory, gateway_config
 from tests.fake_llama import FakeLlama
 
@@ -130,11 +130,10 @@ async def test_fixed_label_sets_exist_before_anything_happens(
     samples = await scrape(gateway)
     for reason in AUTH_REASONS:
         assert value(samples, "llama_gateway_auth_failures_total", reason=reason) == 0
-    for dependency in DEPENDENCIES:
-        for action in DEPENDENCY_ACTIONS:
-            labels = {"dependency": dependency, "action": action}
-            assert value(samples, "llama_gateway_dependency_errors_total", **labels) == 0
-    for destination in ("database", "journal", "replayed"):
+    for dependency, action in DEPENDENCY_ERRORS:
+        labels = {"dependency": dependency, "action": action}
+        assert value(samples, "llama_gateway_dependency_errors_total", **labels) == 0
+    for destination in USAGE_DESTINATIONS:
         assert value(samples, "llama_gateway_usage_records_total", destination=destination) == 0
     for result in ("hit", "miss"):
         assert value(samples, "llama_gateway_cache_requests_total", result=result) == 0

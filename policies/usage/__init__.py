@@ -1,0 +1,1 @@
+"""Usage accounting: one record per request, written in batches, never lost."""

@@ -1,0 +1,142 @@
+"""The usage record of one request, built from its RequestContext once the answer is over."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from pydantic import Field
+
+from gateway.context import DISCONNECTED, RequestContext
+from gateway.policy import PolicySettings
+
+# Status recorded when the client hung up before any answer was sent (nginx's convention).
+CLIENT_CLOSED = 499
+# Text columns hold at most this many characters: a client-sent model name cannot bloat rows.
+MAX_TEXT = 256
+
+
+class Price(PolicySettings):
+    """What a million tokens of a model cost, in the currency of your choice."""
+
+    prompt_per_million: float = Field(0.0, ge=0)
+    completion_per_million: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.prompt_per_million
+            + completion_tokens * self.completion_per_million
+        ) / 1e6
+
+
+class UsageRow(NamedTuple):
+    """One row of `usage_records`, in column order; times are UTC epoch seconds."""
+
+    id: str
+    request_id: str | None
+    started_at: float
+    finished_at: float
+    principal: str | None
+    key_id: str | None
+    subject: str | None
+    tier: str | None
+    model: str | None
+    endpoint: str
+    upstream: str | None
+    status: int
+    outcome: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    streamed: bool
+    disconnected: bool
+    latency_ms: float
+    ttft_ms: float | None
+    cost: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageRow:
+        """A row read back from the journal; ValueError when a required field is missing."""
+        missing = [name for name in REQUIRED if data.get(name) is None]
+        if missing:
+            raise ValueError(f"usage record without {', '.join(missing)}")
+        return cls._make(data.get(name) for name in cls._fields)
+
+
+COLUMNS: tuple[str, ...] = UsageRow._fields
+_NULLABLE = {"request_id", "principal", "key_id", "subject", "tier", "model", "upstream", "ttft_ms"}
+REQUIRED = tuple(name for name in COLUMNS if name not in _NULLABLE)
+
+
+def utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _text(value: str | None) -> str | None:
+    """Safe to store anywhere: PostgreSQL refuses NUL characters in text."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value[:MAX_TEXT]
+
+
+def _tokens(usage: Mapping[str, Any], name: str) -> int:
+    value = usage.get(name)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+class RowBuilder:
+    """Turns a finished request into a row; ids are unique across processes and restarts."""
+
+    def __init__(self, prices: Mapping[str, Price]) -> None:
+        self.prices = dict(prices)
+        self.default_price = self.prices.pop("*", None)
+        # 64 random bits per process and a counter: no syscall per record.
+        self._prefix = "u" + secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def build(self, ctx: RequestContext) -> UsageRow:
+        now_perf, now_wall = time.perf_counter(), time.time()
+        finished = ctx.finished if ctx.finished is not None else now_perf
+        # ctx's timings are perf_counter values: anchor them to the wall clock once, here.
+        started_at = now_wall - (now_perf - ctx.started)
+        usage = ctx.usage or {}
+        prompt, completion = _tokens(usage, "prompt_tokens"), _tokens(usage, "completion_tokens")
+        disconnected = ctx.outcome == DISCONNECTED
+        model = _text(ctx.model)
+        price = self.prices.get(model or "", self.default_price)
+        return UsageRow(
+            id=f"{self._prefix}{next(self._counter):010x}",
+            request_id=_text(ctx.request_id),
+            started_at=started_at,
+            finished_at=started_at + (finished - ctx.started),
+            principal=_text(ctx.principal),
+            key_id=_text(ctx.key_id),
+            subject=_text(ctx.subject),
+            tier=_text(ctx.tier),
+            model=model,
+            endpoint=ctx.endpoint,
+            upstream=ctx.upstream,
+            status=ctx.status or (CLIENT_CLOSED if disconnected else 0),
+            outcome=ctx.outcome,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached=ctx.cached,
+            streamed=ctx.stream,
+            disconnected=disconnected,
+            latency_ms=round((finished - ctx.started) * 1000, 3),
+            ttft_ms=(
+                round((ctx.first_byte_at - ctx.started) * 1000, 3)
+                if ctx.first_byte_at is not None
+                else None
+            ),
+            cost=price.cost(prompt, completion) if price is not None else 0.0,
+        )

@@ -1,0 +1,70 @@
+"""Nothing is lost while PostgreSQL is unreachable: the journal holds rows and replays them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.policies.usage.conftest import (
+    CHAT,
+    UsageGateway,
+    eventually,
+    pg_rows,
+    usage_settings,
+    wait_for_rows,
+    writer_of,
+)
+from tests.policies.usage.tcp_proxy import TcpProxy
+
+
+async def send_many(client: TestClient[Any, Any], ids: range, parallel: int = 10) -> None:
+    async def one(i: int) -> None:
+        resp = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": f"r{i}"}
+        )
+        await resp.read()
+        assert resp.status == 200
+
+    for start in range(ids.start, ids.stop, parallel):
+        await asyncio.gather(*(one(i) for i in range(start, min(start + parallel, ids.stop))))
+
+
+def records(client: TestClient[Any, Any], destination: str) -> float:
+    registry = writer_of(client).metrics.registry
+    value = registry.get_sample_value(
+        "llama_gateway_usage_records_total", {"destination": destination}
+    )
+    return value or 0.0
+
+
+async def test_database_cut_mid_load_loses_nothing_and_duplicates_nothing(
+    usage_gateway: UsageGateway, pg_url: str
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    dsn = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    client = await usage_gateway(
+        {"type": "request_id"}, usage_settings(batch_size=20), database_url=dsn
+    )
+    try:
+        await send_many(client, range(0, 100))
+        await wait_for_rows(pg_url, 1)  # the writer is connected and writing
+        journaled = records(client, "journal")  # rows from before it had connected
+        sender = asyncio.create_task(send_many(client, range(100, 200)))
+        await asyncio.sleep(0)
+        await proxy.close()  # while requests are flowing
+        await sender
+        await eventually(lambda: records(client, "journal") > journaled)
+        assert not writer_of(client).healthy
+        await proxy.start()
+        await send_many(client, range(200, 300))
+        rows = await wait_for_rows(pg_url, 300)
+        assert records(client, "replayed") > 0
+        await client.close()
+    finally:
+        await proxy.close()
+    rows = await pg_rows(pg_url)
+    assert len(rows) == 300
+    assert {r["request_id"] for r in rows} == {f"r{i}" for i in range(300)}

@@ -1,0 +1,147 @@
+"""The writer on its own: overflow, shutdown with the database down, rows it can never store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.local import free_port
+from gateway.metrics import Metrics
+from policies.usage.journal import Journal
+from policies.usage.record import UsageRow
+from policies.usage.store import PostgresUsageStore, SqliteUsageStore, UsageStore
+from policies.usage.writer import UsageWriter, WriterOptions
+from tests.policies.usage.conftest import eventually, pg_rows, wait_for_rows
+from tests.policies.usage.test_report import row
+
+FAST = WriterOptions(
+    batch_size=10,
+    flush_seconds=0.05,
+    write_timeout_seconds=2,
+    shutdown_seconds=5,
+    retry_initial_seconds=0.05,
+    retry_max_seconds=0.2,
+)
+
+
+def writer(store: UsageStore, tmp_path: Path, **options: float) -> UsageWriter:
+    chosen = WriterOptions(**{**FAST.__dict__, **options})
+    return UsageWriter(store, Journal(tmp_path / "data"), Metrics(), chosen)
+
+
+def sample(metrics: Metrics, destination: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "llama_gateway_usage_records_total", {"destination": destination}
+    )
+    return value or 0.0
+
+
+async def count(store: SqliteUsageStore) -> int:
+    rows = await store._db().execute_fetchall("SELECT count(*) FROM usage_records")
+    return int(next(iter(rows))[0])
+
+
+async def test_rows_beyond_a_full_queue_go_to_the_journal_and_then_in(tmp_path: Path) -> None:
+    store = SqliteUsageStore(tmp_path / "u.db")
+    usage = writer(store, tmp_path, queue_size=5, batch_size=5)
+    await usage.start()
+    for n in range(40):  # in one go: the writer has no chance to run in between
+        usage.submit(row(n))
+    assert usage.queued() == 40
+    assert usage.metrics.registry.get_sample_value("llama_gateway_usage_queue_depth") == 40
+
+    async def all_stored() -> bool:
+        return store.conn is not None and await count(store) == 40
+
+    await eventually(all_stored)
+    assert sample(usage.metrics, "journal") >= 35
+    assert sample(usage.metrics, "replayed") >= 35
+    await usage.close()
+
+
+async def test_shutdown_with_the_database_down_keeps_rows_for_the_next_start(
+    tmp_path: Path, pg_url: str
+) -> None:
+    dead = PostgresUsageStore(f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    first = writer(dead, tmp_path, flush_seconds=60)
+    await first.start()
+    for n in range(25):
+        first.submit(row(n))
+    await first.close()  # returns although the database never answered
+    journal = tmp_path / "data" / "usage-journal-0.jsonl"
+    assert journal.read_bytes().count(b"\n") == 25
+
+    second = writer(PostgresUsageStore(pg_url), tmp_path)
+    await second.start()
+    rows = await wait_for_rows(pg_url, 25)
+    await eventually(lambda: second.journal.pending_bytes == 0)
+    await second.close()
+    assert sorted(r["id"] for r in rows) == sorted(f"id-{n}" for n in range(25))
+    assert journal.read_bytes() == b""
+
+
+async def test_a_row_the_database_refuses_for_good_is_set_aside_not_retried_forever(
+    tmp_path: Path, pg_url: str
+) -> None:
+    usage = writer(PostgresUsageStore(pg_url), tmp_path)
+    await usage.start()
+    for n in range(9):
+        usage.submit(row(n))
+    usage.submit(row(9, status=2**40))  # no integer column holds that
+    await wait_for_rows(pg_url, 9)
+    await eventually(lambda: sample(usage.metrics, "rejected") == 1)
+    await usage.close()
+    assert len(await pg_rows(pg_url)) == 9
+    rejected = (tmp_path / "data" / "usage-rejected.jsonl").read_bytes()
+    assert rejected.count(b"\n") == 1
+    assert b'"id-9"' in rejected
+
+
+@pytest.mark.parametrize("destination", ["database", "journal"])
+async def test_close_flushes_rows_submitted_just_before(
+    tmp_path: Path, pg_url: str, destination: str
+) -> None:
+    url = pg_url if destination == "database" else f"postgresql://x@127.0.0.1:{free_port()}/t"
+    usage = writer(PostgresUsageStore(url), tmp_path, flush_seconds=60)
+    await usage.start()
+    for n in range(7):
+        usage.submit(row(n))
+    await usage.close()
+    journal = (tmp_path / "data" / "usage-journal-0.jsonl").read_bytes()
+    if destination == "database":
+        assert len(await pg_rows(pg_url)) == 7
+        assert journal == b""
+    else:
+        assert journal.count(b"\n") == 7
+
+
+class CountingStore(SqliteUsageStore):
+    """The embedded store, noting the size of every batch it is given."""
+
+    batches: list[int]
+
+    async def insert(self, rows: Sequence[UsageRow]) -> int:
+        self.batches.append(len(rows))
+        return await super().insert(rows)
+
+
+async def test_rows_are_written_in_batches_not_one_by_one(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "u.db")
+    store.batches = []
+    usage = writer(store, tmp_path, batch_size=100, flush_seconds=60)
+    await usage.start()
+    await eventually(lambda: usage.healthy)
+    for n in range(250):
+        usage.submit(row(n))
+    # A full batch wakes the writer, which then takes everything queued.
+    await eventually(lambda: sum(store.batches) == 250)
+    assert store.batches == [100, 100, 50]
+    for n in range(250, 280):
+        usage.submit(row(n))
+    await asyncio.sleep(0.2)
+    assert store.batches == [100, 100, 50]  # a partial batch waits for flush_seconds
+    await usage.close()  # or for the shutdown
+    assert store.batches == [100, 100, 50, 30]

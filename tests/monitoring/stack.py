@@ -51,7 +51,12 @@ OPTIONAL_POLICIES: dict[str, dict[str, Any]] = {
         },
     },
     "cache": {"type": "cache"},
-    "usage": {"type": "usage"},
+}
+# Usage accounting goes before auth, so that refusals are recorded too.
+USAGE = {
+    "type": "usage",
+    "prices": {"*": {"prompt_per_million": 0.1, "completion_per_million": 0.4}},
+    "flush_seconds": 0.2,
 }
 
 
@@ -74,6 +79,7 @@ def gateway_config(fake_url: str, data_dir: Path) -> dict[str, Any]:
     installed = available()
     policies: list[dict[str, Any]] = [
         {"type": "request_id"},
+        *([USAGE] if "usage" in installed else []),
         {
             "type": "auth",
             "api_keys": False,

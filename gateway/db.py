@@ -171,21 +171,38 @@ def split_sqlite(script: str) -> Iterator[str]:
 
 
 async def open_postgres_pool(
-    dsn: str, *, max_size: int = 4, wait_seconds: float = 5.0
+    dsn: str,
+    *,
+    max_size: int = 4,
+    wait_seconds: float = 5.0,
+    migrations: Iterable[tuple[int, str, str]] = (),
 ) -> asyncpg.Pool[asyncpg.Record]:
-    """A small pool: the gateway's queries are short, and replicas share one server."""
-    return await asyncpg.create_pool(
+    """A small pool (the gateway's queries are short, and replicas share one server), with
+    `migrations` applied; nothing is left open when they fail."""
+    pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
         dsn, min_size=1, max_size=max_size, command_timeout=wait_seconds, timeout=wait_seconds
     )
+    try:
+        if pending := list(migrations):
+            await migrate_postgres(pool, pending)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
 
 
-async def open_sqlite(path: Path, *, wait_seconds: float = 5.0) -> aiosqlite.Connection:
-    """A connection in autocommit mode with WAL, so readers never wait for the writer."""
+async def open_sqlite(
+    path: Path, *, wait_seconds: float = 5.0, migrations: Iterable[tuple[int, str, str]] = ()
+) -> aiosqlite.Connection:
+    """A connection in autocommit mode with WAL, so readers never wait for the writer, with
+    `migrations` applied; nothing is left open when they fail."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(path, timeout=wait_seconds, isolation_level=None)
     try:
         await _set_wal(db, wait_seconds)
         await db.execute("PRAGMA synchronous = NORMAL")
+        if pending := list(migrations):
+            await migrate_sqlite(db, pending)
     except BaseException:
         await db.close()
         raise

@@ -27,8 +27,6 @@ import asyncpg
 from gateway.db import (
     Migration,
     load_migrations,
-    migrate_postgres,
-    migrate_sqlite,
     open_postgres_pool,
     open_sqlite,
 )
@@ -193,13 +191,7 @@ class PostgresKeyStore(_SqlKeyStore):
     async def start(self) -> None:
         if self._pool is not None:
             return
-        pool = await open_postgres_pool(self._dsn)
-        try:
-            await migrate_postgres(pool, migrations())
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
+        self._pool = await open_postgres_pool(self._dsn, migrations=migrations())
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -247,13 +239,7 @@ class SqliteKeyStore(_SqlKeyStore):
     async def start(self) -> None:
         if self._conn is not None:
             return
-        conn = await open_sqlite(self.path)
-        try:
-            await migrate_sqlite(conn, migrations())
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
+        self._conn = await open_sqlite(self.path, migrations=migrations())
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -20,8 +20,6 @@ import asyncpg
 from gateway.db import (
     Migration,
     load_migrations,
-    migrate_postgres,
-    migrate_sqlite,
     open_postgres_pool,
     open_sqlite,
 )
@@ -135,14 +133,9 @@ class PostgresUsageStore:
         async with self._connecting:
             if self.pool is not None:
                 return
-            pool = await open_postgres_pool(self.dsn, wait_seconds=self.wait_seconds)
-            try:
-                if migrate:
-                    await migrate_postgres(pool, migrations())
-            except BaseException:
-                await pool.close()
-                raise
-            self.pool = pool
+            self.pool = await open_postgres_pool(
+                self.dsn, wait_seconds=self.wait_seconds, migrations=migrations() if migrate else ()
+            )
 
     async def close(self) -> None:
         pool, self.pool = self.pool, None
@@ -221,14 +214,11 @@ class SqliteUsageStore:
         async with self._lock:
             if self.conn is not None:
                 return
-            conn = await open_sqlite(self.path, wait_seconds=self.wait_seconds)
-            try:
-                if migrate:
-                    await migrate_sqlite(conn, migrations())
-            except BaseException:
-                await conn.close()
-                raise
-            self.conn = conn
+            self.conn = await open_sqlite(
+                self.path,
+                wait_seconds=self.wait_seconds,
+                migrations=migrations() if migrate else (),
+            )
 
     async def close(self) -> None:
         conn, self.conn = self.conn, None

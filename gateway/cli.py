@@ -24,11 +24,21 @@ from gateway.resources import Resources
 from gateway.runtime import build
 
 
-def load(args: argparse.Namespace) -> tuple[GatewayConfig, Path | None]:
-    """The configuration from file and flags, with its policy document checked too."""
+def load(
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None
+) -> tuple[GatewayConfig, Path | None]:
+    """The configuration from file (or `defaults` without one) and flags, with its policy
+    document checked too."""
     path = config_path(args.config)
-    raw: dict[str, Any] = read_yaml(path) if path else {}
-    merged = with_overrides(raw, host=args.host, port=args.port, upstreams=args.upstream or ())
+    raw: dict[str, Any] = read_yaml(path) if path else dict(defaults or {})
+    merged = with_overrides(
+        raw,
+        host=args.host,
+        port=args.port,
+        upstreams=args.upstream or (),
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+    )
     config = parse_config(merged, str(path) if path else "command line")
     build(PolicySource(config, path), Resources())
     return config, path
@@ -98,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="worker processes sharing the port (default 1); /metrics adds them up",
     )
+    add_storage_flags(serve)
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
@@ -111,6 +122,21 @@ def parser() -> argparse.ArgumentParser:
     for entry in entry_points(group="llama_gateway.commands"):
         entry.load()(sub)
     return top
+
+
+def add_storage_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL for API keys and usage (default: storage.database_url, else an "
+        "embedded SQLite file)",
+    )
+    command.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis for rate limits shared by replicas (default: storage.redis_url, else in "
+        "process)",
+    )
 
 
 def _positive(text: str) -> int:

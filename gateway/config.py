@@ -232,6 +232,8 @@ def with_overrides(
     host: str | None = None,
     port: int | None = None,
     upstreams: Iterable[str] = (),
+    database_url: str | None = None,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     """Apply command-line flags on top of a raw file configuration.
 
@@ -239,6 +241,13 @@ def with_overrides(
     upstreams from the file.
     """
     merged: dict[str, Any] = {**raw}
+    storage = {
+        key: value
+        for key, value in (("database_url", database_url), ("redis_url", redis_url))
+        if value is not None
+    }
+    if storage:
+        merged["storage"] = {**(merged.get("storage") or {}), **storage}
     server = dict(merged.get("server") or {})
     if host is not None:
         server["host"] = host

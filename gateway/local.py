@@ -155,6 +155,23 @@ def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
                 proc.kill()
 
 
+def default_settings() -> dict[str, Any]:
+    """Without --config: usage accounting and per-client rate limits on, in their embedded
+    stores unless --database-url / --redis-url name shared ones (each only if installed)."""
+    from gateway.registry import available
+
+    chain: list[dict[str, Any]] = [
+        {"type": "request_id"},
+        {"type": "usage"},
+        {
+            "type": "rate_limit",
+            "default": {"requests_per_minute": 600, "tokens_per_minute": 200_000, "concurrency": 8},
+        },
+    ]
+    installed = available()
+    return {"policies": [entry for entry in chain if entry["type"] in installed]}
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     from gateway.cli import load, run
     from gateway.logs import setup_logging
@@ -167,7 +184,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     )
     with llama_servers(cache_dir() / "logs") as urls:
         args.upstream = [f"{name}={url}" for name, url in urls.items()] + (args.upstream or [])
-        config, path = load(args)
+        config, path = load(args, default_settings())
         setup_logging(config.logging.level)
         print(
             f"gateway on http://{config.server.host}:{config.server.port}/v1 "
@@ -186,4 +203,7 @@ def add_local_command(sub: Any) -> None:
     local.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     local.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
     local.add_argument("--upstream", action="append", metavar="MODEL=URL", help=argparse.SUPPRESS)
+    from gateway.cli import add_storage_flags
+
+    add_storage_flags(local)
     local.set_defaults(func=cmd_local)

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import load, main, parser
 from gateway.config import ConfigError, parse_config, read_yaml, with_overrides
+from gateway.local import default_settings
 from gateway.policy import PolicyEnv
+from gateway.policydoc import PolicySource
 from gateway.registry import available, build_chain
 from gateway.resources import Resources
+from gateway.runtime import build
 
 ROOT = Path(__file__).parents[2]
 
@@ -93,6 +96,30 @@ def test_flags_alone_are_a_configuration() -> None:
     assert config.server.port == 9000
     assert config.models["a"].upstreams == ["http://h:1", "http://h:2"]
     assert config.policies is None  # the default chain: request IDs
+
+
+def test_storage_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("storage: {database_url: postgresql://file/db, data_dir: /srv/gw}\n")
+    flags = ["--database-url", "postgresql://flag/db", "--redis-url", "redis://flag:6379/0"]
+    args = parser().parse_args(["serve", "--config", str(path), "--upstream=m=http://h:1", *flags])
+    config, _ = load(args)
+    assert config.storage.database_url == "postgresql://flag/db"
+    assert config.storage.redis_url == "redis://flag:6379/0"
+    assert config.storage.data_dir == "/srv/gw"
+
+
+def test_local_without_a_file_accounts_usage_and_limits_callers_in_embedded_stores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LLAMA_GATEWAY_CONFIG", raising=False)
+    args = parser().parse_args(["local", "--upstream", "m=http://h:1"])
+    config, path = load(args, default_settings())
+    assert path is None
+    assert config.storage.database_url is None
+    assert config.storage.redis_url is None
+    _, chain = build(PolicySource(config, None), Resources())
+    assert [p.name for p in chain.policies] == ["request_id", "usage", "rate_limit"]
 
 
 def test_no_models_is_an_error_that_says_what_to_do() -> None:

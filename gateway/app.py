@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -32,7 +32,6 @@ class State:
     pool: Pool
     draining: bool = False
     relay: Relay | None = None
-    checks: dict[str, bool] = field(default_factory=dict)
 
 
 STATE = web.AppKey("state", State)
@@ -155,8 +154,13 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     models = state.pool.ready()
-    checks = {**{f"model:{m}": ok for m, ok in models.items()}, **state.checks}
-    ok = not state.draining and all(checks.values())
+    policies = await state.runtime.chain.readiness()
+    checks = {
+        **{f"model:{m}": ok for m, ok in models.items()},
+        **{name: check.ok for name, check in policies.items()},
+    }
+    required = [*models.values(), *(c.ok for c in policies.values() if c.required)]
+    ok = not state.draining and all(required)
     body = {"status": "ready" if ok else "not ready", "draining": state.draining, "checks": checks}
     return web.json_response(body, status=200 if ok else 503, dumps=_dumps)
 

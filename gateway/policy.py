@@ -17,10 +17,11 @@ admin endpoint); the application mounts them at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -53,6 +54,16 @@ class PolicyEnv:
     metrics: Metrics = field(default_factory=Metrics)
 
 
+class Check(NamedTuple):
+    ok: bool
+    # A failing required check takes the replica out of rotation (`/ready` answers 503);
+    # one that is not required (the policy copes, e.g. by journaling) is only reported.
+    required: bool = True
+
+
+READY_SECONDS = 2.0
+
+
 class Policy:
     """No-op defaults; a policy overrides only the hooks it needs."""
 
@@ -80,6 +91,14 @@ class Policy:
         Mounted when the application is created; each request goes to the instance of this
         policy in the chain in force, so a reload's settings apply. A route that only a
         reloaded document adds is served after a restart.
+        """
+        return {}
+
+    async def readiness(self) -> Mapping[str, Check]:
+        """Named checks of the dependencies this policy needs, for `GET /ready`.
+
+        Called on every readiness probe: keep each check to one cheap call (a PING, a
+        `SELECT 1`) bounded in time; the chain gives each policy `READY_SECONDS` at most.
         """
         return {}
 
@@ -111,6 +130,7 @@ class Chain:
         self._response = [(i, p) for i, p in reversed(indexed) if _overrides(p, "on_response")]
         self._event = [(i, p) for i, p in reversed(indexed) if _overrides(p, "on_event")]
         self._complete = [(i, p) for i, p in reversed(indexed) if _overrides(p, "on_complete")]
+        self._ready = [p for p in policies if _overrides(p, "readiness")]
 
     @property
     def wants_events(self) -> bool:
@@ -130,6 +150,11 @@ class Chain:
                 await policy.close()
             except Exception:
                 log.exception("policy %s failed to close", policy.name)
+
+    async def readiness(self) -> dict[str, Check]:
+        """Every policy's checks, run at once; a policy that does not answer in time fails."""
+        found = await asyncio.gather(*(_ready(p) for p in self._ready))
+        return {name: check for checks in found for name, check in checks.items()}
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:
         """Run request hooks; `ctx.entered` records how far the chain got."""
@@ -166,6 +191,15 @@ class Chain:
                 except Exception:
                     # One failing policy must not keep the others from their completion work.
                     log.exception("policy %s failed in on_complete", policy.name)
+
+
+async def _ready(policy: Policy) -> Mapping[str, Check]:
+    try:
+        async with asyncio.timeout(READY_SECONDS):
+            return await policy.readiness()
+    except Exception as exc:  # a check that breaks is a failing check, never a 500
+        log.warning("readiness check of policy %s failed: %r", policy.name, exc)
+        return {policy.name: Check(False)}
 
 
 def describe(chain: Chain) -> Mapping[str, list[str]]:

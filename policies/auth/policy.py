@@ -9,18 +9,21 @@ time and never logged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import asyncpg
 from pydantic import Field
 
 from gateway.context import Reply, RequestContext
 from gateway.errors import GatewayError
-from gateway.policy import Policy, PolicyEnv, PolicySettings
+from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier
 from policies.auth.jwt import Claims, JwtConfigError, JwtError, JwtSettings, JwtVerifier
 from policies.auth.keys import (
@@ -132,6 +135,17 @@ class AuthPolicy(Policy):
             self.store = await self.env.resources.get("api_keys", create, lambda s: s.close())
         if self.verifier:
             await self.verifier.start()
+
+    async def readiness(self) -> Mapping[str, Check]:
+        if self.store is None or not self.env.config.storage.database_url:
+            return {}  # the embedded key store is a local file
+        try:
+            async with asyncio.timeout(READY_SECONDS / 2):
+                await self.store.get("readiness-probe")  # no such key: one indexed lookup
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("the API key database fails its readiness check: %r", exc)
+            return {"auth:database": Check(False)}
+        return {"auth:database": Check(True)}
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:
         try:

@@ -13,6 +13,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +22,7 @@ from multidict import CIMultiDict
 
 from gateway.context import REJECTED, UPSTREAM_ERROR, Reply, RequestContext
 from gateway.errors import GatewayError
-from gateway.policy import Policy, PolicyEnv
+from gateway.policy import Check, Policy, PolicyEnv
 from policies.rate_limit.buckets import (
     MINUTE_MS,
     Plan,
@@ -105,6 +106,13 @@ class RateLimitPolicy(Policy):
             return backend
 
         self.backend = await self.env.resources.get("rate_limit.backend", create, _nothing)
+
+    async def readiness(self) -> Mapping[str, Check]:
+        if self.backend is None or not self.env.config.storage.redis_url:
+            return {}  # the embedded store cannot fail on its own
+        # Failing open, the gateway serves without Redis: report, but stay in rotation.
+        required = self.settings.failure_mode == "closed"
+        return {"rate_limit:redis": Check(await self.backend.ping(), required)}
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:
         limits = self.settings.tiers.get(ctx.tier) if ctx.tier else self.settings.default

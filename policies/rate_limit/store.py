@@ -101,6 +101,16 @@ class Backend:
             self._recovered()
         return [int(x) for x in result] if isinstance(result, list) else [int(result)]
 
+    async def ping(self) -> bool:
+        """Whether Redis answers now (for readiness probes); a success ends an outage."""
+        try:
+            await self._bounded("PING")
+        except Unavailable:
+            return False
+        if self.down_since is not None:
+            self._recovered()
+        return True
+
     async def _bounded(self, *args: Any) -> Any:
         try:
             async with asyncio.timeout(self.timeout):

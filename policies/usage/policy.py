@@ -23,11 +23,11 @@ from pydantic import Field
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.policy import Policy, PolicyEnv, PolicySettings, RouteHandler
+from gateway.policy import Check, Policy, PolicyEnv, PolicySettings, RouteHandler
 from policies.usage.journal import Journal
 from policies.usage.record import Price, RowBuilder
 from policies.usage.report import ReportError, as_json, parse_time
-from policies.usage.store import open_usage_store
+from policies.usage.store import PostgresUsageStore, open_usage_store
 from policies.usage.writer import UsageWriter, WriterOptions
 
 log = logging.getLogger("policies.usage")
@@ -110,6 +110,13 @@ class UsagePolicy(Policy):
         unpriced = set(self.rows.prices) - set(self.env.config.models)
         if unpriced and self.env.config.models:
             log.warning("usage prices name models that are not configured: %s", sorted(unpriced))
+
+    async def readiness(self) -> Mapping[str, Check]:
+        store = self.writer.store if self.writer is not None else None
+        if not isinstance(store, PostgresUsageStore):
+            return {}
+        # Not required: while the database is down, rows wait in the journal.
+        return {"usage:database": Check(await store.ping(), required=False)}
 
     async def on_complete(self, ctx: RequestContext) -> None:
         if self.writer is not None:

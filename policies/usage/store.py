@@ -137,6 +137,14 @@ class PostgresUsageStore:
                 self.dsn, wait_seconds=self.wait_seconds, migrations=migrations() if migrate else ()
             )
 
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query now (for readiness probes)."""
+        try:
+            await self._db().fetchval("SELECT 1", timeout=self.wait_seconds)
+        except self.errors:
+            return False
+        return True
+
     async def close(self) -> None:
         pool, self.pool = self.pool, None
         if pool is None:

@@ -19,6 +19,7 @@ from gateway.app import create_app
 from policies.auth.keys import KeyStore, open_store
 from tests.conftest import gateway_config
 from tests.fake_llama import FakeLlama
+from tests.tcp_proxy import TcpProxy
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 SECRET = "s" * 40
@@ -257,3 +258,31 @@ async def test_openai_sdk_client_uses_a_created_key(
             await client.with_options(api_key="sk-wrong").models.list()
         with pytest.raises(openai.PermissionDeniedError):
             await client.chat.completions.create(model="secret", messages=[])
+
+
+async def test_ready_requires_the_api_key_database(
+    aiohttp_client: Any, fake_url: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    dsn = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    client = await aiohttp_client(create_app(auth_config(fake_url, dsn)))
+
+    async def ready_with(database: bool) -> int:
+        """/ready's status once every model is up and the key database is as given."""
+        for _ in range(250):
+            resp = await client.get("/ready")
+            checks = (await resp.json())["checks"]
+            models_up = all(ok for name, ok in checks.items() if name.startswith("model:"))
+            if models_up and checks.get("auth:database") is database:
+                return resp.status
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"/ready never reported auth:database={database}: {checks}")
+
+    try:
+        assert await ready_with(database=True) == 200
+        await proxy.close()
+        assert await ready_with(database=False) == 503  # keys cannot be checked
+    finally:
+        await proxy.close()

@@ -246,3 +246,27 @@ async def test_redis_lost_before_completion_keeps_the_answer_and_counts_it(
     async with asyncio.timeout(5):
         while not await counted():  # noqa: ASYNC110 - completion runs after the answer
             await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(("mode", "status_when_down"), [("closed", 503), ("open", 200)])
+async def test_ready_reports_redis_and_fails_only_when_failing_closed(
+    make_gateway: GatewayFactory, own_redis: PrivateRedis, mode: str, status_when_down: int
+) -> None:
+    client = await on_redis(make_gateway, own_redis.url, mode, requests_per_minute=100)
+
+    async def ready() -> tuple[int, Any]:
+        for _ in range(100):  # wait for the first health probe of the fake upstream
+            resp = await client.get("/ready")
+            body = await resp.json()
+            if body["checks"].get("model:fake"):
+                return resp.status, body
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the upstream never came up: {body}")
+
+    assert await ready() == (200, {"status": "ready", "draining": False, "checks": {
+        "model:fake": True, "rate_limit:redis": True}})  # fmt: skip
+    own_redis.stop()
+    status, body = await ready()
+    assert (status, body["checks"]["rate_limit:redis"]) == (status_when_down, False)
+    own_redis.start()
+    assert (await ready())[0] == 200

@@ -16,7 +16,7 @@ from tests.policies.usage.conftest import (
     wait_for_rows,
     writer_of,
 )
-from tests.policies.usage.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy
 
 
 async def send_many(client: TestClient[Any, Any], ids: range, parallel: int = 10) -> None:
@@ -68,3 +68,30 @@ async def test_database_cut_mid_load_loses_nothing_and_duplicates_nothing(
     rows = await pg_rows(pg_url)
     assert len(rows) == 300
     assert {r["request_id"] for r in rows} == {f"r{i}" for i in range(300)}
+
+
+async def test_ready_reports_the_usage_database_without_leaving_rotation(
+    usage_gateway: UsageGateway, pg_url: str
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    dsn = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    client = await usage_gateway({"type": "request_id"}, usage_settings(), database_url=dsn)
+
+    async def ready_with(database: bool) -> int:
+        """/ready's status once it reports the upstream up and the database as given."""
+        for _ in range(250):  # the first health probe, the writer connecting in the background
+            resp = await client.get("/ready")
+            checks = (await resp.json())["checks"]
+            if checks == {"model:fake": True, "usage:database": database}:
+                return resp.status
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"/ready never reported usage:database={database}: {checks}")
+
+    try:
+        assert await ready_with(database=True) == 200
+        await proxy.close()
+        # Rows go to the journal meanwhile: reported, but the gateway stays in rotation.
+        assert await ready_with(database=False) == 200
+    finally:
+        await proxy.close()

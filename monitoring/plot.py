@@ -24,9 +24,9 @@ MAIN_PANELS = (
     "Time to first token",
     "Gateway overhead",
     "Tokens per second by model and tier",
+    "Rate-limited requests per second",
     "Auth failures per second",
-    "In-flight requests per upstream",
-    "CPU (cores)",
+    "Usage records per second",
 )
 RATE_INTERVAL = "30s"
 

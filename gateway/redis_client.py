@@ -109,6 +109,13 @@ class RedisClient:
         connecting = self._connecting
         try:
             return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # `abort()` gave the attempt up (another caller's time ran out): a caller that
+            # was not cancelled itself fails like any call without a connection.
+            task = asyncio.current_task()
+            if connecting.cancelled() and task is not None and not task.cancelling():
+                raise Unreachable("connection attempt abandoned") from None
+            raise
         finally:
             if self._connecting is connecting and connecting.done():
                 self._connecting = None

@@ -82,3 +82,41 @@ async def test_unreachable_server_raises_at_once() -> None:
     client = RedisClient("redis://127.0.0.1:1/0")
     with pytest.raises(Unreachable, match="cannot connect"):
         await client.call("PING")
+
+
+class SilentServer:
+    """A TCP server that reads what it is sent and never answers (a Redis that hangs)."""
+
+    def __init__(self) -> None:
+        self.received = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://:secret@127.0.0.1:{port}/0"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):
+            self.received.set()
+        writer.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_callers_waiting_for_a_connection_another_gave_up_on_get_unreachable() -> None:
+    silent = SilentServer()
+    async with silent as url:
+        client = RedisClient(url)
+        try:
+            calls = [asyncio.ensure_future(client.call("PING")) for _ in range(3)]
+            async with asyncio.timeout(5):
+                await silent.received.wait()  # connected; AUTH is waiting for its answer
+            client.abort()  # what a caller whose time ran out does
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+    # Not CancelledError: the callers were not cancelled, their connection failed.
+    assert [type(r) for r in results] == [Unreachable] * 3

@@ -67,6 +67,9 @@ class _Connection(asyncio.Protocol):
 
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future = self.loop.create_future()
+        if self.lost:  # lost after the caller got it: nothing will ever answer here
+            future.set_exception(Unreachable("connection lost before the call was sent"))
+            return future
         self.waiting.append(future)
         if not self.unsent:
             self.loop.call_soon(self._flush)

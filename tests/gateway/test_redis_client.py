@@ -120,3 +120,22 @@ async def test_callers_waiting_for_a_connection_another_gave_up_on_get_unreachab
             await client.close()
     # Not CancelledError: the callers were not cancelled, their connection failed.
     assert [type(r) for r in results] == [Unreachable] * 3
+
+
+async def test_a_connection_closed_right_after_its_handshake_fails_its_callers() -> None:
+    async def accept_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # AUTH
+        writer.write(b"+OK\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(accept_then_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RedisClient(f"redis://:secret@127.0.0.1:{port}/0")
+    try:
+        calls = [asyncio.ensure_future(client.call("PING")) for _ in range(3)]
+        async with asyncio.timeout(5):  # a bound against hanging, not a measurement
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await client.close()
+        server.close()
+    assert [type(r) for r in results] == [Unreachable] * 3

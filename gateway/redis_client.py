@@ -6,7 +6,8 @@ come back in order (Redis answers one connection's commands first in, first out)
 call costs one write and one read callback, not a pool checkout. hiredis parses replies.
 
 A call either returns the reply, or raises `ReplyError` (an error reply such as
-NOSCRIPT) or `Unreachable` (cannot connect, connection lost). Time bounds are the
+NOSCRIPT) or `Unreachable` (cannot connect; `ConnectionLost`: lost with the call in
+flight, which may have run). Time bounds are the
 caller's (`asyncio.timeout`); a caller that gives up should `abort()`, so that the next
 call starts on a fresh connection instead of queueing behind a stuck one.
 """
@@ -28,6 +29,10 @@ class ReplyError(Exception):
 
 class Unreachable(Exception):
     """No connection to Redis, or it was lost with the call in flight."""
+
+
+class ConnectionLost(Unreachable):
+    """The connection was lost with the call sent or about to be: it may have run."""
 
 
 class _Connection(asyncio.Protocol):
@@ -63,7 +68,7 @@ class _Connection(asyncio.Protocol):
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(Unreachable(f"connection lost: {exc or 'closed by Redis'}"))
+                future.set_exception(ConnectionLost(f"connection lost: {exc or 'closed by Redis'}"))
 
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future = self.loop.create_future()

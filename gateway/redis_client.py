@@ -71,6 +71,9 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(ConnectionLost(f"connection lost: {exc or 'closed by Redis'}"))
 
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        # Packed first: a command that cannot be sent (TypeError) must not leave a future
+        # behind that would take the next command's reply.
+        command = hiredis.pack_command(args)
         future = self.loop.create_future()
         if self.lost:  # lost after the caller got it: nothing will ever answer here
             future.set_exception(Unreachable("connection lost before the call was sent"))
@@ -78,7 +81,7 @@ class _Connection(asyncio.Protocol):
         self.waiting.append(future)
         if not self.unsent:
             self.loop.call_soon(self._flush)
-        self.unsent.append(hiredis.pack_command(args))
+        self.unsent.append(command)
         return future
 
     def _flush(self) -> None:

@@ -139,3 +139,13 @@ async def test_a_connection_closed_right_after_its_handshake_fails_its_callers()
         await client.close()
         server.close()
     assert [type(r) for r in results] == [Unreachable] * 3
+
+
+async def test_a_command_that_cannot_be_sent_leaves_the_replies_in_step(
+    client: RedisClient,
+) -> None:
+    with pytest.raises(TypeError):
+        await client.call("ECHO", None)
+    async with asyncio.timeout(5):  # a bound against hanging, not a measurement
+        replies = await asyncio.gather(client.call("ECHO", "first"), client.call("ECHO", "2nd"))
+    assert replies == [b"first", b"2nd"]

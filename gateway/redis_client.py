@@ -112,8 +112,9 @@ class RedisClient:
         return await conn.call(args)
 
     async def _connection(self) -> _Connection:
-        # Callers arriving while a connection is being made wait for that one.
-        if self._connecting is None:
+        # Callers arriving while a connection is being made wait for that one. An attempt
+        # that is over is an earlier one whose callers all gave up: not this call's.
+        if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
             # Retrieved even when every waiting caller gave up first.
             self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -12,6 +12,7 @@ from gateway.redis_client import RedisClient, ReplyError, Unreachable
 from tests.policies.rate_limit_helpers import (
     SHARED_REDIS,
     PrivateRedis,
+    free_port,
     private_redis,
     unique_prefix,
 )
@@ -149,3 +150,24 @@ async def test_a_command_that_cannot_be_sent_leaves_the_replies_in_step(
     async with asyncio.timeout(5):  # a bound against hanging, not a measurement
         replies = await asyncio.gather(client.call("ECHO", "first"), client.call("ECHO", "2nd"))
     assert replies == [b"first", b"2nd"]
+
+
+async def test_a_connection_attempt_nobody_waited_for_does_not_fail_later_calls() -> None:
+    port = free_port()
+    client = RedisClient(f"redis://127.0.0.1:{port}/0")
+    first = asyncio.ensure_future(client.call("PING"))
+    await asyncio.sleep(0)  # it starts connecting to a port nobody listens on...
+    first.cancel()  # ...and its caller hangs up before that fails
+    await asyncio.gather(first, return_exceptions=True)
+
+    async def pong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):
+            writer.write(b"+PONG\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(pong, "127.0.0.1", port)  # Redis is back
+    try:
+        assert await client.call("PING") == b"PONG"
+    finally:
+        await client.close()
+        server.close()

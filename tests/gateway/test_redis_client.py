@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,36 +86,57 @@ async def test_unreachable_server_raises_at_once() -> None:
         await client.call("PING")
 
 
-class SilentServer:
-    """A TCP server that reads what it is sent and never answers (a Redis that hangs)."""
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-    def __init__(self) -> None:
-        self.received = asyncio.Event()
+
+class PlaysRedis:
+    """A TCP server of the test's own that plays Redis with `serve(reader, writer)`;
+    every connection is closed and its handler awaited when the test leaves it."""
+
+    def __init__(self, serve: Serve, port: int = 0) -> None:
+        self.serve, self.port = serve, port
         self.server: asyncio.Server | None = None
+        self.handlers: list[asyncio.Task[Any]] = []
+        self.writers: list[asyncio.StreamWriter] = []
 
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"redis://:secret@127.0.0.1:{port}/0"
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return int(self.server.sockets[0].getsockname()[1])
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.read(1024):
-            self.received.set()
-        writer.close()
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.append(task)
+        self.writers.append(writer)
+        try:
+            await self.serve(reader, writer)
+        except ConnectionError:
+            pass  # the client dropped the connection: what these tests do
+        finally:
+            writer.close()
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+        await self.server.wait_closed()
 
 
 async def test_callers_waiting_for_a_connection_another_gave_up_on_get_unreachable() -> None:
-    silent = SilentServer()
-    async with silent as url:
-        client = RedisClient(url)
+    received = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):  # a Redis that hangs: reads, never answers
+            received.set()
+
+    async with PlaysRedis(silent) as port:
+        client = RedisClient(f"redis://:secret@127.0.0.1:{port}/0")
         try:
             calls = [asyncio.ensure_future(client.call("PING")) for _ in range(3)]
             async with asyncio.timeout(5):
-                await silent.received.wait()  # connected; AUTH is waiting for its answer
+                await received.wait()  # connected; AUTH is waiting for its answer
             client.abort()  # what a caller whose time ran out does
             results = await asyncio.gather(*calls, return_exceptions=True)
         finally:
@@ -127,18 +149,15 @@ async def test_a_connection_closed_right_after_its_handshake_fails_its_callers()
     async def accept_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1024)  # AUTH
         writer.write(b"+OK\r\n")
-        writer.close()
 
-    server = await asyncio.start_server(accept_then_close, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = RedisClient(f"redis://:secret@127.0.0.1:{port}/0")
-    try:
-        calls = [asyncio.ensure_future(client.call("PING")) for _ in range(3)]
-        async with asyncio.timeout(5):  # a bound against hanging, not a measurement
-            results = await asyncio.gather(*calls, return_exceptions=True)
-    finally:
-        await client.close()
-        server.close()
+    async with PlaysRedis(accept_then_close) as port:
+        client = RedisClient(f"redis://:secret@127.0.0.1:{port}/0")
+        try:
+            calls = [asyncio.ensure_future(client.call("PING")) for _ in range(3)]
+            async with asyncio.timeout(5):  # a bound against hanging, not a measurement
+                results = await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
     assert [type(r) for r in results] == [Unreachable] * 3
 
 
@@ -163,11 +182,9 @@ async def test_a_connection_attempt_nobody_waited_for_does_not_fail_later_calls(
     async def pong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.read(1024):
             writer.write(b"+PONG\r\n")
-        writer.close()
 
-    server = await asyncio.start_server(pong, "127.0.0.1", port)  # Redis is back
     try:
-        assert await client.call("PING") == b"PONG"
+        async with PlaysRedis(pong, port):  # Redis is back
+            assert await client.call("PING") == b"PONG"
     finally:
         await client.close()
-        server.close()

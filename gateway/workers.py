@@ -92,9 +92,10 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> int:
+        # The port first: a port in use must leave no metrics directory behind.
+        holder = reserve_port(self.config.server.host, self.config.server.port)
         directory, owned = metrics_dir()
         clear_samples(directory)
-        holder = reserve_port(self.config.server.host, self.config.server.port)
         port = holder.getsockname()[1]
         self.config = self.config.model_copy(
             update={"server": self.config.server.model_copy(update={"port": port})}

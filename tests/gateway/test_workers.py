@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -218,3 +219,21 @@ async def test_sigterm_while_a_dead_worker_awaits_its_restart_stops_everything(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.communicate(), 30)
+
+
+async def test_a_port_in_use_leaves_no_metrics_directory_behind(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gateway.cli", "serve", "--port", port, "--workers", "2"),
+            *("--upstream", "fake=http://127.0.0.1:9"),
+            stderr=asyncio.subprocess.PIPE,
+            env={**env, "TMPDIR": str(tmp_path)},
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0
+    assert b"Address already in use" in err
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []

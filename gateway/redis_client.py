@@ -6,7 +6,8 @@ come back in order (Redis answers one connection's commands first in, first out)
 call costs one write and one read callback, not a pool checkout. hiredis parses replies.
 
 A call either returns the reply, or raises `ReplyError` (an error reply such as
-NOSCRIPT) or `Unreachable` (cannot connect, connection lost). Time bounds are the
+NOSCRIPT) or `Unreachable` (cannot connect; `ConnectionLost`: lost with the call in
+flight, which may have run). Time bounds are the
 caller's (`asyncio.timeout`); a caller that gives up should `abort()`, so that the next
 call starts on a fresh connection instead of queueing behind a stuck one.
 """
@@ -28,6 +29,10 @@ class ReplyError(Exception):
 
 class Unreachable(Exception):
     """No connection to Redis, or it was lost with the call in flight."""
+
+
+class ConnectionLost(Unreachable):
+    """The connection was lost with the call sent or about to be: it may have run."""
 
 
 class _Connection(asyncio.Protocol):
@@ -63,14 +68,20 @@ class _Connection(asyncio.Protocol):
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(Unreachable(f"connection lost: {exc or 'closed by Redis'}"))
+                future.set_exception(ConnectionLost(f"connection lost: {exc or 'closed by Redis'}"))
 
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        # Packed first: a command that cannot be sent (TypeError) must not leave a future
+        # behind that would take the next command's reply.
+        command = hiredis.pack_command(args)
         future = self.loop.create_future()
+        if self.lost:  # lost after the caller got it: nothing will ever answer here
+            future.set_exception(Unreachable("connection lost before the call was sent"))
+            return future
         self.waiting.append(future)
         if not self.unsent:
             self.loop.call_soon(self._flush)
-        self.unsent.append(hiredis.pack_command(args))
+        self.unsent.append(command)
         return future
 
     def _flush(self) -> None:
@@ -101,14 +112,22 @@ class RedisClient:
         return await conn.call(args)
 
     async def _connection(self) -> _Connection:
-        # Callers arriving while a connection is being made wait for that one.
-        if self._connecting is None:
+        # Callers arriving while a connection is being made wait for that one. An attempt
+        # that is over is an earlier one whose callers all gave up: not this call's.
+        if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
             # Retrieved even when every waiting caller gave up first.
             self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
         connecting = self._connecting
         try:
             return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # `abort()` gave the attempt up (another caller's time ran out): a caller that
+            # was not cancelled itself fails like any call without a connection.
+            task = asyncio.current_task()
+            if connecting.cancelled() and task is not None and not task.cancelling():
+                raise Unreachable("connection attempt abandoned") from None
+            raise
         finally:
             if self._connecting is connecting and connecting.done():
                 self._connecting = None

@@ -92,9 +92,10 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> int:
+        # The port first: a port in use must leave no metrics directory behind.
+        holder = reserve_port(self.config.server.host, self.config.server.port)
         directory, owned = metrics_dir()
         clear_samples(directory)
-        holder = reserve_port(self.config.server.host, self.config.server.port)
         port = holder.getsockname()[1]
         self.config = self.config.model_copy(
             update={"server": self.config.server.model_copy(update={"port": port})}
@@ -143,6 +144,8 @@ class Supervisor:
         process.start()
         send.close()
         self.workers[index] = process
+        if self.stopping:  # stopped while this one was being started: _stop() missed it
+            self._stop(signal.SIGTERM, None)
         return receive
 
     def _await_ready(self, index: int, receive: Connection) -> None:
@@ -152,6 +155,8 @@ class Supervisor:
                 raise EOFError
             receive.recv()
         except EOFError:
+            if self.stopping:
+                return  # stopped before it was listening: not a failure
             raise WorkerFailed(
                 f"worker {index} did not start listening (exit code {process.exitcode}); "
                 "its log lines above say why"
@@ -177,7 +182,8 @@ class Supervisor:
                         extra={"worker": index, "exitcode": process.exitcode},
                     )
                     time.sleep(RESTART_DELAY_SECONDS)
-                    self._start(index)
+                    if not self.stopping:  # a SIGTERM may have come during the pause
+                        self._start(index)
 
     def _forget(self, process: SpawnProcess) -> None:
         from prometheus_client import multiprocess

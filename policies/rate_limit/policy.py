@@ -58,6 +58,10 @@ class Admission:
     member: str  # this request in the in-flight sets
     results: list[int]  # remaining_1, reset_ms_1, ... as the script returned them
     admitted: bool = True
+    # Whether the admission ran is unknown (no answer in time, connection lost, or the
+    # request cancelled while waiting): its in-flight slot may be taken, so completion
+    # frees it (and charges nothing else).
+    uncertain: bool = True
 
 
 class RateLimitPolicy(Policy):
@@ -124,16 +128,18 @@ class RateLimitPolicy(Policy):
             return None
         admission = await self._prepare(ctx, plan)
         assert self.backend is not None, "start() runs before any request"
+        args: list[Any] = [admission.member, self._ttl_ms]
+        for i, cost in zip(admission.indexes, admission.costs, strict=True):
+            bucket = plan.buckets[i]
+            args += [bucket.kind, bucket.limit, cost, self._extra(bucket.unit)]
+        ctx.state[self.name] = admission  # uncertain until the script's answer comes
         try:
-            args: list[Any] = [admission.member, self._ttl_ms]
-            for i, cost in zip(admission.indexes, admission.costs, strict=True):
-                bucket = plan.buckets[i]
-                args += [bucket.kind, bucket.limit, cost, self._extra(bucket.unit)]
             result = await self.backend.run(ADMIT, admission.keys, args)
         except Unavailable as exc:
+            admission.admitted, admission.uncertain = False, exc.maybe_ran
             return self._unavailable(exc)
+        admission.uncertain = False
         admission.results = result[3:]
-        ctx.state[self.name] = admission
         if result[0] != 1:
             admission.admitted = False
             position = result[1] - 1
@@ -196,19 +202,24 @@ class RateLimitPolicy(Policy):
 
     async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
         admission: Admission | None = ctx.state.get(self.name)
-        if admission is not None:
+        if admission is not None and admission.results:
             _set_headers(admission, headers)
 
     async def on_complete(self, ctx: RequestContext) -> None:
         admission: Admission | None = ctx.state.get(self.name)
-        if admission is None or not admission.admitted or not admission.plan.settles:
+        if admission is None or not admission.plan.settles:
+            return
+        if not (admission.admitted or admission.uncertain):
             return
         used = tokens_used(ctx, admission)
         keys: list[str] = []
         args: list[Any] = [admission.member]
         for i, key, cost in zip(admission.indexes, admission.keys, admission.costs, strict=True):
             bucket = admission.plan.buckets[i]
-            if bucket.unit == REQUESTS or (bucket.kind != "c" and used == cost):
+            # Uncertain: nothing known to settle, only the slot is freed.
+            if bucket.kind != "c" and (
+                admission.uncertain or bucket.unit == REQUESTS or used == cost
+            ):
                 continue
             keys.append(key)
             args += [bucket.kind, bucket.limit, used - cost if bucket.kind != "c" else 0]

@@ -16,13 +16,19 @@ from importlib.resources import files
 from typing import Any, Protocol
 
 from gateway.config import StorageConfig
-from gateway.redis_client import RedisClient, ReplyError, Unreachable
+from gateway.redis_client import ConnectionLost, RedisClient, ReplyError, Unreachable
 
 log = logging.getLogger("policies.rate_limit")
 
 
 class Unavailable(Exception):
     """Redis did not answer in time, or not at all."""
+
+    def __init__(self, message: str, *, maybe_ran: bool = False) -> None:
+        super().__init__(message)
+        # The call reached Redis and may have run (no answer in time, or the connection
+        # was lost with it in flight): its effects may stand.
+        self.maybe_ran = maybe_ran
 
 
 class _NoScript(Exception):
@@ -118,7 +124,7 @@ class Backend:
         except TimeoutError as exc:
             self.client.abort()  # the next call starts afresh, not behind a stuck one
             self._failed(exc)
-            raise Unavailable(f"no answer within {self.timeout:g} s") from exc
+            raise Unavailable(f"no answer within {self.timeout:g} s", maybe_ran=True) from exc
         except ReplyError as exc:
             if str(exc).startswith("NOSCRIPT"):
                 raise _NoScript(str(exc)) from exc
@@ -126,7 +132,8 @@ class Backend:
             raise Unavailable(f"Redis answered: {exc}") from exc
         except (Unreachable, OSError) as exc:
             self._failed(exc)
-            raise Unavailable(f"{exc.__class__.__name__}: {exc}") from exc
+            lost = isinstance(exc, ConnectionLost)
+            raise Unavailable(f"{exc.__class__.__name__}: {exc}", maybe_ran=lost) from exc
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1

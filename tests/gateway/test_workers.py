@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -180,3 +181,59 @@ async def test_a_metrics_directory_made_for_the_run_is_removed_at_exit(fake_url:
     await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0
     assert not await asyncio.to_thread(os.path.exists, directory)
+
+
+async def test_sigterm_while_a_dead_worker_awaits_its_restart_stops_everything(
+    fake_url: str, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway.cli", "serve", "--port", "0", "--workers", "2"),
+        *("--upstream", f"fake={fake_url}"),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
+    assert proc.stderr is not None
+
+    async def logged(text: str) -> None:
+        assert proc.stderr is not None
+        while line := await asyncio.wait_for(proc.stderr.readline(), 60):
+            record = orjson.loads(line)
+            if record["logger"] == "gateway.workers" and text in record["msg"]:
+                return
+        raise AssertionError(f"the gateway exited with {await proc.wait()} before {text!r}")
+
+    try:
+        await logged("listening")
+        survivor = int((metrics_dir / "worker_1.pid").read_text())
+        os.kill(int((metrics_dir / "worker_0.pid").read_text()), signal.SIGKILL)
+        await logged("restarting it")  # logged just before the pause before the restart
+        proc.send_signal(signal.SIGTERM)
+        _, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0
+        left = [int(p.read_text()) for p in metrics_dir.glob("worker_*.pid")]
+        for pid in {survivor, *left}:  # no worker was started after the SIGTERM
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.communicate(), 30)
+
+
+async def test_a_port_in_use_leaves_no_metrics_directory_behind(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gateway.cli", "serve", "--port", port, "--workers", "2"),
+            *("--upstream", "fake=http://127.0.0.1:9"),
+            stderr=asyncio.subprocess.PIPE,
+            env={**env, "TMPDIR": str(tmp_path)},
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0
+    assert b"Address already in use" in err
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []

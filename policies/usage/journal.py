@@ -13,6 +13,7 @@ get their own file. The methods block (disk I/O): the writer runs them in a thre
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -106,10 +107,21 @@ class Journal:
             return 0
         data = _lines(rows)
         with self._mutex:
-            handle = self._handle()
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            fd = self._handle().fileno()
+            # Straight to the file descriptor (no buffer that could keep half a batch), and a
+            # batch that fails part-way is cut off again: a later batch must start where the
+            # journal's size says, or the replay offsets would drift from the lines.
+            if os.fstat(fd).st_size != self.size:
+                os.ftruncate(fd, self.size)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # checked again before the next append
+                    os.ftruncate(fd, self.size)
+                raise
             self.size += len(data)
         return len(data)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +92,25 @@ def test_two_gateways_sharing_a_data_dir_get_a_journal_each(tmp_path: Path) -> N
     assert first.path != second.path
     first.close()
     second.close()
+
+
+def test_a_batch_that_fails_part_way_leaves_nothing_behind(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal.append([row(1)])
+    real_write = os.write
+
+    def disk_full(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))  # half the batch reaches the file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        journal.append([row(2), row(3)])
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append([row(4), row(5)])
+    rows, end = journal.read(10)
+    assert [r.id for r in rows] == ["id-1", "id-4", "id-5"]  # no torn line, none skipped
+    assert end == journal.size
+    assert journal.path is not None
+    assert journal.path.stat().st_size == journal.size

@@ -80,11 +80,8 @@ class Relay:
             raise
         finally:
             ctx.finished = time.perf_counter()
-            self.metrics.observe(ctx)
-            if self.tracing is not None:
-                self.tracing.finish(ctx)
-            if self.access_log is not None:
-                self.access_log.log(ctx)
+            # Completion work first: whatever the observers below do, limits are settled,
+            # usage is recorded and the chain is released.
             if chain.wants_completion:
                 # A task of its own: completion work (usage, limits) must survive the
                 # client hanging up, which cancels this handler.
@@ -93,6 +90,11 @@ class Relay:
                 task.add_done_callback(self.completions.discard)
             else:
                 self.runtime.release(chain)
+            self.metrics.observe(ctx)
+            if self.tracing is not None:
+                self.tracing.finish(ctx)
+            if self.access_log is not None:
+                self.access_log.log(ctx)
 
     async def _complete(self, ctx: RequestContext, chain: Chain) -> None:
         try:

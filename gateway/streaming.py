@@ -84,7 +84,9 @@ async def _forward(
     except ConnectionResetError:
         ctx.outcome = DISCONNECTED
         return False
-    ctx.events_sent += ready.count(b"data:")
+    # Events start a line; `data:` inside generated text never does (JSON strings hold
+    # no raw newline), and `ready` always starts at an event boundary.
+    ctx.events_sent += ready.count(b"\ndata:") + ready.startswith(b"data:")
     if ready.endswith(sse.DONE):
         ctx.delivered = True
     return True

@@ -83,7 +83,9 @@ class Tracing:
             if isinstance(usage.get(key), int):
                 attributes[f"gen_ai.usage.{name}_tokens"] = usage[key]
         span.set_attributes(attributes)
-        if ctx.status >= 500 or ctx.outcome == UPSTREAM_ERROR:  # a 4xx is the caller's error
+        if ctx.status >= 500 or (ctx.outcome == UPSTREAM_ERROR and ctx.status < 400):
+            # A 4xx, the gateway's or the upstream's, is the caller's error; an error event
+            # in a stream that began with 200 is the server's.
             span.set_status(self._status(self._error, ctx.error or ctx.outcome))
         span.end()
 

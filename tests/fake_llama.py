@@ -126,7 +126,8 @@ class FakeLlama:
         usage_mode = opts.get("usage", "separate")
         include = (body.get("stream_options") or {}).get("include_usage") is True
         usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
-        for i, event in enumerate(_events(chunks, usage if usage_mode == "in_final" else None)):
+        final_usage = usage if usage_mode == "in_final" else None
+        for i, event in enumerate(_events(chunks, final_usage, opts.get("text", "tok{i} "))):
             if i == opts.get("drop_after"):
                 assert request.transport is not None
                 request.transport.abort()
@@ -168,13 +169,13 @@ def _sse(value: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(value) + b"\n\n"
 
 
-def _events(chunks: int, final_usage: dict[str, Any] | None) -> list[bytes]:
+def _events(chunks: int, final_usage: dict[str, Any] | None, text: str = "tok{i} ") -> list[bytes]:
     base = _chunk_base()
     events = [
         _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]})
     ]
     for i in range(chunks):
-        delta = {"content": f"tok{i} "}
+        delta = {"content": text.format(i=i)}
         events.append(
             _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
         )

@@ -196,3 +196,21 @@ async def test_client_closing_right_after_done_is_not_a_disconnect(
         await asyncio.sleep(0.01)
     await relay.drain()
     assert recorder.seen == [OK]
+
+
+async def test_events_sent_counts_events_not_data_prefixes_in_the_text(
+    aiohttp_client: Any, fake_url: str
+) -> None:
+    class Counts(Outcomes):
+        async def on_complete(self, ctx: RequestContext) -> None:
+            self.seen.append(str(ctx.events_sent))
+
+    recorder = Counts()
+    client = await aiohttp_client(create_app(gateway_config(fake_url), Chain([recorder])))
+    body = {**STREAM, "fake": {"chunks": 4, "text": "data: {i}\\n\\ndata:"}}
+    resp = await client.post("/v1/chat/completions", json=body)
+    await resp.read()
+    relay = client.app[STATE].relay
+    await relay.drain()
+    # The role event, 4 content events, the finishing event and [DONE].
+    assert recorder.seen == ["7"]

@@ -79,6 +79,16 @@ async def test_a_refused_request_is_not_a_server_error(make_gateway: GatewayFact
     assert span.status.status_code == StatusCode.UNSET
 
 
+async def test_an_upstream_refusing_the_request_is_not_a_server_error(
+    make_gateway: GatewayFactory,
+) -> None:
+    client, exporter = await traced(make_gateway)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "fake": {"status": 400}})
+    assert resp.status == 400
+    [span] = finished(client, exporter)
+    assert span.status.status_code == StatusCode.UNSET
+
+
 async def test_spans_are_exported_over_otlp_http(
     aiohttp_server: Any, fake_url: str, aiohttp_client: Any
 ) -> None:

@@ -8,12 +8,14 @@ spreads new connections over them; `/metrics` on any of them reports the sum of 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection, wait
@@ -25,6 +27,8 @@ from gateway.config import GatewayConfig
 from gateway.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("gateway.workers")
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 RESTART_DELAY_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 60.0
@@ -75,9 +79,23 @@ def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Con
     from gateway.logs import setup_logging
     from gateway.server import serve
 
+    _stop_with_supervisor()
     setup_logging(config.logging.level)
     write_worker_pid(index)
     run(serve(config, path, reuse_port=True, on_listening=lambda port: ready.send(port)))
+
+
+def _stop_with_supervisor() -> None:
+    """Linux: have the kernel send this worker SIGTERM (a graceful drain) when the supervisor
+    dies, even by SIGKILL, so no orphan keeps serving on the shared port."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("cannot ask to stop with the supervisor: errno %d", ctypes.get_errno())
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took hold
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerFailed(Exception):

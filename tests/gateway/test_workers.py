@@ -237,3 +237,26 @@ async def test_a_port_in_use_leaves_no_metrics_directory_behind(tmp_path: Path) 
     assert proc.returncode != 0
     assert b"Address already in use" in err
     assert await asyncio.to_thread(os.listdir, tmp_path) == []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait for a reaper that never comes)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+async def test_workers_stop_when_the_supervisor_is_killed(workers: Workers) -> None:
+    pids = [int(p.read_text()) for p in workers.metrics_dir.glob("worker_*.pid")]
+    assert len(pids) == 2
+    assert all(running(pid) for pid in pids)
+    workers.proc.kill()  # SIGKILL: the supervisor forwards nothing
+    await workers.proc.wait()
+    for _ in range(300):
+        if not any(running(pid) for pid in pids):
+            break
+        await asyncio.sleep(0.05)
+    assert [pid for pid in pids if running(pid)] == []

@@ -1,13 +1,15 @@
 """Where usage rows end up: PostgreSQL (shared by replicas) or the embedded SQLite file.
 
 Inserts are idempotent on the record id (`ON CONFLICT (id) DO NOTHING`), so a batch
-written twice (a replay after an ambiguous failure) leaves one row per request.
+written twice (a replay after an ambiguous failure) leaves one row per request, and
+transactional, so a batch is stored whole or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -23,6 +25,7 @@ from gateway.db import (
     open_postgres_pool,
     open_sqlite,
 )
+from policies.usage.pg_insert import NoTemporaryTables, array_batch, copy_batch
 from policies.usage.record import COLUMNS, UsageRow, utc
 from policies.usage.report import (
     ERROR_CONDITION,
@@ -31,6 +34,8 @@ from policies.usage.report import (
     group_column,
     interpolate,
 )
+
+log = logging.getLogger("policies.usage.store")
 
 
 class StoreUnavailable(RuntimeError):
@@ -47,27 +52,9 @@ PG_ERRORS: tuple[type[BaseException], ...] = (
 )
 _TIMES = (COLUMNS.index("started_at"), COLUMNS.index("finished_at"))
 assert _TIMES == (2, 3), "SqliteUsageStore.insert converts columns 2 and 3"
-_PG_TYPES = {
-    "started_at": "timestamptz",
-    "finished_at": "timestamptz",
-    "status": "integer",
-    "prompt_tokens": "integer",
-    "completion_tokens": "integer",
-    "cached": "boolean",
-    "streamed": "boolean",
-    "disconnected": "boolean",
-    "latency_ms": "float8",
-    "ttft_ms": "float8",
-    "cost": "float8",
-}
 # Reports may scan millions of rows: longer than the writer's statements may take.
 REPORT_TIMEOUT = 120.0
 _COLUMN_LIST = ", ".join(COLUMNS)
-_PG_INSERT = (
-    f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT * FROM unnest("
-    + ", ".join(f"${i + 1}::{_PG_TYPES.get(c, 'text')}[]" for i, c in enumerate(COLUMNS))
-    + ") ON CONFLICT (id) DO NOTHING"
-)
 _SQLITE_INSERT = (
     f"INSERT INTO usage_records ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(COLUMNS))})"
     " ON CONFLICT (id) DO NOTHING"
@@ -128,6 +115,8 @@ class PostgresUsageStore:
         self.report_timeout = report_timeout
         self.pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._connecting = asyncio.Lock()
+        # Batches go by COPY through a temporary table, unless the role may not create one.
+        self.staging = True
 
     async def connect(self, *, migrate: bool = True) -> None:
         async with self._connecting:
@@ -163,11 +152,13 @@ class PostgresUsageStore:
     async def insert(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
-        columns: list[list[Any]] = [list(column) for column in zip(*rows, strict=True)]
-        for index in _TIMES:
-            columns[index] = [utc(t) for t in columns[index]]
-        status = await self._db().execute(_PG_INSERT, *columns)
-        return int(status.rsplit(" ", 1)[-1])
+        if self.staging:
+            try:
+                return await copy_batch(self._db(), rows)
+            except NoTemporaryTables as exc:
+                log.warning("usage: no temporary staging table (%s); inserting with arrays", exc)
+                self.staging = False
+        return await array_batch(self._db(), rows)
 
     async def report(
         self, since: datetime, until: datetime, by: str | None

@@ -37,7 +37,11 @@ async def relay_stream(
     )
     await chain.on_response(ctx, headers)
     out = web.StreamResponse(status=resp.status, headers=headers)
-    await out.prepare(ctx.request)
+    try:
+        await out.prepare(ctx.request)
+    except ConnectionResetError:  # the client left while the upstream was thinking
+        ctx.outcome = DISCONNECTED
+        return out
     if resp.status >= 400:
         ctx.outcome = UPSTREAM_ERROR
     reader = resp.content

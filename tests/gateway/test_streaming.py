@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 
 from gateway import sse
 from gateway.app import STATE, create_app
-from gateway.context import OK, RequestContext
+from gateway.context import DISCONNECTED, OK, RequestContext
 from gateway.policy import Chain, Policy, PolicyEnv
 from gateway.resources import Resources
 from tests.conftest import GatewayFactory, gateway_config
@@ -214,3 +217,27 @@ async def test_events_sent_counts_events_not_data_prefixes_in_the_text(
     await relay.drain()
     # The role event, 4 content events, the finishing event and [DONE].
     assert recorder.seen == ["7"]
+
+
+class HangsUpBeforeTheHead(Outcomes):
+    """The client's connection closes just as the response head is about to be sent."""
+
+    async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        assert ctx.request.transport is not None
+        ctx.request.transport.close()
+
+
+async def test_client_gone_just_before_the_stream_starts_is_a_disconnect(
+    aiohttp_client: Any, fake_url: str
+) -> None:
+    recorder = HangsUpBeforeTheHead()
+    client = await aiohttp_client(create_app(gateway_config(fake_url), Chain([recorder])))
+    with contextlib.suppress(aiohttp.ClientError):
+        await client.post("/v1/chat/completions", json=STREAM)
+    relay = client.app[STATE].relay
+    for _ in range(200):
+        if recorder.seen:
+            break
+        await asyncio.sleep(0.01)
+    await relay.drain()
+    assert recorder.seen == [DISCONNECTED]

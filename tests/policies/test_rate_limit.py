@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 
 from tests.conftest import GatewayFactory
@@ -14,27 +13,11 @@ from tests.fake_llama import FakeLlama
 from tests.policies.rate_limit_helpers import (
     CHAT,
     SHARED_REDIS,
-    drop_keys,
     limit_policy,
-    unique_prefix,
 )
 
 # A generous bound: these tests are about exact limits, not timeouts, on a busy machine.
 STORAGE = {"redis_url": SHARED_REDIS, "redis_timeout_seconds": 2}
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = unique_prefix()
-    yield value
-    drop_keys(SHARED_REDIS, value)
-
-
-@pytest.fixture
-def store() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(SHARED_REDIS)
-    yield client
-    client.close()
 
 
 async def limited(make_gateway: GatewayFactory, prefix: str, **default: Any) -> Any:

@@ -5,7 +5,6 @@ test's own that can hold its replies; keys under a unique prefix on the shared R
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,27 +13,10 @@ from tests.conftest import GatewayFactory
 from tests.fake_llama import FakeLlama
 from tests.policies.rate_limit_helpers import (
     CHAT,
-    SHARED_REDIS,
     ReplyGate,
-    drop_keys,
     limit_policy,
-    unique_prefix,
 )
 from tests.policies.test_rate_limit import until
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = unique_prefix()
-    yield value
-    drop_keys(SHARED_REDIS, value)
-
-
-@pytest.fixture
-def store() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(SHARED_REDIS)
-    yield client
-    client.close()
 
 
 def in_flight(store: redis.Redis, prefix: str) -> int:

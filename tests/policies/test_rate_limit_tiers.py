@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,10 +18,7 @@ from tests.conftest import GatewayFactory, gateway_config
 from tests.fake_llama import FakeLlama
 from tests.policies.rate_limit_helpers import (
     CHAT,
-    SHARED_REDIS,
-    drop_keys,
     limit_policy,
-    unique_prefix,
 )
 from tests.policies.test_rate_limit import STORAGE, quota_used, until
 
@@ -39,20 +35,6 @@ def static_keys(tier: str = "free") -> list[dict[str, str]]:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = unique_prefix()
-    yield value
-    drop_keys(SHARED_REDIS, value)
-
-
-@pytest.fixture
-def store() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(SHARED_REDIS)
-    yield client
-    client.close()
 
 
 @pytest.fixture(params=["redis", "embedded"])

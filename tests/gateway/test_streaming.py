@@ -178,6 +178,15 @@ class Outcomes(Policy):
     async def on_complete(self, ctx: RequestContext) -> None:
         self.seen.append(ctx.outcome)
 
+    async def settled(self, client: Any) -> None:
+        """Wait for the request's completion (a task of its own) to have run."""
+        relay = client.app[STATE].relay
+        for _ in range(200):
+            if self.seen:
+                break
+            await asyncio.sleep(0.01)
+        await relay.drain()
+
 
 async def test_client_closing_right_after_done_is_not_a_disconnect(
     aiohttp_client: Any, fake_url: str
@@ -192,12 +201,7 @@ async def test_client_closing_right_after_done_is_not_a_disconnect(
     while not data.endswith(sse.DONE):
         data += await resp.content.readany()
     resp.close()  # as the OpenAI SDK does once it has read `[DONE]`
-    relay = client.app[STATE].relay
-    for _ in range(200):
-        if recorder.seen:
-            break
-        await asyncio.sleep(0.01)
-    await relay.drain()
+    await recorder.settled(client)
     assert recorder.seen == [OK]
 
 
@@ -213,8 +217,7 @@ async def test_events_sent_counts_events_not_data_prefixes_in_the_text(
     body = {**STREAM, "fake": {"chunks": 4, "text": "data: {i}\\n\\ndata:"}}
     resp = await client.post("/v1/chat/completions", json=body)
     await resp.read()
-    relay = client.app[STATE].relay
-    await relay.drain()
+    await recorder.settled(client)
     # The role event, 4 content events, the finishing event and [DONE].
     assert recorder.seen == ["7"]
 
@@ -234,10 +237,5 @@ async def test_client_gone_just_before_the_stream_starts_is_a_disconnect(
     client = await aiohttp_client(create_app(gateway_config(fake_url), Chain([recorder])))
     with contextlib.suppress(aiohttp.ClientError):
         await client.post("/v1/chat/completions", json=STREAM)
-    relay = client.app[STATE].relay
-    for _ in range(200):
-        if recorder.seen:
-            break
-        await asyncio.sleep(0.01)
-    await relay.drain()
+    await recorder.settled(client)
     assert recorder.seen == [DISCONNECTED]

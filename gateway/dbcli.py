@@ -67,7 +67,7 @@ async def migrate(database_url: str | None, data_dir: Path) -> tuple[str, list[M
 def cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.cli import admin_config, run
 
-    config, _ = admin_config(args.config)
+    config, _ = admin_config(args)
     storage = config.storage
     try:
         where, applied = run(migrate(storage.database_url, storage.data_path))
@@ -84,8 +84,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def add_db_command(sub: Any) -> None:
+    from gateway.cli import add_config_flag
+
     db = sub.add_parser("db", help="database maintenance")
-    db.add_argument("--config", help="gateway configuration (default: $LLAMA_GATEWAY_CONFIG)")
+    add_config_flag(db)
     actions = db.add_subparsers(dest="action", required=True)
     migrate_cmd = actions.add_parser("migrate", help="apply pending SQL migrations")
+    add_config_flag(migrate_cmd)
     migrate_cmd.set_defaults(func=cmd_migrate)

@@ -199,11 +199,11 @@ def add_local_command(sub: Any) -> None:
     local = sub.add_parser(
         "local", help="run real llama-servers with the small Gemma model and the gateway in front"
     )
-    local.add_argument("--config", help="YAML configuration for the gateway's other settings")
+    from gateway.cli import add_config_flag, add_storage_flags
+
+    add_config_flag(local, "YAML configuration for the gateway's other settings")
     local.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     local.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
     local.add_argument("--upstream", action="append", metavar="MODEL=URL", help=argparse.SUPPRESS)
-    from gateway.cli import add_storage_flags
-
     add_storage_flags(local)
     local.set_defaults(func=cmd_local)

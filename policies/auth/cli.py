@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.cli import admin_config, run
+from gateway.cli import add_config_flag, admin_config, run
 from gateway.config import ConfigError
 from policies.auth.keys import ApiKey, KeyStore, open_store
 
@@ -31,7 +31,7 @@ def expiry(value: str) -> datetime:
 
 
 async def _with_store(args: argparse.Namespace, action: Any) -> int:
-    config, document = admin_config(args.config)
+    config, document = admin_config(args)
     if getattr(args, "tier", None) and document.tiers and args.tier not in document.tiers:
         raise ConfigError(
             "--tier", [f"unknown tier {args.tier!r}; tiers are {sorted(document.tiers)}"]
@@ -94,14 +94,17 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
-    keys.add_argument("--config", help="gateway configuration (default: $LLAMA_GATEWAY_CONFIG)")
+    add_config_flag(keys)
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--tier", required=True)
     create.add_argument("--owner", required=True)
     create.add_argument("--expires", type=expiry, help="30d, 12h, 2w or an ISO date")
     create.set_defaults(func=cmd_create)
-    actions.add_parser("list", help="list keys (never their secrets)").set_defaults(func=cmd_list)
+    listing = actions.add_parser("list", help="list keys (never their secrets)")
+    listing.set_defaults(func=cmd_list)
     revoke = actions.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")
     revoke.set_defaults(func=cmd_revoke)
+    for action in (create, listing, revoke):
+        add_config_flag(action)

@@ -9,13 +9,13 @@ from typing import Any
 
 import orjson
 
-from gateway.cli import admin_config, run
+from gateway.cli import add_config_flag, admin_config, run
 from policies.usage.report import GROUPS, ReportError, as_json, format_table, parse_time
 from policies.usage.store import StoreUnavailable, open_usage_store
 
 
 async def _report(args: argparse.Namespace, since: datetime, until: datetime) -> str:
-    config, _ = admin_config(args.config)
+    config, _ = admin_config(args)
     storage = config.storage
     store = open_usage_store(storage.database_url, storage.data_path / "gateway.db")
     # The embedded file is created on demand; PostgreSQL is migrated by `db migrate`.
@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     usage = sub.add_parser(
         "usage", help="usage report: requests, tokens, errors, cost, p50/p95 latency"
     )
-    usage.add_argument("--config", help="gateway configuration (default: $LLAMA_GATEWAY_CONFIG)")
+    add_config_flag(usage)
     usage.add_argument("--since", default="24h", help="24h, 30m, 7d, 2w or an ISO date (24h)")
     usage.add_argument("--until", help="end of the range, same forms (default: now)")
     usage.add_argument("--by", choices=sorted(GROUPS), help="one line per key, user, tier, ...")

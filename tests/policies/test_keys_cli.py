@@ -61,8 +61,8 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exc:
         main(["keys", "create", *argv])
     assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "sk-gw_" not in err
+    out, err = capsys.readouterr()
+    assert "sk-gw_" not in out
     return err
 
 

@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from gateway.clierrors import Unavailable, explained
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -56,7 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level)
     from gateway.server import serve
 
-    run(serve(config, path))
+    with explained(config):
+        run(serve(config, path))
     return 0
 
 
@@ -173,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

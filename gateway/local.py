@@ -174,6 +174,7 @@ def default_settings() -> dict[str, Any]:
 
 def cmd_local(args: argparse.Namespace) -> int:
     from gateway.cli import load, run
+    from gateway.clierrors import explained
     from gateway.logs import setup_logging
     from gateway.server import serve
 
@@ -191,7 +192,8 @@ def cmd_local(args: argparse.Namespace) -> int:
             f"(models: {', '.join(config.models)}); Ctrl-C stops everything",
             flush=True,
         )
-        run(serve(config, path))
+        with explained(config):
+            run(serve(config, path))
     return 0
 
 

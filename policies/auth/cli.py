@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.cli import add_config_flag, admin_config, run
+from gateway.clierrors import explained
 from gateway.config import ConfigError, config_path
 from policies.auth.keys import ApiKey, KeyStore, open_store
 
@@ -66,7 +67,8 @@ async def _with_store(args: argparse.Namespace, action: Any) -> int:
         _check_tier(args, document.tiers)
     storage = config.storage
     store: KeyStore = open_store(storage.database_url, storage.data_path / "gateway.db")
-    await store.start()
+    with explained(config):
+        await store.start()
     try:
         result: int = await action(store)
         return result

@@ -121,3 +121,19 @@ def test_a_key_is_refused_when_no_tier_is_configured(
     err = capsys.readouterr().err
     assert f"no tiers are configured in {path}" in err
     assert not (tmp_path / "data" / "gateway.db").exists()
+
+
+def test_an_unreachable_key_database_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.local import free_port
+
+    port = free_port()
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"storage: {{database_url: 'postgresql://u:pw@127.0.0.1:{port}/x'}}\n")
+    assert main(["keys", "list", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the PostgreSQL database at 127.0.0.1:{port} ")
+    assert "storage.database_url" in err
+    assert ":pw@" not in err
+    assert err.count("\n") == 1

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gateway.private import open_private, private_dir
+
 CHAT_MODEL = "gemma3-270m"
 EMBED_MODEL = "gemma3-270m-embed"
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -128,8 +130,7 @@ def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
             port = free_port()
             out: Any = subprocess.DEVNULL
             if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                out = (log_dir / f"{name}.log").open("wb")
+                out = open_private(private_dir(log_dir) / f"{name}.log")
             try:
                 procs.append(
                     subprocess.Popen(

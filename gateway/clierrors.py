@@ -13,6 +13,7 @@ import errno
 import sqlite3
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -48,10 +49,11 @@ def explain(exc: BaseException, config: GatewayConfig) -> str:
             f"(storage.database_url) cannot be used: {reason}; start it or correct "
             "storage.database_url (or --database-url), then try again"
         )
-    if "aiosqlite" in modules or isinstance(exc, sqlite3.Error):
+    data_dir = Path(storage.data_dir).expanduser()
+    if "aiosqlite" in modules or isinstance(exc, sqlite3.Error) or _within(exc, data_dir):
         return (
-            f"the embedded database {storage.data_path / 'gateway.db'} (storage.data_dir) "
-            f"cannot be used: {reason}; make storage.data_dir a directory this user can write"
+            f"the data directory {data_dir} (storage.data_dir) cannot be used: {reason}; "
+            "make storage.data_dir a directory this user can write"
         )
     if "aiohttp" in modules and getattr(exc, "errno", None) in _LISTEN_ERRNOS:
         server = config.server
@@ -71,6 +73,11 @@ def _modules(exc: BaseException) -> set[str]:
             found.add(str(frame.f_globals.get("__name__", "")).split(".")[0])
         seen = seen.__cause__ or seen.__context__
     return found
+
+
+def _within(exc: BaseException, directory: Path) -> bool:
+    filename = getattr(exc, "filename", None)
+    return isinstance(filename, str) and Path(filename).is_relative_to(directory)
 
 
 def _address(url: str | None) -> str:

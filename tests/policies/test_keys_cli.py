@@ -137,3 +137,17 @@ def test_an_unreachable_key_database_is_one_clear_line(
     assert "storage.database_url" in err
     assert ":pw@" not in err
     assert err.count("\n") == 1
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"storage: {{data_dir: {tmp_path / 'file' / 'data'}}}\ntiers: {{free: {{}}}}\n")
+    assert main(["keys", "list", "--config", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: the data directory {tmp_path / 'file' / 'data'} (storage.data_dir) cannot be "
+        f"used: NotADirectoryError: [Errno 20] Not a directory: '{tmp_path / 'file' / 'data'}'; "
+        "make storage.data_dir a directory this user can write\n"
+    )

@@ -67,11 +67,13 @@ def explain(exc: BaseException, config: GatewayConfig) -> str:
 def _modules(exc: BaseException) -> set[str]:
     """The top-level packages whose code the exception passed through (its whole chain)."""
     found: set[str] = set()
-    seen: BaseException | None = exc
-    while seen is not None:
-        for frame, _ in traceback.walk_tb(seen.__traceback__):
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:  # a chain set by hand may loop
+        chain.append(link)
+        for frame, _ in traceback.walk_tb(link.__traceback__):
             found.add(str(frame.f_globals.get("__name__", "")).split(".")[0])
-        seen = seen.__cause__ or seen.__context__
+        link = link.__cause__ or link.__context__
     return found
 
 

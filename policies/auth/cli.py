@@ -67,13 +67,13 @@ async def _with_store(args: argparse.Namespace, action: Any) -> int:
         _check_tier(args, document.tiers)
     storage = config.storage
     store: KeyStore = open_store(storage.database_url, storage.data_path / "gateway.db")
-    with explained(config):
+    with explained(config):  # the database down, or lost on the way: one line
         await store.start()
-    try:
-        result: int = await action(store)
-        return result
-    finally:
-        await store.close()
+        try:
+            result: int = await action(store)
+            return result
+        finally:
+            await store.close()
 
 
 def _check_tier(args: argparse.Namespace, tiers: Mapping[str, Any]) -> None:

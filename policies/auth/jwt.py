@@ -29,6 +29,7 @@ from policies.auth.jwks import (
     load_pem,
     load_secret,
 )
+from policies.auth.text import MAX_CHARS, is_sane
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 Reason = Literal[
@@ -132,17 +133,31 @@ def _optional_str(payload: dict[str, Any], claim: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise JwtError("bad_claim", f"the {claim!r} claim must be a string")
+    if not is_sane(value):
+        raise _not_text(claim)
     return value
+
+
+def _not_text(claim: str) -> JwtError:
+    # Refused, not repaired: replacing characters could merge two subjects into one principal.
+    return JwtError(
+        "bad_claim",
+        f"the {claim!r} claim must be printable text of at most {MAX_CHARS} characters",
+    )
 
 
 def _scopes(value: Any, claim: str) -> frozenset[str]:
     if value is None:
         return frozenset()
     if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list) and all(isinstance(scope, str) for scope in value):
-        return frozenset(value)
-    raise JwtError("bad_claim", f"the {claim!r} claim must be a space-separated string or a list")
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(scope, str) for scope in value):
+        raise JwtError(
+            "bad_claim", f"the {claim!r} claim must be a space-separated string or a list"
+        )
+    if not all(is_sane(scope) for scope in value):
+        raise _not_text(claim)
+    return frozenset(value)
 
 
 class JwtVerifier:

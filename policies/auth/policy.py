@@ -261,6 +261,16 @@ def credential(ctx: RequestContext) -> str | None:
         scheme, _, token = auth.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("Send the key as 'Authorization: Bearer <key>'.")
-        return token.strip()
+        return _printable_ascii(token.strip())
     api_key = headers.get("api-key")
-    return api_key.strip() if api_key else None
+    return _printable_ascii(api_key.strip()) if api_key else None
+
+
+def _printable_ascii(token: str) -> str:
+    # Keys and JWTs are printable ASCII. aiohttp hands other header bytes over as lone
+    # surrogates (surrogateescape), which no encoder accepts: stop them here.
+    if not (token.isascii() and token.isprintable()):
+        raise unauthorized(
+            "The credential holds bytes no API key or token has; send it as printable ASCII."
+        )
+    return token

@@ -113,6 +113,8 @@ class AuthPolicy(Policy):
             referenced.append(("anonymous.tier", settings.anonymous.tier))
         if settings.default_tier:
             referenced.append(("default_tier", settings.default_tier))
+        if settings.jwt:
+            referenced += [(f"jwt.tiers.{c}", tier) for c, tier in settings.jwt.tiers.items()]
         for path, tier in referenced:
             if tier not in env.tiers:
                 found.append(f"{path}: unknown tier {tier!r}; tiers are {sorted(env.tiers)}")
@@ -204,7 +206,7 @@ class AuthPolicy(Policy):
         if static is not None:
             return Caller(f"static:{static.owner}", static.owner, static.tier)
         if self.verifier is not None and token.count(".") == 2:
-            return self._from_claims(await self._verify_jwt(token))
+            return self._from_claims(await self._verify_jwt(token), ctx)
         raise INVALID
 
     async def _verify_jwt(self, token: str) -> Claims:
@@ -223,10 +225,23 @@ class AuthPolicy(Policy):
             log.info("bearer token refused: %s", exc.reason)
             raise unauthorized(f"Invalid bearer token: {exc.message}.") from exc
 
-    def _from_claims(self, claims: Claims) -> Caller:
-        tier = claims.tier or self.settings.default_tier
+    def _from_claims(self, claims: Claims, ctx: RequestContext) -> Caller:
+        # 403, not 401: the token is genuine, it just does not grant this.
+        settings = self.settings.jwt
+        assert settings is not None
+        tier = self.settings.default_tier
+        if claims.tier is not None and settings.tiers:
+            tier = settings.tiers.get(claims.tier)
+            if tier is None:
+                raise forbidden(
+                    f"Your token's tier {claims.tier!r} is not one this gateway accepts; "
+                    "ask an admin to map it under jwt.tiers."
+                )
         if tier is None:
             raise forbidden("Your token names no tier and no default tier is configured.")
+        scope = settings.required_scopes.get(ctx.endpoint)  # type: ignore[call-overload]
+        if scope is not None and scope not in claims.scopes:
+            raise forbidden(f"Your token lacks the scope {scope!r} that {ctx.request.path} needs.")
         return Caller(f"jwt:{claims.subject}", claims.subject, tier)
 
     async def _verify_key(self, token: str) -> Verdict:

@@ -217,6 +217,10 @@ class JwtVerifier:
         if self._remote is not None:
             await self._remote.refresh()
 
+    async def close(self) -> None:
+        if self._remote is not None:
+            await self._remote.close()
+
     async def verify(self, token: str) -> Claims:
         header = self._header(token)
         key = await self._key(header)

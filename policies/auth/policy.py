@@ -138,6 +138,10 @@ class AuthPolicy(Policy):
         if self.verifier:
             await self.verifier.start()
 
+    async def close(self) -> None:
+        if self.verifier:
+            await self.verifier.close()
+
     async def readiness(self) -> Mapping[str, Check]:
         if self.store is None or not self.env.config.storage.database_url:
             return {}  # the embedded key store is a local file

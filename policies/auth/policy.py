@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -26,9 +25,9 @@ from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier
 from policies.auth.jwt import Claims, JwtConfigError, JwtError, JwtSettings, JwtVerifier
+from policies.auth.keycache import KeyCache
 from policies.auth.keys import (
     PREFIX,
-    ApiKey,
     KeyStore,
     Reason,
     Verdict,
@@ -101,7 +100,7 @@ class AuthPolicy(Policy):
         self.static = {k.hash.removeprefix("sha256:"): k for k in settings.static_keys}
         self.verifier = JwtVerifier(settings.jwt) if settings.jwt else None
         self.store: KeyStore | None = None
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self.keys: KeyCache | None = None
 
     @classmethod
     def problems(cls, settings: AuthSettings, env: PolicyEnv) -> list[str]:
@@ -135,6 +134,7 @@ class AuthPolicy(Policy):
                 return store
 
             self.store = await self.env.resources.get("api_keys", create, lambda s: s.close())
+            self.keys = KeyCache(self.store, self.settings.cache_seconds)
         if self.verifier:
             await self.verifier.start()
 
@@ -199,7 +199,7 @@ class AuthPolicy(Policy):
                 raise MISSING
             ip = client_address(ctx.request, anonymous.trusted_proxies, anonymous.forwarded_header)
             return Caller(f"ip:{ip}", ip, anonymous.tier)
-        if token.startswith(PREFIX) and self.store is not None:
+        if token.startswith(PREFIX) and self.keys is not None:
             verdict = await self._verify_key(token)
             if verdict.key is None:
                 log.info("API key refused: %s", verdict.reason, extra={"key_id": verdict.key_id})
@@ -252,15 +252,8 @@ class AuthPolicy(Policy):
         key_id = parse_key(token)
         if key_id is None:
             return Verdict(None, Reason.MALFORMED)
-        now = time.monotonic()
-        cached = self._cache.get(key_id)
-        if cached is None or cached[0] < now:
-            assert self.store is not None
-            cached = (now + self.settings.cache_seconds, await self.store.get(key_id))
-            if len(self._cache) >= 10_000:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key_id] = cached
-        return judge(token, key_id, cached[1], datetime.now(UTC))
+        assert self.keys is not None
+        return judge(token, key_id, await self.keys.get(key_id), datetime.now(UTC))
 
 
 def _failure_reason(err: GatewayError) -> str | None:

@@ -56,6 +56,14 @@ def token(key: Any = SECRET, algorithm: str = "HS256", headers: Any = None, **cl
 
 async def raw_post(client: TestClient[Any, Any], path: str, headers: bytes) -> tuple[int, Any]:
     """POST CHAT with header lines as raw bytes (no client would send them): status, JSON."""
+    status, _, payload = await raw_reply(client, path, headers)
+    return status, orjson.loads(payload)
+
+
+async def raw_reply(
+    client: TestClient[Any, Any], path: str, headers: bytes
+) -> tuple[int, bytes, bytes]:
+    """POST CHAT with header lines as raw bytes: the status, head and body as sent."""
     body = orjson.dumps(CHAT)
     reader, writer = await asyncio.open_connection(client.host, client.port)
     try:
@@ -71,4 +79,4 @@ async def raw_post(client: TestClient[Any, Any], path: str, headers: bytes) -> t
         writer.close()
         await writer.wait_closed()
     head, _, payload = reply.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), orjson.loads(payload)
+    return int(head.split(b" ", 2)[1]), head, payload

@@ -60,7 +60,8 @@ class AuthSettings(PolicySettings):
     static_keys: list[StaticKey] = Field(default_factory=list)
     jwt: JwtSettings | None = None
     anonymous: AnonymousSettings | None = None
-    default_tier: str | None = None  # for tokens without a tier claim
+    # For tokens without a tier claim, and for every token when jwt.tiers is empty.
+    default_tier: str | None = None
     cache_seconds: float = Field(2.0, ge=0, le=5)
 
 

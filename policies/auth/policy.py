@@ -100,6 +100,10 @@ class AuthPolicy(Policy):
         super().__init__(settings, env)
         self.static = {k.hash.removeprefix("sha256:"): k for k in settings.static_keys}
         self.verifier = JwtVerifier(settings.jwt) if settings.jwt else None
+        # Endpoint -> the scope a token needs; keyed by str, as ctx.endpoint is.
+        self.scopes: dict[str, str] = dict(
+            settings.jwt.required_scopes.items() if settings.jwt else ()
+        )
         self.store: KeyStore | None = None
         self.keys: KeyCache | None = None
 
@@ -244,7 +248,7 @@ class AuthPolicy(Policy):
                 )
         if tier is None:
             raise forbidden("Your token names no tier and no default tier is configured.")
-        scope = settings.required_scopes.get(ctx.endpoint)  # type: ignore[call-overload]
+        scope = self.scopes.get(ctx.endpoint)
         if scope is not None and scope not in claims.scopes:
             raise forbidden(f"Your token lacks the scope {scope!r} that {ctx.request.path} needs.")
         return Caller(f"jwt:{claims.subject}", claims.subject, tier)

@@ -12,9 +12,9 @@ from gateway.cli import add_config_flag, admin_config, run
 from gateway.clierrors import explained
 from gateway.config import ConfigError, config_path
 from policies.auth.keys import ApiKey, KeyStore, open_store
+from policies.auth.text import MAX_CHARS
 
 _DURATION = re.compile(r"^(\d+)([hdw])$")
-OWNER_MAX_CHARS = 128
 _EXPIRY_FORMS = "give a duration like 30d, 12h, 2w or a date like 2027-01-31"
 
 
@@ -54,9 +54,9 @@ def owner(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} holds control or invisible characters: use plain text"
         )
-    if len(text) > OWNER_MAX_CHARS:
+    if len(text) > MAX_CHARS:
         raise argparse.ArgumentTypeError(
-            f"the owner is longer than {OWNER_MAX_CHARS} characters: use a shorter name"
+            f"the owner is longer than {MAX_CHARS} characters: use a shorter name"
         )
     return text
 

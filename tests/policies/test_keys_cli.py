@@ -95,7 +95,7 @@ def test_an_expiry_beyond_the_calendar_is_refused(
         ("ali\x1b[31mce", "control or invisible characters"),
         ("ali\u200bce", "control or invisible characters"),
         ("\udcff", "control or invisible characters"),  # a non-UTF-8 byte in argv
-        ("a" * 129, "longer than 128 characters"),
+        ("a" * 257, "longer than 256 characters"),
     ],
 )
 def test_an_owner_that_cannot_be_shown_or_stored_is_refused(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.validate import CHOICES, LENGTHS
 from policies.rate_limit.settings import (
     CONCURRENCY,
     QUOTA_DAY,
@@ -107,13 +108,24 @@ class Windows:
 
 
 def _text_length(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):  # a content part
-        return _text_length(value.get("text"))
-    if isinstance(value, list):  # content parts, a list of prompts, or token ids
-        return sum(4 if isinstance(v, int) else _text_length(v) for v in value)
-    return 0
+    """Characters of text in a message content, prompt or input (token ids count 4 each).
+
+    A loop, not recursion: a body nested as deep as the JSON parser allows (1,024 levels)
+    must not exhaust Python's stack."""
+    total, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):  # a content part
+            pending.append(item.get("text"))
+        elif isinstance(item, list):  # content parts, a list of prompts, or token ids
+            for part in item:
+                if isinstance(part, int):
+                    total += 4
+                else:
+                    pending.append(part)
+    return total
 
 
 def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
@@ -128,11 +140,23 @@ def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     return chars // 4 + 1
 
 
-def completion_tokens(body: dict[str, Any], tier_cap: int | None, default: int) -> int:
-    """The most the answer may cost: max_tokens (capped by the tier) times `n` choices."""
-    asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    tokens = asked if isinstance(asked, int) and asked > 0 else (tier_cap or default)
+def completion_tokens(
+    endpoint: str, body: dict[str, Any], tier_cap: int | None, default: int
+) -> int:
+    """The most the answers may cost: the largest length field named (capped by the
+    tier), times the answers per prompt, times the prompts."""
+    asked = [v for v in map(body.get, LENGTHS) if isinstance(v, int)]
+    tokens = max(asked) if asked else (tier_cap or default)
     if tier_cap is not None:
         tokens = min(tokens, tier_cap)
-    n = body.get("n")
-    return tokens * (n if isinstance(n, int) and 1 <= n <= 128 else 1)
+    choices = max((v for v in map(body.get, CHOICES) if isinstance(v, int)), default=1)
+    return tokens * max(1, choices) * _prompts(endpoint, body)
+
+
+def _prompts(endpoint: str, body: dict[str, Any]) -> int:
+    """How many prompts llama-server answers: a completions prompt that is an array
+    without token ids is one prompt per element (each gets its own answers)."""
+    prompt = body.get("prompt") if endpoint == "completions" else None
+    if isinstance(prompt, list) and not any(isinstance(p, int | float) for p in prompt):
+        return max(1, len(prompt))
+    return 1

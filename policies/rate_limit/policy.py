@@ -170,7 +170,9 @@ class RateLimitPolicy(Policy):
             answer = 0
             if ctx.endpoint != "embeddings":
                 cap = tier.max_tokens if tier else None
-                answer = completion_tokens(body, cap, self.settings.default_max_tokens)
+                answer = completion_tokens(
+                    ctx.endpoint, body, cap, self.settings.default_max_tokens
+                )
             reserved = prompt + answer
             indexes = list(range(len(plan.buckets)))
         windows = self._windows.current(time.time()) if plan.has_quota else {}

@@ -93,11 +93,20 @@ def test_prompt_estimate_counts_message_text() -> None:
 
 
 def test_answer_estimate_uses_max_tokens_capped_by_the_tier_times_n() -> None:
-    assert completion_tokens({"max_tokens": 100}, None, 1024) == 100
-    assert completion_tokens({"max_completion_tokens": 100, "n": 3}, None, 1024) == 300
-    assert completion_tokens({}, None, 1024) == 1024
-    assert completion_tokens({}, 64, 1024) == 64
-    assert completion_tokens({"max_tokens": 5000}, 64, 1024) == 64
+    chat = "chat.completions"
+    assert completion_tokens(chat, {"max_tokens": 100}, None, 1024) == 100
+    assert completion_tokens(chat, {"max_completion_tokens": 100, "n": 3}, None, 1024) == 300
+    assert completion_tokens(chat, {}, None, 1024) == 1024
+    assert completion_tokens(chat, {}, 64, 1024) == 64
+    assert completion_tokens(chat, {"max_tokens": 5000}, 64, 1024) == 64
+
+
+def test_answer_estimate_counts_each_prompt_of_a_completions_request() -> None:
+    body = {"prompt": ["a", "b"], "max_tokens": 10, "n": 2}
+    assert completion_tokens("completions", body, None, 1024) == 40
+    # Token ids (even mixed with text) are one prompt.
+    assert completion_tokens("completions", {"prompt": [1, "a"], "max_tokens": 10}, None, 1) == 10
+    assert completion_tokens("completions", {"prompt": [], "max_tokens": 10}, None, 1) == 10
 
 
 def test_quota_windows_are_utc_calendar_day_and_month() -> None:

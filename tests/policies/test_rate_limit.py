@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 
 from tests.conftest import GatewayFactory
@@ -187,3 +188,21 @@ async def test_embeddings_reserve_only_the_prompt(
     # 400 characters: about 100 tokens reserved, where a chat would add max_tokens.
     assert 9_895 <= int(resp.headers["x-ratelimit-remaining-tokens"]) <= 9_900
     await until(lambda: quota_used(store, prefix) == 4)  # then the fake's real usage
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v1/chat/completions", b'{"model":"fake","messages":[{"role":"user","content":%s}]}'),
+        ("/v1/completions", b'{"model":"fake","prompt":%s}'),
+        ("/v1/embeddings", b'{"model":"fake","input":%s}'),
+    ],
+)
+async def test_deeply_nested_prompt_is_estimated_without_an_error(
+    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str, path: str, template: bytes
+) -> None:
+    client = await limited(make_gateway, prefix, tokens_per_minute=10_000)
+    body = template % (b"[" * 1_000 + b'"hi"' + b"]" * 1_000)
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    assert len(fake.requests) == 1

@@ -6,6 +6,7 @@ import re
 import time
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from gateway.redis_client import ReplyError
@@ -145,3 +146,20 @@ async def test_embedded_store_answers_like_redis() -> None:
     hmget = await store.call("SCRIPT", "LOAD", "return redis.call('HMGET', KEYS[1], 'v')")
     with pytest.raises(ReplyError, match=r"^WRONGTYPE"):
         await store.call("EVALSHA", hmget, 1, "n")
+
+
+def nested(depth: int) -> bytes:
+    """A JSON text inside `depth` arrays: as deep as the JSON parser allows (1,024)."""
+    return b"[" * depth + b'"abcd"' + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "field"), [("chat.completions", "messages"), ("completions", "prompt")]
+)
+def test_prompt_estimate_of_a_deeply_nested_body_needs_no_recursion(
+    endpoint: str, field: str
+) -> None:
+    value = orjson.loads(nested(1_020))
+    body = {field: [{"content": value}] if field == "messages" else value}
+    assert prompt_tokens(endpoint, body) == (4 + (16 if field == "messages" else 0)) // 4 + 1
+    assert prompt_tokens("embeddings", {"input": value}) == 2

@@ -62,12 +62,16 @@ def safe_id(value: str) -> str:
 def make_plan(
     prefix: str, tier: str | None, limits: Limits, principal: str, subject: str | None
 ) -> Plan:
+    """The buckets of `principal` ("key:<id>", "jwt:<sub>", "ip:<addr>", ...). A user is
+    the subject within the principal's kind: an API key owner "alice" and a token subject
+    "alice" are two users, and no one can name their way into another's buckets."""
     scopes: list[tuple[str, str, Limits]] = [("key", principal, limits)]
     tag = principal
     if isinstance(limits, TierLimits):
         if limits.per_user is not None and subject is not None:
-            scopes.append(("user", subject, limits.per_user))
-            tag = f"user:{subject}"
+            user = f"{principal.partition(':')[0]}:{subject}"
+            scopes.append(("user", user, limits.per_user))
+            tag = f"user:{user}"
         if limits.whole_tier is not None and tier is not None:
             scopes.append(("tier", tier, limits.whole_tier))
             tag = f"tier:{tier}"

@@ -57,7 +57,7 @@ def test_keys_of_one_call_share_one_hash_tag_per_caller() -> None:
 def test_per_user_buckets_put_a_users_keys_in_one_slot() -> None:
     limits = TierLimits(requests_per_minute=1, per_user=Limits(tokens_per_minute=5))
     plan = make_plan("p", "free", limits, "key:a", "alice")
-    assert hash_tags([b.key for b in plan.buckets]) == {"user:alice"}
+    assert hash_tags([b.key for b in plan.buckets]) == {"user:key:alice"}
     assert [(b.scope, b.unit) for b in plan.buckets] == [("key", "requests"), ("user", "tokens")]
 
 

@@ -1,10 +1,12 @@
 """Which buckets a caller's requests touch, their Redis keys, and what a request costs.
 
-Key layout: `<prefix>:{<tag>}:<scope>:<id>:<limit>[:<window>]`. The `{tag}` is Redis
+Key layout: `<prefix>:{<tag>}:<scope>:<id>:<limit>`. The `{tag}` is Redis
 Cluster's hash tag: all keys one script call touches must share a slot, so the tag is
 the most widely shared scope the caller's tier limits: the tier when it has whole-tier
 buckets, else the user when it has per-user buckets, else the caller (API key, token
-subject or client address), which spreads callers over the cluster.
+subject or client address), which spreads callers over the cluster. Every key a call
+touches is passed to the script, quotas included: a quota's window comes from Redis's
+clock inside the script, and its key holds the window it counts (see admit.lua).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.validate import CHOICES, LENGTHS
@@ -27,14 +28,16 @@ from policies.rate_limit.settings import (
 )
 
 MINUTE_MS = 60_000
-KINDS = {REQUESTS: "b", TOKENS: "b", CONCURRENCY: "c", QUOTA_DAY: "q", QUOTA_MONTH: "q"}
+# Quotas are "d" (UTC day) and "m" (UTC month): the script finds the window from Redis's clock.
+KINDS = {REQUESTS: "b", TOKENS: "b", CONCURRENCY: "c", QUOTA_DAY: "d", QUOTA_MONTH: "m"}
+QUOTAS = ("d", "m")
 _SAFE = re.compile(r"[A-Za-z0-9:._@/+=-]{1,80}")
 
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    key: str  # quotas: the window id is appended per request
-    kind: str  # "b" token bucket, "c" in-flight set, "q" quota (see admit.lua)
+    key: str
+    kind: str  # "b" token bucket, "c" in-flight set, "d"/"m" quota (see admit.lua)
     limit: int
     unit: str  # requests, tokens, concurrency, quota_day, quota_month
     scope: str  # "key", "user", "tier": whose bucket it is, for messages
@@ -47,7 +50,6 @@ class Plan:
     buckets: tuple[Bucket, ...]
     requests: tuple[int, ...]  # indexes of request-count buckets (header candidates)
     tokens: tuple[int, ...]  # indexes of tokens-per-minute buckets (header candidates)
-    has_quota: bool
     # A plan whose only buckets count requests never needs a completion call.
     settles: bool
 
@@ -85,30 +87,8 @@ def make_plan(
         tuple(buckets),
         tuple(i for i, b in enumerate(buckets) if b.unit == REQUESTS),
         tuple(i for i, b in enumerate(buckets) if b.unit == TOKENS),
-        any(b.kind == "q" for b in buckets),
         any(b.unit != REQUESTS for b in buckets),
     )
-
-
-class Windows:
-    """The current UTC day and month: ids for quota keys and their ends in unix ms."""
-
-    def __init__(self) -> None:
-        self.valid_until = 0.0
-        self.ids: dict[str, tuple[str, int]] = {}
-
-    def current(self, now: float) -> dict[str, tuple[str, int]]:
-        if now >= self.valid_until:
-            today = datetime.fromtimestamp(now - now % 86400, UTC)  # unix days: 86400 s
-            tomorrow = today + timedelta(days=1)
-            month = today.replace(day=1)
-            next_month = (month + timedelta(days=32)).replace(day=1)
-            self.ids = {
-                QUOTA_DAY: (today.strftime("%Y%m%d"), int(tomorrow.timestamp() * 1000)),
-                QUOTA_MONTH: (month.strftime("%Y%m"), int(next_month.timestamp() * 1000)),
-            }
-            self.valid_until = tomorrow.timestamp()
-        return self.ids
 
 
 def _text_length(value: Any) -> int:

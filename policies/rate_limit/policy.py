@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +24,8 @@ from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
 from policies.rate_limit.buckets import (
     MINUTE_MS,
+    QUOTAS,
     Plan,
-    Windows,
     completion_tokens,
     make_plan,
     prompt_tokens,
@@ -57,6 +56,7 @@ class Admission:
     reserved: int  # prompt estimate + the most the answer may cost
     member: str  # this request in the in-flight sets
     results: list[int]  # remaining_1, reset_ms_1, ... as the script returned them
+    clock: int = 0  # Redis's time at admission, unix ms
     admitted: bool = True
     # Whether the admission ran is unknown (no answer in time, connection lost, or the
     # request cancelled while waiting): its in-flight slot may be taken, so completion
@@ -73,7 +73,6 @@ class RateLimitPolicy(Policy):
         super().__init__(settings, env)
         self.backend: Backend | None = None
         self._plans: dict[tuple[str | None, str, str | None], Plan] = {}
-        self._windows = Windows()
         self._member = f"{secrets.token_hex(8)}:"
         self._counter = itertools.count(1)
         self._ttl_ms = int(settings.concurrency_ttl_seconds * 1000)
@@ -131,7 +130,7 @@ class RateLimitPolicy(Policy):
         args: list[Any] = [admission.member, self._ttl_ms]
         for i, cost in zip(admission.indexes, admission.costs, strict=True):
             bucket = plan.buckets[i]
-            args += [bucket.kind, bucket.limit, cost, self._extra(bucket.unit)]
+            args += [bucket.kind, bucket.limit, cost, MINUTE_MS]
         ctx.state[self.name] = admission  # uncertain until the script's answer comes
         try:
             result = await self.backend.run(ADMIT, admission.keys, args)
@@ -139,7 +138,7 @@ class RateLimitPolicy(Policy):
             admission.admitted, admission.uncertain = False, exc.maybe_ran
             return self._unavailable(exc)
         admission.uncertain = False
-        admission.results = result[3:]
+        admission.clock, admission.results = result[3], result[4:]
         if result[0] != 1:
             admission.admitted = False
             position = result[1] - 1
@@ -175,19 +174,13 @@ class RateLimitPolicy(Policy):
                 )
             reserved = prompt + answer
             indexes = list(range(len(plan.buckets)))
-        windows = self._windows.current(time.time()) if plan.has_quota else {}
-        keys, costs = [], []
-        for i in indexes:
-            bucket = plan.buckets[i]
-            window = windows.get(bucket.unit)
-            keys.append(f"{bucket.key}:{window[0]}" if window else bucket.key)
-            costs.append(1 if bucket.unit == REQUESTS else min(reserved, bucket.limit))
+        keys = [plan.buckets[i].key for i in indexes]
+        costs = [
+            1 if plan.buckets[i].unit == REQUESTS else min(reserved, plan.buckets[i].limit)
+            for i in indexes
+        ]
         member = f"{self._member}{next(self._counter)}"
         return Admission(plan, indexes, keys, costs, prompt, reserved, member, [])
-
-    def _extra(self, unit: str) -> int:
-        window = self._windows.ids.get(unit)
-        return window[1] if window else MINUTE_MS
 
     def _unavailable(self, exc: Unavailable) -> Reply | None:
         self.env.metrics.dependency_errors.labels("redis", self._action).inc()
@@ -216,7 +209,8 @@ class RateLimitPolicy(Policy):
         used = tokens_used(ctx, admission)
         keys: list[str] = []
         args: list[Any] = [admission.member]
-        for i, key, cost in zip(admission.indexes, admission.keys, admission.costs, strict=True):
+        charged = zip(admission.indexes, admission.keys, admission.costs, strict=True)
+        for position, (i, key, cost) in enumerate(charged):
             bucket = admission.plan.buckets[i]
             # Uncertain: nothing known to settle, only the slot is freed.
             if bucket.kind != "c" and (
@@ -225,7 +219,7 @@ class RateLimitPolicy(Policy):
                 continue
             keys.append(key)
             args += [bucket.kind, bucket.limit, used - cost if bucket.kind != "c" else 0]
-            args.append(self._extra(bucket.unit) if bucket.kind == "b" else 0)
+            args.append(_settle_extra(admission, position, bucket.kind))
         if not keys:
             return
         assert self.backend is not None
@@ -235,6 +229,14 @@ class RateLimitPolicy(Policy):
             # The reservation stands (buckets refill anyway) and the in-flight slot
             # frees itself after concurrency_ttl_seconds.
             self.env.metrics.dependency_errors.labels("redis", "settle_lost").inc()
+
+
+def _settle_extra(admission: Admission, position: int, kind: str) -> int:
+    """What settle.lua needs besides the charge: a token bucket's refill period, or the
+    end of the quota window the admission charged (Redis's time plus the reset)."""
+    if kind in QUOTAS:
+        return admission.clock + admission.results[2 * position + 1]
+    return MINUTE_MS
 
 
 def tokens_used(ctx: RequestContext, admission: Admission) -> int:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.redis_client import ReplyError
 from policies.rate_limit.buckets import (
-    Windows,
     completion_tokens,
     make_plan,
     prompt_tokens,
@@ -20,6 +21,7 @@ from policies.rate_limit.buckets import (
 from policies.rate_limit.embedded import Embedded
 from policies.rate_limit.headers import duration, retry_after
 from policies.rate_limit.settings import Limits, TierLimits
+from policies.rate_limit.store import ADMIT, SETTLE
 
 
 @pytest.mark.parametrize(
@@ -110,22 +112,51 @@ def test_answer_estimate_counts_each_prompt_of_a_completions_request() -> None:
     assert completion_tokens("completions", {"prompt": [], "max_tokens": 10}, None, 1) == 10
 
 
-def test_quota_windows_are_utc_calendar_day_and_month() -> None:
-    now = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
-    windows = Windows().current(now)
-    assert windows["quota_day"] == (
-        "20261231",
-        int(datetime(2027, 1, 1, tzinfo=UTC).timestamp() * 1000),
-    )
-    assert windows["quota_month"] == (
-        "202612",
-        int(datetime(2027, 1, 1, tzinfo=UTC).timestamp() * 1000),
-    )
+async def quota_resets(at_ms: int) -> tuple[int, int]:
+    """The time left in the UTC day and month at `at_ms`, as admit.lua finds it."""
+    store = Embedded(clock=lambda: at_ms / 1000)
+    sha = await store.call("SCRIPT", "LOAD", ADMIT.text)
+    args = ["m1", 1000, "d", 10, 1, 0, "m", 10, 1, 0]
+    result = await store.call("EVALSHA", sha, 2, "day", "month", *args)
+    assert result[:4] == [1, 0, 0, at_ms]
+    return result[5], result[7]
+
+
+def utc_ms(*date: int) -> int:
+    return int(datetime(*date, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("now", "day_end", "month_end"),
+    [
+        ((2026, 12, 31, 23, 59, 59), (2027, 1, 1), (2027, 1, 1)),
+        ((2028, 2, 28, 12), (2028, 2, 29), (2028, 3, 1)),
+        ((2100, 2, 28), (2100, 3, 1), (2100, 3, 1)),
+        ((2000, 2, 29), (2000, 3, 1), (2000, 3, 1)),
+        ((1970, 1, 1), (1970, 1, 2), (1970, 2, 1)),
+    ],
+)
+async def test_quota_windows_are_utc_calendar_day_and_month(
+    now: tuple[int, ...], day_end: tuple[int, ...], month_end: tuple[int, ...]
+) -> None:
+    at = utc_ms(*now)
+    assert await quota_resets(at) == (utc_ms(*day_end) - at, utc_ms(*month_end) - at)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.datetimes(datetime(1970, 1, 1), datetime(2400, 12, 31)))
+async def test_quota_windows_match_the_calendar_at_any_time(when: datetime) -> None:
+    at = int(when.replace(tzinfo=UTC).timestamp() * 1000)
+    day = datetime.fromtimestamp(at // 86_400_000 * 86_400, UTC)
+    month = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    day_end, month_end = await quota_resets(at)
+    assert at + day_end == utc_ms(day.year, day.month, day.day) + 86_400_000
+    assert at + month_end == utc_ms(month.year, month.month, 1)
 
 
 async def test_embedded_keys_expire_when_their_time_is_up() -> None:
     store = Embedded()
-    script = "redis.call('SET', KEYS[1], '1') return redis.call('PEXPIRE', KEYS[1], ARGV[1])"
+    script = "redis.call('HSET', KEYS[1], 'f', 1) return redis.call('PEXPIRE', KEYS[1], ARGV[1])"
     sha = await store.call("SCRIPT", "LOAD", script)
     now = int(time.time() * 1000)
     await store.call("EVALSHA", sha, 1, "short", 1_000)
@@ -141,8 +172,8 @@ async def test_embedded_store_answers_like_redis() -> None:
     sha = await store.call("SCRIPT", "LOAD", "return redis.call('HGET', KEYS[1], 'f')")
     with pytest.raises(ReplyError, match=r"^ERR the embedded store does not offer HGET$"):
         await store.call("EVALSHA", sha, 1, "k")
-    incr = await store.call("SCRIPT", "LOAD", "return redis.call('INCRBY', KEYS[1], ARGV[1])")
-    assert await store.call("EVALSHA", incr, 1, "n", 5) == 5
+    zadd = await store.call("SCRIPT", "LOAD", "return redis.call('ZADD', KEYS[1], 1, ARGV[1])")
+    assert await store.call("EVALSHA", zadd, 1, "n", "m") == 1
     hmget = await store.call("SCRIPT", "LOAD", "return redis.call('HMGET', KEYS[1], 'v')")
     with pytest.raises(ReplyError, match=r"^WRONGTYPE"):
         await store.call("EVALSHA", hmget, 1, "n")
@@ -163,3 +194,20 @@ def test_prompt_estimate_of_a_deeply_nested_body_needs_no_recursion(
     body = {field: [{"content": value}] if field == "messages" else value}
     assert prompt_tokens(endpoint, body) == (4 + (16 if field == "messages" else 0)) // 4 + 1
     assert prompt_tokens("embeddings", {"input": value}) == 2
+
+
+async def test_settling_a_past_quota_window_leaves_the_new_one_alone() -> None:
+    now = [utc_ms(2026, 12, 1, 23, 59, 59) / 1000]
+    store = Embedded(clock=lambda: now[0])
+    admit = await store.call("SCRIPT", "LOAD", ADMIT.text)
+    settle = await store.call("SCRIPT", "LOAD", SETTLE.text)
+    first = await store.call("EVALSHA", admit, 1, "q", "m1", 1000, "d", 100, 30, 0)
+    window_end = first[3] + first[5]
+    assert window_end == utc_ms(2026, 12, 2)
+    now[0] += 2  # the next UTC day
+    second = await store.call("EVALSHA", admit, 1, "q", "m2", 1000, "d", 100, 40, 0)
+    assert second[4] == 60  # the new day counts only this request
+    # The first request used 10 of its 30: the past day is gone, the new one untouched.
+    await store.call("EVALSHA", settle, 1, "q", "m1", "d", 100, -20, window_end)
+    third = await store.call("EVALSHA", admit, 1, "q", "m3", 1000, "d", 100, 1, 0)
+    assert third[4] == 59

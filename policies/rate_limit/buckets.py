@@ -91,8 +91,10 @@ def make_plan(
     )
 
 
-def _text_length(value: Any) -> int:
-    """Characters of text in a message content, prompt or input (token ids count 4 each).
+def _text_length(value: Any, *, every_field: bool = False) -> int:
+    """Characters of text in a message content, prompt or input (token ids count 4
+    each); with `every_field`, of every key and string in it (tool definitions, tool
+    calls: the chat template writes them all into the prompt).
 
     A loop, not recursion: a body nested as deep as the JSON parser allows (1,024 levels)
     must not exhaust Python's stack."""
@@ -101,8 +103,12 @@ def _text_length(value: Any) -> int:
         item = pending.pop()
         if isinstance(item, str):
             total += len(item)
-        elif isinstance(item, dict):  # a content part
-            pending.append(item.get("text"))
+        elif isinstance(item, dict):
+            if every_field:
+                total += sum(map(len, item))
+                pending.extend(item.values())
+            else:  # a content part
+                pending.append(item.get("text"))
         elif isinstance(item, list):  # content parts, a list of prompts, or token ids
             for part in item:
                 if isinstance(part, int):
@@ -115,8 +121,11 @@ def _text_length(value: Any) -> int:
 def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     """A cheap estimate: about four characters per token, plus a few per chat message."""
     if endpoint == "chat.completions":
-        messages = body.get("messages") or []
-        chars = sum(_text_length(m.get("content")) + 16 for m in messages if isinstance(m, dict))
+        chars = _text_length(body.get("tools"), every_field=True)
+        for message in body.get("messages") or []:
+            if isinstance(message, dict):
+                calls = _text_length(message.get("tool_calls"), every_field=True)
+                chars += _text_length(message.get("content")) + calls + 16
     elif endpoint == "completions":
         chars = _text_length(body.get("prompt"))
     else:

@@ -194,6 +194,7 @@ def test_prompt_estimate_of_a_deeply_nested_body_needs_no_recursion(
     body = {field: [{"content": value}] if field == "messages" else value}
     assert prompt_tokens(endpoint, body) == (4 + (16 if field == "messages" else 0)) // 4 + 1
     assert prompt_tokens("embeddings", {"input": value}) == 2
+    assert prompt_tokens("chat.completions", {"messages": [], "tools": value}) == 2
 
 
 async def test_settling_a_past_quota_window_leaves_the_new_one_alone() -> None:
@@ -211,3 +212,18 @@ async def test_settling_a_past_quota_window_leaves_the_new_one_alone() -> None:
     await store.call("EVALSHA", settle, 1, "q", "m1", "d", 100, -20, window_end)
     third = await store.call("EVALSHA", admit, 1, "q", "m3", 1000, "d", 100, 1, 0)
     assert third[4] == 59
+
+
+def test_prompt_estimate_counts_tool_definitions_and_tool_calls() -> None:
+    # The chat template writes both into the prompt: they are text like any other.
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "description": "x" * 4000, "parameters": {"type": "object"}},
+    }
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "y" * 4000}}
+    user = {"role": "user", "content": "hi"}
+    with_tools = prompt_tokens("chat.completions", {"messages": [user], "tools": [tool]})
+    assistant = {"role": "assistant", "content": None, "tool_calls": [call]}
+    with_call = prompt_tokens("chat.completions", {"messages": [user, assistant]})
+    assert 1000 <= with_tools <= 1020
+    assert 1000 <= with_call <= 1030

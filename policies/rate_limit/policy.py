@@ -30,14 +30,14 @@ from policies.rate_limit.buckets import (
     make_plan,
     prompt_tokens,
 )
-from policies.rate_limit.headers import duration, refusal
+from policies.rate_limit.headers import refusal, set_headers
 from policies.rate_limit.settings import (
     REQUESTS,
-    TOKENS,
     Limits,
     RateLimitSettings,
     TierLimits,
 )
+from policies.rate_limit.slots import Held, Keeper
 from policies.rate_limit.store import ADMIT, SETTLE, Backend, Unavailable, open_client
 
 log = logging.getLogger("policies.rate_limit")
@@ -57,6 +57,7 @@ class Admission:
     member: str  # this request in the in-flight sets
     results: list[int]  # remaining_1, reset_ms_1, ... as the script returned them
     clock: int = 0  # Redis's time at admission, unix ms
+    held: Held | None = None  # its in-flight slots, kept while it runs
     admitted: bool = True
     # Whether the admission ran is unknown (no answer in time, connection lost, or the
     # request cancelled while waiting): its in-flight slot may be taken, so completion
@@ -72,6 +73,7 @@ class RateLimitPolicy(Policy):
     def __init__(self, settings: RateLimitSettings, env: PolicyEnv) -> None:
         super().__init__(settings, env)
         self.backend: Backend | None = None
+        self.keeper: Keeper | None = None
         self._plans: dict[tuple[str | None, str, str | None], Plan] = {}
         self._member = f"{secrets.token_hex(8)}:"
         self._counter = itertools.count(1)
@@ -108,7 +110,8 @@ class RateLimitPolicy(Policy):
             await backend.load()
             return backend
 
-        self.backend = await self.env.resources.get("rate_limit.backend", create, _nothing)
+        backend = await self.env.resources.get("rate_limit.backend", create, _nothing)
+        self.backend, self.keeper = backend, Keeper(backend, self._ttl_ms)
 
     async def readiness(self) -> Mapping[str, Check]:
         if self.backend is None or not self.env.config.storage.redis_url:
@@ -145,7 +148,15 @@ class RateLimitPolicy(Policy):
             bucket = plan.buckets[admission.indexes[position]]
             self.env.metrics.rate_limited.labels(ctx.tier or DEFAULT_TIER, bucket.unit).inc()
             raise refusal(bucket, ctx.tier, admission.costs[position], result[2])
+        self._hold_slots(admission)
         return None
+
+    def _hold_slots(self, admission: Admission) -> None:
+        touched = zip(admission.indexes, admission.keys, strict=True)
+        slots = [key for i, key in touched if admission.plan.buckets[i].kind == "c"]
+        if slots:
+            assert self.keeper is not None
+            admission.held = self.keeper.hold(slots, admission.member)
 
     def _plan(self, tier: str | None, limits: Limits, principal: str, subject: str | None) -> Plan:
         cache_key = (tier, principal, subject)
@@ -198,10 +209,14 @@ class RateLimitPolicy(Policy):
     async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
         admission: Admission | None = ctx.state.get(self.name)
         if admission is not None and admission.results:
-            _set_headers(admission, headers)
+            touched = [admission.plan.buckets[i] for i in admission.indexes]
+            set_headers(touched, admission.results, headers)
 
     async def on_complete(self, ctx: RequestContext) -> None:
         admission: Admission | None = ctx.state.get(self.name)
+        if admission is not None and admission.held is not None:
+            assert self.keeper is not None
+            self.keeper.release(admission.held)
         if admission is None or not admission.plan.settles:
             return
         if not (admission.admitted or admission.uncertain):
@@ -261,22 +276,6 @@ def tokens_used(ctx: RequestContext, admission: Admission) -> int:
     # unknowable), or an answer came without usage: the reservation stands, so that
     # leaving early is not a way to free generation.
     return admission.reserved
-
-
-def _set_headers(admission: Admission, headers: CIMultiDict[str]) -> None:
-    buckets, results = admission.plan.buckets, admission.results
-    for unit, suffix in ((REQUESTS, "requests"), (TOKENS, "tokens")):
-        best: tuple[int, int, int] | None = None  # remaining, reset ms, limit
-        for position, i in enumerate(admission.indexes):
-            bucket = buckets[i]
-            if bucket.unit == unit:
-                remaining = results[2 * position]
-                if best is None or remaining < best[0]:
-                    best = (remaining, results[2 * position + 1], bucket.limit)
-        if best is not None:
-            headers[f"x-ratelimit-limit-{suffix}"] = str(best[2])
-            headers[f"x-ratelimit-remaining-{suffix}"] = str(best[0])
-            headers[f"x-ratelimit-reset-{suffix}"] = duration(best[1])
 
 
 def _where(url: str | None) -> str:

@@ -21,7 +21,7 @@ from policies.rate_limit.buckets import (
 from policies.rate_limit.embedded import Embedded
 from policies.rate_limit.headers import duration, retry_after
 from policies.rate_limit.settings import Limits, TierLimits
-from policies.rate_limit.store import ADMIT, SETTLE
+from policies.rate_limit.store import ADMIT, SETTLE, TOUCH
 
 
 @pytest.mark.parametrize(
@@ -227,3 +227,25 @@ def test_prompt_estimate_counts_tool_definitions_and_tool_calls() -> None:
     with_call = prompt_tokens("chat.completions", {"messages": [user, assistant]})
     assert 1000 <= with_tools <= 1020
     assert 1000 <= with_call <= 1030
+
+
+@pytest.mark.parametrize("subject", ["{evil}", "a}b{c", "}", "x" * 200, "", "ünï cödé"])
+def test_odd_subjects_cannot_break_the_hash_tag_of_per_user_buckets(subject: str) -> None:
+    limits = TierLimits(requests_per_minute=1, per_user=Limits(requests_per_minute=2))
+    plan = make_plan("p", "free", limits, f"jwt:{subject}", subject)
+    keys = [b.key for b in plan.buckets]
+    assert all(key.count("{") == key.count("}") == 1 for key in keys)
+    assert len(hash_tags(keys)) == 1
+    assert all(len(key) < 200 for key in keys)
+
+
+async def test_touching_a_freed_slot_does_not_take_it_again() -> None:
+    store = Embedded()
+    admit, settle, touch = [
+        await store.call("SCRIPT", "LOAD", script.text) for script in (ADMIT, SETTLE, TOUCH)
+    ]
+    assert (await store.call("EVALSHA", admit, 1, "c", "m1", 60_000, "c", 1, 1, 0))[0] == 1
+    assert await store.call("EVALSHA", touch, 1, "c", "m1", 60_000) == 1
+    await store.call("EVALSHA", settle, 1, "c", "m1", "c", 1, 0, 0)
+    assert await store.call("EVALSHA", touch, 1, "c", "m1", 60_000) == 0
+    assert (await store.call("EVALSHA", admit, 1, "c", "m2", 60_000, "c", 1, 1, 0))[0] == 1

@@ -83,6 +83,11 @@ local commands = {
     set[member] = tonumber(score)
     return added
   end,
+  ZSCORE = function(key, member)
+    local set = get(key, "zset")
+    local score = set and set[member]
+    return score and number(score) or false
+  end,
   ZREM = function(key, member)
     local set = get(key, "zset")
     if set == nil or set[member] == nil then

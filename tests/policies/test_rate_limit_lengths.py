@@ -174,3 +174,16 @@ async def test_reservation_counts_every_answer_of_every_prompt(
     resp = await client.post("/v1/completions", json=body)
     assert resp.status == 200
     assert resp.headers["x-ratelimit-remaining-tokens"] == str(100_000 - 900 - (6 // 4 + 1))
+
+
+@pytest.mark.parametrize("usage", [True, False])
+async def test_capped_stream_reaches_the_upstream_capped(
+    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str, usage: bool
+) -> None:
+    client = await capped(make_gateway, prefix)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": usage}}
+    body |= {"n_predict": 100_000, "max_tokens": CAP // 2}
+    resp = await client.post("/v1/chat/completions", json=body, headers=auth("alice-1"))
+    assert resp.status == 200
+    assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+    assert (fake.requests[-1]["n_predict"], fake.requests[-1]["max_tokens"]) == (CAP, CAP // 2)

@@ -257,3 +257,19 @@ async def test_quota_used_up_stays_used_up_when_the_gateway_clock_jumps(
     resp = await client.post("/v1/chat/completions", json=ask)
     assert resp.status == 429
     assert (await resp.json())["error"]["code"] == "insufficient_quota"
+
+
+async def test_request_larger_than_the_bucket_is_charged_all_it_used(
+    make_gateway: GatewayFactory, prefix: str, store: redis.Redis
+) -> None:
+    client = await limited(make_gateway, prefix, tokens_per_minute=1_000)
+    # Reserves 3,000 (cut to the whole bucket of 1,000) and uses 3,005: the caller then
+    # waits until the bucket has refilled all of it, not only one bucket's worth.
+    big = {**CHAT, "max_tokens": 3_000, "fake": {"chunks": 3_000}}
+    assert (await client.post("/v1/chat/completions", json=big)).status == 200
+    (key,) = store.scan_iter(match=f"{prefix}:*:tokens")
+    await until(lambda: float(store.hget(key, "v") or 0) < -1_000)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1})
+    assert resp.status == 429
+    # 2,005 tokens of debt plus this request's 8, at 1,000 a minute.
+    assert 115 <= int(resp.headers["Retry-After"]) <= 121

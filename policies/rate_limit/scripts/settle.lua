@@ -20,8 +20,9 @@ for i, key in ipairs(KEYS) do
     if state[1] then
       lvl = math.min(limit, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * limit / extra)
     end
-    -- Usage beyond the reservation becomes debt, at most one full bucket of it.
-    lvl = math.max(-limit, math.min(limit, lvl - delta))
+    -- Usage beyond the reservation becomes debt, all of it: a request bigger than the
+    -- whole bucket (admitted on a full bucket) is waited out until its usage refilled.
+    lvl = math.min(limit, lvl - delta)
     redis.call("HSET", key, "v", tostring(lvl), "t", now)
     redis.call("PEXPIRE", key, math.ceil((limit - lvl) * extra / limit) + 1000)
   elseif kind == "c" then

@@ -107,8 +107,8 @@ def _text_length(value: Any, *, every_field: bool = False) -> int:
             if every_field:
                 total += sum(map(len, item))
                 pending.extend(item.values())
-            else:  # a content part
-                pending.append(item.get("text"))
+            else:  # a content part, or llama-server's {"prompt_string": ...} prompt
+                pending += (item.get("text"), item.get("prompt_string"))
         elif isinstance(item, list):  # content parts, a list of prompts, or token ids
             for part in item:
                 if isinstance(part, int):

@@ -93,6 +93,9 @@ def test_prompt_estimate_counts_message_text() -> None:
     assert 1000 <= long <= 1010
     assert prompt_tokens("embeddings", {"input": ["a" * 400, "b" * 400]}) == 201
     assert prompt_tokens("completions", {"prompt": [1, 2, 3, 4]}) == 5
+    # llama-server's prompt objects (multimodal prompts) carry their text in prompt_string.
+    assert prompt_tokens("completions", {"prompt": {"prompt_string": "x" * 400}}) == 101
+    assert prompt_tokens("embeddings", {"input": [{"prompt_string": "x" * 400}]}) == 101
 
 
 def test_answer_estimate_uses_max_tokens_capped_by_the_tier_times_n() -> None:

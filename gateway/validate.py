@@ -19,6 +19,7 @@ _INTEGERS = ("seed",)
 LENGTHS = ("n_predict", "max_completion_tokens", "max_tokens", "max_output_tokens")
 # Answers generated per prompt: llama-server reads `n_cmpl`, else OpenAI's `n`.
 CHOICES = ("n_cmpl", "n")
+_COUNTS = (*LENGTHS, *CHOICES)
 # llama-server reads these as 32-bit integers: a larger one wraps around (2**32 - 1 is -1).
 INT32_MAX = 2**31 - 1
 
@@ -55,18 +56,17 @@ def check_fields(endpoint: str, body: dict[str, Any]) -> None:
         value = body.get(name)
         if value is not None and not _is_integer(value):
             raise bad_request(f"'{name}' must be an integer, not {_type_name(value)}.", param=name)
-    for name in (*LENGTHS, *CHOICES):
-        _check_count(body, name)
+    for name in _COUNTS:
+        value = body.get(name)
+        if value is not None:
+            _check_count(name, value)
     messages = body.get("messages")
     if endpoint == "chat.completions" and not isinstance(messages, list):
         raise bad_request("'messages' must be an array of message objects.", param="messages")
 
 
-def _check_count(body: dict[str, Any], name: str) -> None:
-    """A length or a number of choices: an integer from 1 to INT32_MAX, or absent (null)."""
-    value = body.get(name)
-    if value is None:
-        return
+def _check_count(name: str, value: Any) -> None:
+    """A length or a number of choices: an integer from 1 to INT32_MAX."""
     if not _is_integer(value):
         raise bad_request(f"'{name}' must be an integer, not {_type_name(value)}.", param=name)
     if not 1 <= value <= INT32_MAX:

@@ -121,11 +121,13 @@ def _text_length(value: Any, *, every_field: bool = False) -> int:
 def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     """A cheap estimate: about four characters per token, plus a few per chat message."""
     if endpoint == "chat.completions":
-        chars = _text_length(body.get("tools"), every_field=True)
+        tools = body.get("tools")
+        chars = 0 if tools is None else _text_length(tools, every_field=True)
         for message in body.get("messages") or []:
             if isinstance(message, dict):
-                calls = _text_length(message.get("tool_calls"), every_field=True)
-                chars += _text_length(message.get("content")) + calls + 16
+                content, calls = message.get("content"), message.get("tool_calls")
+                chars += len(content) if isinstance(content, str) else _text_length(content)
+                chars += 16 if calls is None else 16 + _text_length(calls, every_field=True)
     elif endpoint == "completions":
         chars = _text_length(body.get("prompt"))
     else:
@@ -138,12 +140,19 @@ def completion_tokens(
 ) -> int:
     """The most the answers may cost: the largest length field named (capped by the
     tier), times the answers per prompt, times the prompts."""
-    asked = [v for v in map(body.get, LENGTHS) if isinstance(v, int)]
-    tokens = max(asked) if asked else (tier_cap or default)
+    tokens = choices = 0
+    for name in LENGTHS:
+        value = body.get(name)
+        if isinstance(value, int) and value > tokens:
+            tokens = value
+    tokens = tokens or tier_cap or default
     if tier_cap is not None:
         tokens = min(tokens, tier_cap)
-    choices = max((v for v in map(body.get, CHOICES) if isinstance(v, int)), default=1)
-    return tokens * max(1, choices) * _prompts(endpoint, body)
+    for name in CHOICES:
+        value = body.get(name)
+        if isinstance(value, int) and value > choices:
+            choices = value
+    return tokens * (choices or 1) * _prompts(endpoint, body)
 
 
 def _prompts(endpoint: str, body: dict[str, Any]) -> int:

@@ -13,10 +13,12 @@ from gateway.errors import GatewayError, bad_request
 
 _REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
 _INTEGERS = ("seed",)
-# What llama-server reads as the most tokens to generate: `n_predict`, else
-# `max_completion_tokens`, else `max_tokens` (-1 there means "until the context is
-# full", 0 "none"); `max_output_tokens` is /v1/responses's name for it.
-LENGTHS = ("n_predict", "max_completion_tokens", "max_tokens", "max_output_tokens")
+# What llama-server reads as the most tokens to generate on chat and completions:
+# `n_predict`, else `max_completion_tokens`, else `max_tokens` (-1 there means "until
+# the context is full", 0 "none"); a null one is skipped.
+READ_LENGTHS = ("n_predict", "max_completion_tokens", "max_tokens")
+# With /v1/responses's name for it, which llama-server turns into max_tokens there.
+LENGTHS = (*READ_LENGTHS, "max_output_tokens")
 # Answers generated per prompt: llama-server reads `n_cmpl`, else OpenAI's `n`.
 CHOICES = ("n_cmpl", "n")
 _COUNTS = (*LENGTHS, *CHOICES)
@@ -87,18 +89,15 @@ def _out_of_range(name: str, value: int) -> GatewayError:
 
 
 def cap_lengths(body: dict[str, Any], cap: int) -> bool:
-    """Caps every length field the request names to `cap`, or sets `max_tokens` to it
-    when it names none; whether the body changed."""
-    changed = named = False
+    """Caps every length field the request names to `cap`, and sets `max_tokens` to it
+    when it names none llama-server reads; whether the body changed."""
+    changed = False
     for name in LENGTHS:
         value = body.get(name)
-        if value is None:  # llama-server skips a null field and reads the next one
-            continue
-        named = True
-        if value > cap:
+        if value is not None and value > cap:
             body[name] = cap
             changed = True
-    if not named:
+    if all(body.get(name) is None for name in READ_LENGTHS):
         body["max_tokens"] = cap
         changed = True
     return changed

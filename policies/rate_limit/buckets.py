@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.validate import CHOICES, LENGTHS
+from gateway.validate import CHOICES, LENGTHS, READ_LENGTHS
 from policies.rate_limit.settings import (
     CONCURRENCY,
     QUOTA_DAY,
@@ -145,7 +145,8 @@ def completion_tokens(
         value = body.get(name)
         if isinstance(value, int) and value > tokens:
             tokens = value
-    tokens = tokens or tier_cap or default
+    if all(body.get(name) is None for name in READ_LENGTHS):  # llama-server decides
+        tokens = max(tokens, tier_cap or default)
     if tier_cap is not None:
         tokens = min(tokens, tier_cap)
     for name in CHOICES:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.validate import INT32_MAX, LENGTHS
+from gateway.validate import INT32_MAX, LENGTHS, READ_LENGTHS
 from tests.conftest import GatewayFactory
 from tests.fake_llama import FakeLlama
 from tests.policies.rate_limit_helpers import CHAT, limit_policy
@@ -124,8 +124,8 @@ async def test_upstream_never_receives_a_length_above_the_tier_cap(
             assert resp.status == 200, asked
             received = fake.requests[-1]
             expected = {f: None if v is None else min(v, CAP) for f, v in asked.items()}
-            if not any(v is not None for v in asked.values()):
-                expected["max_tokens"] = CAP  # naming none gets the cap
+            if all(asked.get(f) is None for f in READ_LENGTHS):
+                expected["max_tokens"] = CAP  # naming none llama-server reads gets the cap
             assert {f: received[f] for f in LENGTHS if f in received} == expected, asked
     assert len(fake.requests) == 2 * len(combinations)
 
@@ -187,3 +187,14 @@ async def test_capped_stream_reaches_the_upstream_capped(
     assert resp.status == 200
     assert (await resp.read()).endswith(b"data: [DONE]\n\n")
     assert (fake.requests[-1]["n_predict"], fake.requests[-1]["max_tokens"]) == (CAP, CAP // 2)
+
+
+async def test_reservation_of_a_length_llama_server_does_not_read_is_the_default(
+    make_gateway: GatewayFactory, prefix: str
+) -> None:
+    # On chat completions llama-server ignores max_output_tokens (/v1/responses's name).
+    client = await limited(make_gateway, prefix)
+    body = {**CHAT, "max_output_tokens": 3}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    assert resp.headers["x-ratelimit-remaining-tokens"] == str(100_000 - 1024 - CHAT_ESTIMATE)

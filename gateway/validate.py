@@ -89,15 +89,18 @@ def _out_of_range(name: str, value: int) -> GatewayError:
 
 
 def cap_lengths(body: dict[str, Any], cap: int) -> bool:
-    """Caps every length field the request names to `cap`, and sets `max_tokens` to it
-    when it names none llama-server reads; whether the body changed."""
+    """Caps every length field the request names to `cap`, and makes sure `max_tokens`
+    says the length llama-server will use (the cap when no field it reads is named):
+    builds older than `max_completion_tokens` read only `n_predict` and `max_tokens`.
+    Whether the body changed."""
     changed = False
     for name in LENGTHS:
         value = body.get(name)
         if value is not None and value > cap:
             body[name] = cap
             changed = True
-    if all(body.get(name) is None for name in READ_LENGTHS):
-        body["max_tokens"] = cap
+    if body.get("max_tokens") is None:
+        named = (body.get(name) for name in READ_LENGTHS)
+        body["max_tokens"] = next((v for v in named if v is not None), cap)
         changed = True
     return changed

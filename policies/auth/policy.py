@@ -24,6 +24,7 @@ from gateway.context import Reply, RequestContext
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier
+from gateway.validate import cap_lengths
 from policies.auth.jwt import Claims, JwtConfigError, JwtError, JwtSettings, JwtVerifier
 from policies.auth.keycache import KeyCache
 from policies.auth.keys import (
@@ -189,12 +190,9 @@ class AuthPolicy(Policy):
                 "GET /v1/models lists the models you can use.",
                 param="model",
             )
+        # Every length field llama-server reads is capped, not only the first one named.
         if tier.max_tokens and ctx.endpoint != "embeddings":
-            field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            asked = body.get(field)
-            if asked is None or asked > tier.max_tokens:
-                body[field] = tier.max_tokens
-                ctx.body_changed = True
+            ctx.body_changed = cap_lengths(body, tier.max_tokens) or ctx.body_changed
 
     async def _authenticate(self, ctx: RequestContext) -> Caller:
         token = credential(ctx)

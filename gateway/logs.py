@@ -24,24 +24,37 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 
 # Credentials, as they appear in a finished JSON log line: header values (aiohttp's parser
-# logs raw header bytes as `b'...'` reprs, whose `\\x01` escapes JSON doubles), bearer
-# tokens, gateway API keys, JWTs (also cut short) and passwords in URLs. One pattern,
-# applied to each finished line, so messages, extra fields and tracebacks of every logger
-# are covered. A character of a value: not a quote, `&` or white space, or a repr's `\\xNN`
-# escape, or JSON's `\u00NN` for a raw control character.
+# logs raw header bytes as `b'...'` reprs, whose `\\x01` escapes JSON doubles), the start of
+# an over-long header line (whichever header it is), bearer tokens, gateway API keys, JWTs
+# (also cut short) and passwords in URLs. One pattern, applied to each finished line, so
+# messages, extra fields and tracebacks of every logger are covered. A character of a
+# value: not a quote, `&` or white space, or a repr's `\\xNN` escape, or JSON's `\u00NN`
+# for a raw control character.
 _C = r"""(?:[^\\\s"'&]|\\\\x[0-9a-fA-F]{2}|\\u00[0-9a-fA-F]{2})"""
 _SECRET = re.compile(
     r"(?i)(?P<header>(?:authorization|api[-_]?key|cookie|password|passwd|secret|[-_]token)"
     r"""\\?["']?\s*[:=]\s*(?:\\?["'])?)(?:<C>|[ \t])+"""
     r"|(?P<scheme>\bbearer\s+)<C>+"
+    r"""|(?P<long>bytes when reading:? b\\?["'])(?:<C>|[ \t])*"""
     r"|(?P<key>sk-gw_)<C>*"
     r"|eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}"
     r"""|(?P<url>://[^\s/@:"'\\]*:)[^\s/@"'\\]*(?=@)""".replace("<C>", _C)
 )
-_HIDDEN = r"\g<header>\g<scheme>\g<key>\g<url>[REDACTED]"
+_HIDDEN = r"\g<header>\g<scheme>\g<long>\g<key>\g<url>[REDACTED]"
 # Each alternative above contains one of these (lower-cased): most lines contain none, and
 # looking for them costs a tenth of running the pattern.
-_MARKERS = ("authoriz", "key", "cookie", "passw", "secret", "token", "bearer", "sk-gw_", "eyj")
+_MARKERS = (
+    "authoriz",
+    "key",
+    "cookie",
+    "passw",
+    "secret",
+    "token",
+    "bearer",
+    "sk-gw_",
+    "eyj",
+    "when reading",
+)
 _URL = "://"
 
 

@@ -114,20 +114,21 @@ class Relay:
 
     async def _serve(self, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
         try:
-            reply = await chain.on_request(ctx)
-            if reply is None:
-                if ctx.endpoint == "models":
-                    reply = Reply(200, self._models_body(ctx))
-                else:
-                    return await self._proxy(ctx, chain)
-            if reply.status >= 400 and ctx.outcome == OK:
-                ctx.outcome = REJECTED
-            return await self._send(ctx, chain, reply)
-        except GatewayError as err:
-            ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
-            ctx.error = err.message
-            return await self._send(ctx, chain, Reply(err.status, err.body(), err.headers))
-        except Exception as exc:
+            try:
+                reply = await chain.on_request(ctx)
+                if reply is None:
+                    if ctx.endpoint == "models":
+                        reply = Reply(200, self._models_body(ctx))
+                    else:
+                        return await self._proxy(ctx, chain)
+                if reply.status >= 400 and ctx.outcome == OK:
+                    ctx.outcome = REJECTED
+                return await self._send(ctx, chain, reply)
+            except GatewayError as err:
+                ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
+                ctx.error = err.message
+                return await self._send(ctx, chain, Reply(err.status, err.body(), err.headers))
+        except Exception as exc:  # answering a GatewayError can fail too
             return await self._internal_error(ctx, chain, exc)
 
     async def _internal_error(
@@ -151,8 +152,8 @@ class Relay:
         headers = CIMultiDict({"Content-Type": "application/json"})
         try:
             await chain.on_response(ctx, headers)  # the request ID's header, among others
-        except Exception:
-            log.exception("a policy failed while answering an internal error")
+        except Exception as again:  # the hook that failed first, most likely: no second traceback
+            log.warning("a policy failed again while answering an internal error: %r", again)
         return await _finish(ctx, web.Response(status=500, body=err.body(), headers=headers))
 
     def _models_body(self, ctx: RequestContext) -> bytes:

@@ -208,6 +208,17 @@ async def test_a_failing_response_hook_still_gets_a_500(
     assert faulty.completed == [(500, "internal_error")]
 
 
+async def test_a_failing_response_hook_on_a_refusal_still_gets_a_500(
+    aiohttp_client: Any, fake_url: str, fake: FakeLlama
+) -> None:
+    client = await gateway_with(aiohttp_client, fake_url, Faulty("response"))
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+    assert resp.status == 500
+    assert resp.headers["Content-Type"] == "application/json"
+    assert (await resp.json())["error"]["code"] == "internal_error"
+    assert fake.requests == []
+
+
 async def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(
     aiohttp_client: Any, fake_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -103,3 +103,24 @@ async def test_the_runner_makes_connections_that_answer_in_json(fake_url: str) -
         assert type(connection).handle_error is not web_protocol.RequestHandler.handle_error
     finally:
         await runner.cleanup()
+
+
+async def test_a_failure_outside_every_handler_catch_all_is_a_json_500() -> None:
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("no handler caught this")
+
+    app = web.Application()
+    app.router.add_get("/boom", boom)
+    runner = GatewayRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        raw = b"GET /boom HTTP/1.1\r\nHost: gateway\r\n\r\n"
+        status, headers, body = await exchange(runner.addresses[0][1], raw)
+    finally:
+        await runner.cleanup()
+    assert status == 500
+    assert headers["content-type"].startswith("application/json")
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("server_error", "internal_error")

@@ -112,14 +112,23 @@ def too_large(limit: int) -> GatewayError:
 
 
 def unreadable(request: web.Request, exc: web.RequestPayloadError) -> GatewayError:
+    # The parser cannot go on after a broken body: the connection closes once this answer is
+    # sent, and aiohttp must not try to read the rest of the body (it would raise again).
+    request.content.feed_eof()
+    request.protocol.close()
+    closing = {"Connection": "close"}
     if isinstance(exc.__cause__, ContentEncodingError):
         encoding = request.headers.get("Content-Encoding", "")
-        return bad_request(
+        return GatewayError(
+            400,
             f"The request body is not valid {encoding!r} data (Content-Encoding); send it"
             " compressed as declared, or without the Content-Encoding header.",
             code="invalid_content_encoding",
+            headers=closing,
         )
-    return bad_request(f"The request body could not be read ({exc}); send it again.")
+    return GatewayError(
+        400, f"The request body could not be read ({exc}); send it again.", headers=closing
+    )
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

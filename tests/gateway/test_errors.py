@@ -105,15 +105,30 @@ def assert_internal_error(resp_status: int, body: dict[str, Any], request_id: st
     assert f"request ID {request_id}" in error["message"]
 
 
+async def assert_refused(client: TestClient[Any, Any], err: str, model: str) -> dict[str, Any]:
+    """A 400 in OpenAI's shape, seen as such by the access log and the metrics."""
+    (line,) = access_lines(err)
+    assert (line["status"], line["outcome"]) == (400, "rejected")
+    samples = await scrape(client)
+    labels = {"model": model, "endpoint": "chat.completions", "tier": "none"}
+    assert value(samples, "llama_gateway_requests_total", status="4xx", **labels) == 1
+    return line
+
+
 async def test_deep_nesting_in_a_stream_is_refused_with_400(
-    gateway: TestClient[Any, Any], fake: FakeLlama
+    aiohttp_client: Any, fake_url: str, fake: FakeLlama, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    resp = await gateway.post("/v1/chat/completions", data=deep_body(300, stream=True))
+    client = await gateway_with(aiohttp_client, fake_url, Faulty())
+    resp = await client.post("/v1/chat/completions", data=deep_body(300, stream=True))
     assert resp.status == 400
     error = (await resp.json())["error"]
-    assert error["code"] == "too_deeply_nested"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("invalid_request_error", "too_deeply_nested")
     assert "254 levels" in error["message"]
     assert fake.requests == []
+    await settle(client)
+    line = await assert_refused(client, capsys.readouterr().err, "fake")
+    assert line["request_id"] == resp.headers["X-Request-ID"]
 
 
 async def test_deep_nesting_in_a_body_a_policy_changed_is_refused_with_400(
@@ -128,9 +143,15 @@ async def test_deep_nesting_in_a_body_a_policy_changed_is_refused_with_400(
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_a_body_not_compressed_as_declared_is_refused_with_400(
-    gateway: TestClient[Any, Any], fake: FakeLlama, encoding: str
+    aiohttp_client: Any,
+    fake_url: str,
+    fake: FakeLlama,
+    encoding: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    resp = await gateway.post(
+    client = await gateway_with(aiohttp_client, fake_url, Faulty())
+    resp = await client.post(
         "/v1/chat/completions", data=orjson.dumps(CHAT), headers={"Content-Encoding": encoding}
     )
     assert resp.status == 400
@@ -139,6 +160,10 @@ async def test_a_body_not_compressed_as_declared_is_refused_with_400(
     assert error["type"] == "invalid_request_error"
     assert f"'{encoding}'" in error["message"]
     assert fake.requests == []
+    await settle(client)
+    assert resp.headers["Connection"] == "close"  # the parser cannot go on after a broken body
+    await assert_refused(client, capsys.readouterr().err, "none")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,8 @@ def protocol_error(status: int, exc: BaseException | None) -> GatewayError:
 
 
 class _Connection(web_protocol.RequestHandler):
+    __slots__ = ()  # as aiohttp's: no per-connection __dict__
+
     def handle_error(
         self,
         request: web.BaseRequest,

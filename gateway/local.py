@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -120,45 +121,75 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0
     raise LocalError(f"llama-server at {url} was not healthy within {timeout:g} s")
 
 
+# Some virtual machines advertise AMX in CPUID without letting a process run it: llama.cpp's
+# CPU backend, built for the machine's own instructions, then dies of SIGILL while it warms
+# up. Without weight repacking it takes no AMX code path.
+NO_AMX = ("--no-repack",)
+
+
 @contextlib.contextmanager
 def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
     """Start a chat and an embeddings llama-server; yields {model name: URL}."""
     model = model_file()
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    commands: dict[str, list[str]] = {}
     urls: dict[str, str] = {}
     try:
         for name, embeddings in ((CHAT_MODEL, False), (EMBED_MODEL, True)):
             port = free_port()
-            out: Any = subprocess.DEVNULL
-            if log_dir is not None:
-                out = open_private(private_dir(log_dir) / f"{name}.log")
-            try:
-                procs.append(
-                    subprocess.Popen(
-                        server_args(model, port, embeddings=embeddings, alias=name),
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-            finally:
-                if out is not subprocess.DEVNULL:
-                    out.close()  # the child has its own copy of the descriptor
             urls[name] = f"http://127.0.0.1:{port}"
-        for (name, url), proc in zip(urls.items(), procs, strict=True):
+            commands[name] = server_args(model, port, embeddings=embeddings, alias=name)
+            procs[name] = _start(commands[name], name, log_dir)
+        for name, url in urls.items():
             try:
-                wait_healthy(url, proc)
+                _wait(name, url, commands[name], procs, log_dir)
             except LocalError as exc:
                 where = f"; its log: {log_dir / f'{name}.log'}" if log_dir is not None else ""
                 raise LocalError(f"{exc}{where}") from exc
         yield urls
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
-        for proc in procs:
+        for proc in procs.values():
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _wait(
+    name: str,
+    url: str,
+    command: list[str],
+    procs: dict[str, subprocess.Popen[bytes]],
+    log_dir: Path | None,
+) -> None:
+    """Wait until the server is healthy; one that died of SIGILL starts once more without AMX."""
+    try:
+        return wait_healthy(url, procs[name])
+    except LocalError:
+        if procs[name].returncode != -signal.SIGILL:
+            raise
+    print(
+        f"llama-server for {name} hit an instruction this machine cannot run; starting it "
+        "again without weight repacking (--no-repack)",
+        file=sys.stderr,
+    )
+    procs[name] = _start([*command, *NO_AMX], name, log_dir, append=True)
+    wait_healthy(url, procs[name])
+
+
+def _start(
+    args: list[str], name: str, log_dir: Path | None, *, append: bool = False
+) -> subprocess.Popen[bytes]:
+    out: Any = subprocess.DEVNULL
+    if log_dir is not None:
+        out = open_private(private_dir(log_dir) / f"{name}.log", append=append)
+    try:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()  # the child has its own copy of the descriptor
 
 
 def default_settings() -> dict[str, Any]:

@@ -43,12 +43,13 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path) -> BinaryIO:
-    """`path` opened for writing from its start, created 0600 or tightened to it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+def open_private(path: Path, *, append: bool = False) -> BinaryIO:
+    """`path` opened for writing from its start (or its end), created 0600 or tightened to it."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
     try:
         os.fchmod(fd, PRIVATE_FILE_MODE)  # a file left by an earlier run keeps its mode
     except OSError:
         os.close(fd)
         raise
-    return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "ab" if append else "wb")

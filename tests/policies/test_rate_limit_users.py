@@ -46,7 +46,11 @@ async def per_user_gateway(
             {
                 "type": "auth",
                 "static_keys": [{**static, "owner": "alice", "tier": "free"}],
-                "jwt": {"algorithms": ["HS256"], "secret_env": "TEST_JWT_SECRET"},
+                "jwt": {
+                    "algorithms": ["HS256"],
+                    "secret_env": "TEST_JWT_SECRET",
+                    "tiers": {"free": "free"},
+                },
             },
             limit_policy(prefix, tiers={"free": {"per_user": {"requests_per_minute": 2}}}),
         ],

@@ -1,0 +1,77 @@
+"""The properties every answer of the live gateway must have, whatever was sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tests.hardening.wire import Answer
+
+LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
+GENERATING = ("/v1/chat/completions", "/v1/completions")
+
+
+def check_status(answer: Answer, upstream_statuses: list[int]) -> None:
+    """No 5xx of the gateway's own making: only an upstream's own 5xx, relayed, is allowed."""
+    if answer.status >= 500:
+        assert answer.status in upstream_statuses, (
+            f"the gateway answered {answer.status} of its own making: {answer.body[:500]!r}"
+        )
+
+
+def check_error_shape(answer: Answer, upstream_statuses: list[int], *, head: bool) -> None:
+    """Every 4xx/5xx is JSON in OpenAI's shape (an upstream's own error keeps its shape)."""
+    if answer.status < 400 or head:
+        return
+    assert answer.headers.get("content-type", "").startswith("application/json"), (
+        f"{answer.status} is not JSON: {answer.headers} {answer.body[:300]!r}"
+    )
+    body = orjson.loads(answer.body)
+    assert isinstance(body, dict), body
+    error = body.get("error")
+    assert isinstance(error, dict), body
+    assert isinstance(error.get("message"), str), body
+    assert error["message"], body
+    if answer.status in upstream_statuses:
+        return  # relayed as llama-server shaped it
+    assert isinstance(error.get("type"), str), body
+    assert {"message", "type", "param", "code"} <= error.keys(), body
+    assert error["param"] is None or isinstance(error["param"], str), body
+    assert error["code"] is None or isinstance(error["code"], str), body
+
+
+def check_lengths(received: list[tuple[str, bytes]], cap: int | None) -> None:
+    """No length field llama-server reads reaches it below 1, nor above the tier's cap;
+    under a cap, a generating request always names a length."""
+    for path, raw in received:
+        if path not in GENERATING:
+            continue
+        body = orjson.loads(raw)
+        for name in LENGTH_FIELDS:
+            if name not in body:
+                continue
+            value = body[name]
+            if cap is not None:
+                assert _is_int(value), f"upstream got {name}={value!r} under a cap of {cap}"
+                assert 1 <= value <= cap, f"upstream got {name}={value!r} under a cap of {cap}"
+            elif _is_int(value):
+                assert value >= 1, f"upstream got {name}={value!r}"
+        if cap is not None:
+            assert any(name in body for name in LENGTH_FIELDS), (
+                f"upstream got no length under a cap of {cap}: {sorted(body)}"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def leaks(lines: list[str], secrets: list[str]) -> list[tuple[str, str]]:
+    """(secret, line) for every log line that contains one of the secrets."""
+    return [(s, line) for line in lines for s in secrets if s and s in line]
+
+
+def check_no_leak(lines: list[str], secrets: list[str]) -> None:
+    found = leaks(lines, secrets)
+    assert not found, f"a log line holds a credential {found[0][0]!r}: {found[0][1][:400]}"

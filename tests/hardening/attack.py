@@ -38,37 +38,66 @@ class Attacker:
         self.live = live
         self.secrets = live.credentials.secrets()
         self._ids = itertools.count()
-        self.answered_ids: Counter[str] = Counter()  # X-Request-ID of each chain answer
-        self.unanswered = 0  # chain requests whose answer never came (their ID is unknown)
+        # Request IDs that must each have a usage row (as many as requests carried them).
+        self.expected_ids: Counter[str] = Counter()
+        # Requests to /v1 whose ID is unknown (a hostile one replaced, no answer): they may
+        # or may not have entered the chain.
+        self.unknown = 0
 
     def send(self, attempt: Attempt) -> Answer:
         return self.live.run(self._send(attempt))
 
     async def _send(self, attempt: Attempt) -> Answer:
-        headers = attempt.headers
-        if not any(name.lower() == b"x-request-id" for name, _ in headers):
-            headers = [*headers, (b"X-Request-ID", f"fuzz-{next(self._ids)}".encode())]
-        data = request(attempt.method, attempt.target or attempt.path, headers, attempt.body)
         mark = self.live.lines.mark()
-        head = attempt.method == "HEAD"
+        answer, received, answered = await self._exchange(attempt)
+        self.check(attempt, answer, received, answered, mark)
+        return answer
+
+    async def _exchange(
+        self, attempt: Attempt
+    ) -> tuple[Answer, list[tuple[str, bytes]], list[int]]:
+        headers, own_id = attempt.headers, None
+        if not any(name.lower() == b"x-request-id" for name, _ in headers):
+            own_id = f"fuzz-{next(self._ids)}"
+            headers = [*headers, (b"X-Request-ID", own_id.encode())]
+        data = request(attempt.method, attempt.target or attempt.path, headers, attempt.body)
+        answer = None
         try:
-            answer = await exchange(self.live.port, data, head=head)
-        except BaseException:
-            if attempt.path.startswith("/v1/"):
-                self.unanswered += 1
-            raise
+            answer = await exchange(self.live.port, data, head=attempt.method == "HEAD")
         finally:
             received, answered = self.live.take_upstream()
-        chain = (attempt.method, attempt.path) in CHAIN
-        request_id = answer.headers.get("x-request-id")
-        if attempt.path.startswith("/v1/") and request_id is not None:
-            self.answered_ids[request_id] += 1
+            self._expect(attempt, own_id, answer)
+        return answer, received, answered
+
+    def _expect(self, attempt: Attempt, own_id: str | None, answer: Answer | None) -> None:
+        """Note the usage row this request must have left, if it entered the chain."""
+        if not attempt.path.startswith("/v1/"):
+            return
+        echoed = answer.headers.get("x-request-id") if answer is not None else None
+        refused_by_parser = answer is not None and answer.status == 400 and echoed is None
+        if own_id is not None and (attempt.method, attempt.path) in CHAIN and not refused_by_parser:
+            self.expected_ids[own_id] += 1
+        elif echoed is not None:
+            self.expected_ids[echoed] += 1
+        else:
+            self.unknown += 1
+
+    def check(
+        self,
+        attempt: Attempt,
+        answer: Answer,
+        received: list[tuple[str, bytes]],
+        answered: list[int],
+        mark: int,
+    ) -> None:
+        """Every property of one answer (`mark`: the log lines written since)."""
         check_status(answer, answered)
-        check_error_shape(answer, answered, head=head)
-        if chain:
-            assert request_id, f"{attempt.method} {attempt.path} answered without X-Request-ID"
+        check_error_shape(answer, answered, head=attempt.method == "HEAD")
+        if (attempt.method, attempt.path) in CHAIN:
+            assert answer.headers.get("x-request-id"), (
+                f"{attempt.method} {attempt.path} answered without X-Request-ID"
+            )
         if attempt.forged:
             assert not received, f"a forged credential reached the upstream: {answer.status}"
         check_lengths(received, attempt.cap)
         check_no_leak(self.live.lines.since(mark), [*self.secrets, *attempt.secrets])
-        return answer

@@ -133,7 +133,13 @@ def bodies(draw: st.DrawFn, path: str, *, hostile_lengths: bool = True) -> dict[
 @st.composite
 def nested_bodies(draw: st.DrawFn, path: str) -> dict[str, Any]:
     """A body with one value nested hundreds of levels deep, where a policy may walk it."""
-    deep = Nested(draw(st.integers(200, 1_100)), draw(st.sampled_from(["list", "dict"])))
+    # Around orjson's limits (254 to write, 1,024 to read) and Python's recursion limit.
+    depth = draw(
+        st.one_of(
+            st.sampled_from([254, 255, 900, 960, 1_000, 1_023, 1_100]), st.integers(200, 1_100)
+        )
+    )
+    deep = Nested(depth, draw(st.sampled_from(["list", "dict"])))
     field = ENDPOINTS[path]
     where = draw(st.sampled_from(["prompt", "unknown", "stop"]))
     body: dict[str, Any] = {"model": "fake", field: draw(prompt_of(path, st.just("hi")))}

@@ -67,7 +67,7 @@ def test_no_length_beyond_the_tier_cap_reaches_the_upstream(
 ) -> None:
     body = {**minimal(path), **lengths, "stream": stream}
     answer = post(attacker, path, s.encode(body), caller)
-    if answer.status == 400:
+    if answer.status == 400 and b"not valid JSON" not in answer.body:  # a string drawn bad
         param = orjson.loads(answer.body)["error"]["param"]
         assert param in s.LENGTHS, f"a 400 that names no length field: {answer.body!r}"
 
@@ -229,7 +229,7 @@ def test_every_request_that_entered_the_chain_left_one_usage_row(
     its own requests to count."""
     for caller in VALID:
         post(attacker, "/v1/chat/completions", orjson.dumps(CHAT), caller)
-    expected = attacker.answered_ids
+    expected = attacker.expected_ids
 
     async def written() -> Counter[str | None]:
         rows: Counter[str | None] = Counter()
@@ -244,7 +244,7 @@ def test_every_request_that_entered_the_chain_left_one_usage_row(
     missing = {i: n - rows[i] for i, n in expected.items() if rows[i] < n}
     assert not missing, f"{sum(missing.values())} usage rows missing, e.g. {list(missing)[:5]}"
     extra = sum((rows - Counter(expected)).values())
-    assert extra <= attacker.unanswered, f"{extra} usage rows for requests never sent"
+    assert extra <= attacker.unknown, f"{extra} usage rows for requests never sent"
 
 
 def test_no_log_line_of_the_whole_run_holds_a_credential(

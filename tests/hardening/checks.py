@@ -8,8 +8,9 @@ import orjson
 
 from tests.hardening.wire import Answer
 
-LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
-GENERATING = ("/v1/chat/completions", "/v1/completions")
+# Every length field llama-server reads (max_output_tokens: /v1/responses).
+LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict", "max_output_tokens")
+GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 def check_status(answer: Answer, upstream_statuses: list[int]) -> None:

@@ -29,9 +29,9 @@ from aiohttp import web
 
 from gateway.access import AccessLog
 from gateway.app import STATE, create_app
+from gateway.config import parse_config
 from gateway.logs import setup_logging
 from policies.auth.keys import open_store
-from tests.conftest import gateway_config
 from tests.fake_llama import FakeLlama
 from tests.policies.rate_limit_helpers import SHARED_REDIS, drop_keys, unique_prefix
 
@@ -126,6 +126,7 @@ class LiveGateway:
         self.credentials = Credentials()
         self.prefix = unique_prefix()
         self.port = 0
+        self.fake_url = ""
         self.app: web.Application | None = None
         self._runners: list[web.AppRunner] = []
 
@@ -154,7 +155,18 @@ class LiveGateway:
         return int(runner.addresses[0][1])
 
     async def _start(self) -> None:
-        fake_url = f"http://127.0.0.1:{await self._listen(self.fake.app())}"
+        data = await self._start_upstream_and_keys()
+        self.app = create_app(parse_config(raw_config(self.fake_url, data, self.prefix)))
+        # As `gateway.server.serve` runs it: cancelled handlers, no aiohttp access log.
+        self.port = await self._listen(self.app, handler_cancellation=True, access_log=None)
+        relay = self.app[STATE].relay
+        assert relay is not None
+        relay.access_log = AccessLog(self.lines.write_bytes)
+        await self._ready()
+
+    async def _start_upstream_and_keys(self) -> Path:
+        """The fake upstream listening, and an API key of each tier in the key store."""
+        self.fake_url = f"http://127.0.0.1:{await self._listen(self.fake.app())}"
         data = self.workdir / "data"
         store = open_store(None, data / "gateway.db")
         await store.start()
@@ -162,13 +174,7 @@ class LiveGateway:
             self.credentials.keys[tier], _ = await store.create(f"owner-{tier}", tier, None)
             self.credentials.tokens[tier] = make_jwt(sub=f"user-{tier}", tier=tier)
         await store.close()
-        self.app = create_app(config(fake_url, data, self.prefix))
-        # As `gateway.server.serve` runs it: cancelled handlers, no aiohttp access log.
-        self.port = await self._listen(self.app, handler_cancellation=True, access_log=None)
-        relay = self.app[STATE].relay
-        assert relay is not None
-        relay.access_log = AccessLog(self.lines.write_bytes)
-        await self._ready()
+        return data
 
     async def _ready(self) -> None:
         from tests.hardening.wire import exchange, request
@@ -199,13 +205,20 @@ class LiveGateway:
             return [row[0] for row in db.execute("SELECT request_id FROM usage_records")]
 
 
-def config(fake_url: str, data: Path, prefix: str) -> Any:
-    return gateway_config(
-        fake_url,
-        storage={"redis_url": SHARED_REDIS, "data_dir": str(data)},
-        tiers=TIERS,
-        logging={"level": "DEBUG", "access_log": True},
-        policies=[
+def raw_config(fake_url: str, data: Path, prefix: str) -> dict[str, Any]:
+    """The gateway's configuration, as a YAML file would hold it."""
+    return {
+        "models": {"fake": {"upstreams": [fake_url]}},
+        # The fake answers at once; a busy machine must not turn that into a 504.
+        "upstream": {
+            "health_interval_seconds": 0.05,
+            "first_byte_timeout": 120,
+            "idle_timeout": 120,
+        },
+        "logging": {"level": "DEBUG", "access_log": True},
+        "storage": {"redis_url": SHARED_REDIS, "data_dir": str(data)},
+        "tiers": TIERS,
+        "policies": [
             {"type": "request_id"},
             {
                 "type": "usage",
@@ -228,7 +241,7 @@ def config(fake_url: str, data: Path, prefix: str) -> Any:
             },
             {"type": "rate_limit", "key_prefix": prefix, "tiers": LIMITS},
         ],
-    )
+    }
 
 
 @contextmanager

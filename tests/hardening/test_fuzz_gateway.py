@@ -144,7 +144,7 @@ def test_hostile_headers_get_a_clean_answer_and_stay_out_of_the_logs(
     attempt = Attempt(
         "POST", "/v1/chat/completions", headers, orjson.dumps(CHAT), forged=True, secrets=(marker,)
     )
-    assert attacker.send(attempt).status == 401
+    assert attacker.send(attempt).status in (400, 401)
 
 
 @settings(max_examples=400)
@@ -179,7 +179,7 @@ def test_valid_and_oddly_claimed_credentials_get_a_clean_answer(
         answer = attacker.send(Attempt("GET", path, [make(attacker.live.credentials)], cap=cap))
     else:
         answer = post(attacker, path, s.encode(minimal(path)), caller)
-    if caller in VALID and not (caller.endswith("free") and path == "/v1/embeddings"):
+    if caller in VALID:
         assert answer.status == 200, f"{caller} on {path}: {answer.status} {answer.body[:200]!r}"
 
 
@@ -233,7 +233,7 @@ def test_every_request_that_entered_the_chain_left_one_usage_row(
 
     async def written() -> Counter[str | None]:
         rows: Counter[str | None] = Counter()
-        for _ in range(3000):  # bounded only so a dead writer fails instead of hanging
+        for _ in range(1500):  # bounded only so a dead writer fails instead of hanging
             rows = Counter(await asyncio.to_thread(live.usage_request_ids))
             if all(rows[i] >= n for i, n in expected.items()):
                 break

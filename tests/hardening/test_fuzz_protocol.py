@@ -9,14 +9,31 @@ decision; the last test pins down those the gateway promises.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.hardening.checks import check_error_shape, check_no_leak
-from tests.hardening.live import Credentials, LiveGateway
+from tests.hardening.live import JWT_SECRET, JWT_SECRET_ENV, Credentials, LiveGateway
+from tests.hardening.served import ServedGateway
 from tests.hardening.wire import exchange, parse, request, send_raw
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """Here the gateway is a real `serve` process: its own server and logging set-up."""
+    gateway = ServedGateway(tmp_path_factory.mktemp("served"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(JWT_SECRET_ENV, JWT_SECRET)
+        gateway.start()
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+
 
 CHAT = orjson.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
 CONTROL = [bytes([c]) for c in [*range(0x20), 0x7F] if c != 0x09]

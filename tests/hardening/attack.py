@@ -101,3 +101,14 @@ class Attacker:
             assert not received, f"a forged credential reached the upstream: {answer.status}"
         check_lengths(received, attempt.cap)
         check_no_leak(self.live.lines.since(mark), [*self.secrets, *attempt.secrets])
+
+
+_CHAT = b'{"model":"fake","messages":[{"role":"user","content":"hi"}]}'
+
+
+async def still_serving(live: LiveGateway) -> None:
+    """A normal request after the attack: the gateway and its chain still work."""
+    auth = (b"Authorization", b"Bearer " + live.credentials.keys["premium"].encode())
+    answer = await exchange(live.port, request("POST", "/v1/chat/completions", [auth], _CHAT))
+    assert answer.status == 200, f"the gateway stopped serving: {answer.status} {answer.body!r}"
+    live.take_upstream()

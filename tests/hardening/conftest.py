@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.hardening.attack import Attacker
 from tests.hardening.live import JWT_SECRET, JWT_SECRET_ENV, LiveGateway, captured_logs
+from tests.hardening.served import ServedGateway
 
 _COMMON = {
     "deadline": None,
@@ -34,6 +35,21 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     rate limits on Redis), in front of the fake upstream, with every log line captured."""
     gateway = LiveGateway(tmp_path_factory.mktemp("live"))
     with pytest.MonkeyPatch.context() as env, captured_logs(gateway.lines):
+        env.setenv(JWT_SECRET_ENV, JWT_SECRET)
+        gateway.start()
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
+    """The same gateway as a real `llama-gateway serve` process: its own HTTP server and
+    logging set-up, its stderr kept for the checks (what aiohttp's parser answers and
+    logs happens before the application sees a request)."""
+    gateway = ServedGateway(tmp_path_factory.mktemp("served"))
+    with pytest.MonkeyPatch.context() as env:
         env.setenv(JWT_SECRET_ENV, JWT_SECRET)
         gateway.start()
         try:

@@ -9,31 +9,15 @@ decision; the last test pins down those the gateway promises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hardening.attack import still_serving
 from tests.hardening.checks import check_error_shape, check_no_leak
-from tests.hardening.live import JWT_SECRET, JWT_SECRET_ENV, Credentials, LiveGateway
-from tests.hardening.served import ServedGateway
-from tests.hardening.wire import exchange, parse, request, send_raw
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    """Here the gateway is a real `serve` process: its own server and logging set-up."""
-    gateway = ServedGateway(tmp_path_factory.mktemp("served"))
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(JWT_SECRET_ENV, JWT_SECRET)
-        gateway.start()
-        try:
-            yield gateway
-        finally:
-            gateway.stop()
-
+from tests.hardening.live import Credentials, LiveGateway
+from tests.hardening.wire import parse, send_raw
 
 CHAT = orjson.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
 CONTROL = [bytes([c]) for c in [*range(0x20), 0x7F] if c != 0x09]
@@ -147,14 +131,6 @@ KINDS = [
 ]  # fmt: skip
 
 
-async def still_serving(live: LiveGateway) -> None:
-    """A normal request after the attack: the gateway and its chain still work."""
-    auth = (b"Authorization", b"Bearer " + live.credentials.keys["premium"].encode())
-    answer = await exchange(live.port, request("POST", "/v1/chat/completions", [auth], CHAT))
-    assert answer.status == 200, f"the gateway stopped serving: {answer.status} {answer.body!r}"
-    live.take_upstream()
-
-
 def check_answers(raw: bytes) -> None:
     """No 500 anywhere in what came back (pipelining may give several answers); the first
     answer, when it is JSON, is in OpenAI's shape."""
@@ -168,14 +144,14 @@ def check_answers(raw: bytes) -> None:
 @settings(max_examples=300)
 @given(data=st.data())
 def test_malformed_http_gets_no_500_and_leaks_nothing(
-    live: LiveGateway, data: st.DataObject
+    served: LiveGateway, data: st.DataObject
 ) -> None:
-    attack = data.draw(attacks(live.credentials), label="request")
-    mark = live.lines.mark()
-    raw = live.run(send_raw(live.port, attack, seconds=30, end_after=1))
+    attack = data.draw(attacks(served.credentials), label="request")
+    mark = served.lines.mark()
+    raw = served.run(send_raw(served.port, attack, seconds=30, end_after=1))
     check_answers(raw)
-    live.run(still_serving(live))
-    check_no_leak(live.lines.since(mark), live.credentials.secrets())
+    served.run(still_serving(served))
+    check_no_leak(served.lines.since(mark), served.credentials.secrets())
 
 
 # Protocol errors the gateway answers in OpenAI's shape (README, "Errors").
@@ -190,8 +166,8 @@ JSON_ERRORS = {
 
 
 @pytest.mark.parametrize("name", list(JSON_ERRORS))
-def test_protocol_errors_get_an_openai_shaped_400(live: LiveGateway, name: str) -> None:
-    raw = live.run(send_raw(live.port, JSON_ERRORS[name], seconds=30, end_after=1))
+def test_protocol_errors_get_an_openai_shaped_400(served: LiveGateway, name: str) -> None:
+    raw = served.run(send_raw(served.port, JSON_ERRORS[name], seconds=30, end_after=1))
     answer = parse(raw)
     assert answer is not None, f"{name}: no answer at all ({raw[:200]!r})"
     assert answer.status == 400, f"{name}: {answer.status}"

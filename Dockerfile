@@ -12,6 +12,9 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /app gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+# The data directory (usage journal, embedded stores) is the gateway's alone; a named volume
+# mounted here starts with this owner and mode.
+RUN mkdir -p /app/data && chown gateway /app/data && chmod 700 /app/data
 USER gateway
 WORKDIR /app
 ENV LLAMA_GATEWAY_CONFIG=/etc/llama-gateway/gateway.yaml

@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from gateway.clierrors import Unavailable, explained
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -29,7 +30,7 @@ def load(
 ) -> tuple[GatewayConfig, Path | None]:
     """The configuration from file (or `defaults` without one) and flags, with its policy
     document checked too."""
-    path = config_path(args.config)
+    path = config_path(getattr(args, "config", None))
     raw: dict[str, Any] = read_yaml(path) if path else dict(defaults or {})
     merged = with_overrides(
         raw,
@@ -56,7 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level)
     from gateway.server import serve
 
-    run(serve(config, path))
+    with explained(config):
+        run(serve(config, path))
     return 0
 
 
@@ -93,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="llama-gateway", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="YAML configuration (default: $LLAMA_GATEWAY_CONFIG)")
+    add_config_flag(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks one)")
     serve.add_argument(
@@ -124,6 +126,19 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def add_config_flag(command: argparse.ArgumentParser, help: str | None = None) -> None:
+    """`--config FILE`, for a command and for each of its actions: `keys --config F create`
+    and `keys create --config F` both work, the one after the action winning."""
+    # Suppressed default: a subcommand's own default would otherwise overwrite the value
+    # its parent command parsed.
+    command.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help=help or "gateway configuration (default: $LLAMA_GATEWAY_CONFIG)",
+    )
+
+
 def add_storage_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--database-url",
@@ -145,9 +160,9 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def admin_config(explicit: str | None) -> tuple[GatewayConfig, PolicyDocument]:
+def admin_config(args: argparse.Namespace) -> tuple[GatewayConfig, PolicyDocument]:
     """The configuration for admin commands: storage settings and tiers, no models needed."""
-    path = config_path(explicit)
+    path = config_path(getattr(args, "config", None))
     raw: dict[str, Any] = read_yaml(path) if path else {}
     config = parse_config(raw, str(path) if path else "defaults", require_models=False)
     return config, PolicySource(config, path).load()
@@ -160,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

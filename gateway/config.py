@@ -17,6 +17,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.private import private_dir
+
 CONFIG_ENV = "LLAMA_GATEWAY_CONFIG"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
@@ -112,7 +114,9 @@ class StorageConfig(Strict):
 
     @property
     def data_path(self) -> Path:
-        return Path(self.data_dir).expanduser()
+        """The data directory, made private (`private_dir`) before anything is put in it:
+        it holds API key hashes, usage by subject and the journal of usage rows."""
+        return private_dir(Path(self.data_dir).expanduser())
 
 
 class TracingConfig(Strict):

@@ -14,8 +14,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from gateway.db import (
     Migration,
     MigrationError,
@@ -66,16 +64,15 @@ async def migrate(database_url: str | None, data_dir: Path) -> tuple[str, list[M
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.cli import admin_config, run
+    from gateway.clierrors import explained
 
-    config, _ = admin_config(args.config)
+    config, _ = admin_config(args)
     storage = config.storage
     try:
-        where, applied = run(migrate(storage.database_url, storage.data_path))
+        with explained(config):
+            where, applied = run(migrate(storage.database_url, storage.data_path))
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"error: the database refused: {exc}; check storage.database_url", file=sys.stderr)
         return 1
     for migration in applied:
         print(f"applied {migration.version:03d}_{migration.name}")
@@ -84,8 +81,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def add_db_command(sub: Any) -> None:
+    from gateway.cli import add_config_flag
+
     db = sub.add_parser("db", help="database maintenance")
-    db.add_argument("--config", help="gateway configuration (default: $LLAMA_GATEWAY_CONFIG)")
+    add_config_flag(db)
     actions = db.add_subparsers(dest="action", required=True)
     migrate_cmd = actions.add_parser("migrate", help="apply pending SQL migrations")
+    add_config_flag(migrate_cmd)
     migrate_cmd.set_defaults(func=cmd_migrate)

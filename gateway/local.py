@@ -11,12 +11,15 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from gateway.private import open_private, private_dir
 
 CHAT_MODEL = "gemma3-270m"
 EMBED_MODEL = "gemma3-270m-embed"
@@ -128,8 +131,7 @@ def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
             port = free_port()
             out: Any = subprocess.DEVNULL
             if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                out = (log_dir / f"{name}.log").open("wb")
+                out = open_private(private_dir(log_dir) / f"{name}.log")
             try:
                 procs.append(
                     subprocess.Popen(
@@ -142,8 +144,12 @@ def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
                 if out is not subprocess.DEVNULL:
                     out.close()  # the child has its own copy of the descriptor
             urls[name] = f"http://127.0.0.1:{port}"
-        for url, proc in zip(urls.values(), procs, strict=True):
-            wait_healthy(url, proc)
+        for (name, url), proc in zip(urls.items(), procs, strict=True):
+            try:
+                wait_healthy(url, proc)
+            except LocalError as exc:
+                where = f"; its log: {log_dir / f'{name}.log'}" if log_dir is not None else ""
+                raise LocalError(f"{exc}{where}") from exc
         yield urls
     finally:
         for proc in procs:
@@ -173,37 +179,52 @@ def default_settings() -> dict[str, Any]:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from gateway.cli import load, run
     from gateway.logs import setup_logging
-    from gateway.server import serve
 
     setup_logging("INFO")
     print(
         f"starting llama-server: {CHAT_MODEL} (chat), {EMBED_MODEL} (embeddings)...",
         flush=True,
     )
-    with llama_servers(cache_dir() / "logs") as urls:
-        args.upstream = [f"{name}={url}" for name, url in urls.items()] + (args.upstream or [])
-        config, path = load(args, default_settings())
-        setup_logging(config.logging.level)
+    try:
+        with llama_servers(cache_dir() / "logs") as urls:
+            _serve(args, urls)
+    except LocalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace, urls: dict[str, str]) -> None:
+    from gateway.cli import load, run
+    from gateway.clierrors import explained
+    from gateway.logs import setup_logging
+    from gateway.server import serve
+
+    args.upstream = [f"{name}={url}" for name, url in urls.items()] + (args.upstream or [])
+    config, path = load(args, default_settings())
+    setup_logging(config.logging.level)
+
+    def listening(port: int) -> None:  # the port chosen, with --port 0
         print(
-            f"gateway on http://{config.server.host}:{config.server.port}/v1 "
+            f"gateway on http://{config.server.host}:{port}/v1 "
             f"(models: {', '.join(config.models)}); Ctrl-C stops everything",
             flush=True,
         )
-        run(serve(config, path))
-    return 0
+
+    with explained(config):
+        run(serve(config, path, on_listening=listening))
 
 
 def add_local_command(sub: Any) -> None:
     local = sub.add_parser(
         "local", help="run real llama-servers with the small Gemma model and the gateway in front"
     )
-    local.add_argument("--config", help="YAML configuration for the gateway's other settings")
+    from gateway.cli import add_config_flag, add_storage_flags
+
+    add_config_flag(local, "YAML configuration for the gateway's other settings")
     local.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     local.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
     local.add_argument("--upstream", action="append", metavar="MODEL=URL", help=argparse.SUPPRESS)
-    from gateway.cli import add_storage_flags
-
     add_storage_flags(local)
     local.set_defaults(func=cmd_local)

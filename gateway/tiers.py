@@ -11,25 +11,43 @@ import re
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from gateway.config import Strict
 
 Endpoint = Literal["chat.completions", "completions", "embeddings", "models"]
 ALL_ENDPOINTS: list[Endpoint] = ["chat.completions", "completions", "embeddings", "models"]
+# Every endpoint but the model list names a model in its body.
+MODEL_ENDPOINTS: frozenset[str] = frozenset(ALL_ENDPOINTS) - {"models"}
+_NOTHING = re.compile(r"(?!)")  # matches no string
 
 
 class Tier(Strict):
     endpoints: list[Endpoint] = Field(default_factory=lambda: list(ALL_ENDPOINTS))
-    # Model names or shell-style patterns ("gemma*"); "*" allows every configured model.
+    # Model names or shell-style patterns ("gemma*"); "*" allows every configured model,
+    # an empty list none (then the tier may use no endpoint that takes a model).
     models: list[str] = Field(default_factory=lambda: ["*"])
     # Requests asking for more (or not saying) are capped to this many tokens.
     max_tokens: int | None = Field(None, gt=0)
     # Higher is served first when upstream slots are scarce.
     priority: int = 0
 
+    @field_validator("models")
+    @classmethod
+    def _some_model_for_model_endpoints(cls, models: list[str], info: ValidationInfo) -> list[str]:
+        using = sorted(MODEL_ENDPOINTS.intersection(info.data.get("endpoints", ())))
+        if not models and using:
+            raise ValueError(
+                f"an empty list allows no model, so {', '.join(using)} would always be "
+                "refused; list model names or patterns ('*' for every model), or limit "
+                "endpoints to [models]"
+            )
+        return models
+
     @cached_property
     def _model_pattern(self) -> re.Pattern[str]:
+        if not self.models:  # "|".join of nothing is the empty pattern, which matches all
+            return _NOTHING
         return re.compile("|".join(fnmatch.translate(p) for p in self.models))
 
     def allows_model(self, model: str) -> bool:

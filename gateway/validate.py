@@ -1,4 +1,5 @@
-"""Type checks of the request fields the gateway and its policies rely on.
+"""Type checks of the request fields the gateway and its policies rely on, and the
+fields that decide how long an answer may be.
 
 Everything else is the upstream's business: llama-server answers 400 for what it
 cannot use, and that answer is passed through unchanged.
@@ -8,16 +9,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import bad_request
+from gateway.errors import GatewayError, bad_request
 
 _REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
-_INTEGERS = ("max_tokens", "max_completion_tokens", "n", "seed")
+_INTEGERS = ("seed",)
+# What llama-server reads as the most tokens to generate on chat and completions:
+# `n_predict`, else `max_completion_tokens`, else `max_tokens` (-1 there means "until
+# the context is full", 0 "none"); a null one is skipped.
+READ_LENGTHS = ("n_predict", "max_completion_tokens", "max_tokens")
+# With /v1/responses's name for it, which llama-server turns into max_tokens there.
+LENGTHS = (*READ_LENGTHS, "max_output_tokens")
+# Answers generated per prompt: llama-server reads `n_cmpl`, else OpenAI's `n`.
+CHOICES = ("n_cmpl", "n")
+_COUNTS = (*LENGTHS, *CHOICES)
+# llama-server reads these as 32-bit integers: a larger one wraps around (2**32 - 1 is -1).
+INT32_MAX = 2**31 - 1
 
 
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
         type(value), type(value).__name__
     )
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_fields(endpoint: str, body: dict[str, Any]) -> None:
@@ -40,8 +56,51 @@ def check_fields(endpoint: str, body: dict[str, Any]) -> None:
             )
     for name in _INTEGERS:
         value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        if value is not None and not _is_integer(value):
             raise bad_request(f"'{name}' must be an integer, not {_type_name(value)}.", param=name)
+    for name in _COUNTS:
+        value = body.get(name)
+        if value is not None:
+            _check_count(name, value)
     messages = body.get("messages")
     if endpoint == "chat.completions" and not isinstance(messages, list):
         raise bad_request("'messages' must be an array of message objects.", param="messages")
+
+
+def _check_count(name: str, value: Any) -> None:
+    """A length or a number of choices: an integer from 1 to INT32_MAX."""
+    if not _is_integer(value):
+        raise bad_request(f"'{name}' must be an integer, not {_type_name(value)}.", param=name)
+    if not 1 <= value <= INT32_MAX:
+        raise _out_of_range(name, value)
+
+
+def _out_of_range(name: str, value: int) -> GatewayError:
+    """OpenAI's words and codes (`integer_below_min_value`) for a number out of range."""
+    low = value < 1
+    which, bound = ("below minimum", ">= 1") if low else ("above maximum", f"<= {INT32_MAX}")
+    hint = " Leave it out for the longest answer allowed." if name in LENGTHS else ""
+    return bad_request(
+        f"Invalid '{name}': integer {which} value. Expected a value {bound}, but got "
+        f"{value} instead.{hint}",
+        param=name,
+        code="integer_below_min_value" if low else "integer_above_max_value",
+    )
+
+
+def cap_lengths(body: dict[str, Any], cap: int) -> bool:
+    """Caps every length field the request names to `cap`, and makes sure `max_tokens`
+    says the length llama-server will use (the cap when no field it reads is named):
+    builds older than `max_completion_tokens` read only `n_predict` and `max_tokens`.
+    Whether the body changed."""
+    changed = False
+    for name in LENGTHS:
+        value = body.get(name)
+        if value is not None and value > cap:
+            body[name] = cap
+            changed = True
+    if body.get("max_tokens") is None:
+        named = (body.get(name) for name in READ_LENGTHS)
+        body["max_tokens"] = next((v for v in named if v is not None), cap)
+        changed = True
+    return changed

@@ -137,7 +137,13 @@ def load_secret(name: str, env: Mapping[str, str]) -> bytes:
 
 
 class RemoteJwks:
-    """A JWKS URL, cached; a failed refresh keeps the last good keys."""
+    """A JWKS URL, cached; a failed refresh keeps the last good keys.
+
+    Requests never wait for a refresh of stale keys: it runs in the background while they
+    are served from the cache. Only a request finding no key at all (first use) or not its
+    `kid` waits, for one fetch shared by all such requests and started at most once per
+    `jwks_min_refetch_seconds`, so neither a slow IdP nor junk kids can stall or flood.
+    """
 
     def __init__(self, settings: JwtSettings, url: str) -> None:
         self._url = url
@@ -147,28 +153,50 @@ class RemoteJwks:
         self._timeout = aiohttp.ClientTimeout(total=settings.jwks_timeout_seconds)
         self._keys = KeySet()
         self._fetched_at = self._tried_at = -math.inf
-        self._lock = asyncio.Lock()
+        self._fetching: asyncio.Task[KeySet] | None = None
 
     async def keys(self) -> KeySet:
+        if not self._keys:
+            return await self.refresh()
         if time.monotonic() - self._fetched_at >= self._ttl:
-            await self.refresh()
+            self._start_fetch()  # served from the cache meanwhile
         return self._keys
 
     async def refresh(self) -> KeySet:
-        """Fetch unless one fetch is under way or finished less than the minimum interval ago."""
-        tried = self._tried_at
-        async with self._lock:
-            if self._tried_at != tried or time.monotonic() - tried < self._min_interval:
-                return self._keys
+        """The keys after the fetch under way, or a new one unless the last began too recently."""
+        fetching = self._start_fetch()
+        if fetching is None:
+            return self._keys
+        return await asyncio.shield(fetching)  # a caller giving up does not cancel it for all
+
+    async def close(self) -> None:
+        fetching, self._fetching = self._fetching, None
+        if fetching is not None:
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
+
+    def _start_fetch(self) -> asyncio.Task[KeySet] | None:
+        if self._fetching is None and time.monotonic() - self._tried_at >= self._min_interval:
             self._tried_at = time.monotonic()
-            try:
-                self._keys = parse_jwks(await self._fetch(), self._algorithms, self._url)
-                self._fetched_at = self._tried_at
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning(
-                    "JWKS refresh from %s failed (%s); keeping %d cached keys",
-                    self._url, exc or type(exc).__name__, len(self._keys),
-                )  # fmt: skip
+            self._fetching = asyncio.create_task(self._refreshed(), name="jwks-refresh")
+            self._fetching.add_done_callback(self._fetched)
+        return self._fetching
+
+    def _fetched(self, task: asyncio.Task[KeySet]) -> None:
+        if self._fetching is task:
+            self._fetching = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("JWKS refresh from %s failed unexpectedly: %r", self._url, exc)
+
+    async def _refreshed(self) -> KeySet:
+        try:
+            self._keys = parse_jwks(await self._fetch(), self._algorithms, self._url)
+            self._fetched_at = self._tried_at
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "JWKS refresh from %s failed (%s); keeping %d cached keys",
+                self._url, exc or type(exc).__name__, len(self._keys),
+            )  # fmt: skip
         return self._keys
 
     async def _fetch(self) -> Any:

@@ -9,7 +9,9 @@ configuration, never from `jku`/`x5u`/`jwk` headers; PyJWT then checks the signa
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import jwt
 from pydantic import Field, field_validator, model_validator
 
 from gateway.policy import PolicySettings
+from gateway.tiers import Endpoint
 from policies.auth.jwks import (
     JwtConfigError as JwtConfigError,  # re-exported: the verifier's construction error
 )
@@ -29,14 +32,17 @@ from policies.auth.jwks import (
     load_pem,
     load_secret,
 )
+from policies.auth.text import MAX_CHARS, is_sane
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 Reason = Literal[
     "malformed", "too_large", "bad_algorithm", "bad_signature", "expired", "not_yet_valid",
-    "bad_audience", "bad_issuer", "missing_claim", "bad_claim", "unknown_key", "keys_unavailable",
+    "bad_audience", "bad_issuer", "missing_claim", "bad_claim", "too_long_lived", "unknown_key",
+    "keys_unavailable",
 ]  # fmt: skip
 
 _KEY_SOURCES = ("public_key_file", "jwks_file", "jwks_url")
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 class JwtError(Exception):
@@ -73,7 +79,15 @@ class JwtSettings(PolicySettings):
     subject_claim: str = Field("sub", min_length=1)
     tier_claim: str = Field("tier", min_length=1)
     scopes_claim: str = Field("scope", min_length=1)
+    # Claims a token must carry; `exp` always is, so no token lives forever.
     require: list[str] = Field(default_factory=lambda: ["exp"])
+    # The longest a token may live: exp - iat, and exp - now, at most this (plus leeway).
+    max_lifetime_seconds: float = Field(86400, gt=0, le=366 * 86400)
+    # Tier claim value -> tier. Without it the tier claim is ignored and `default_tier`
+    # applies: a token alone must not pick its tier (an IdP may let users set claims).
+    tiers: dict[str, str] = Field(default_factory=dict)
+    # Endpoint -> the scope a token needs for it; endpoints not named need none.
+    required_scopes: dict[Endpoint, str] = Field(default_factory=dict)
 
     @field_validator("jwks_url")
     @classmethod
@@ -126,23 +140,57 @@ def _refusal(exc: jwt.PyJWTError) -> JwtError:
     return JwtError("bad_claim", f"a claim has the wrong type: {exc}")
 
 
+def _times(payload: dict[str, Any]) -> dict[str, float]:
+    """The time claims present, as floats; PyJWT would take "123" or true for a number."""
+    times = {}
+    for claim in _TIME_CLAIMS:
+        if claim not in payload:
+            continue
+        value = payload[claim]
+        try:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError
+            times[claim] = number = float(value)  # OverflowError beyond 1e308
+            if not math.isfinite(number):
+                raise OverflowError
+        except (TypeError, OverflowError):
+            raise JwtError(
+                "bad_claim", f"the {claim!r} claim must be a number of seconds since 1970"
+            ) from None
+    return times
+
+
 def _optional_str(payload: dict[str, Any], claim: str) -> str | None:
     value = payload.get(claim)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise JwtError("bad_claim", f"the {claim!r} claim must be a string")
+    if not is_sane(value):
+        raise _not_text(claim)
     return value
+
+
+def _not_text(claim: str) -> JwtError:
+    # Refused, not repaired: replacing characters could merge two subjects into one principal.
+    return JwtError(
+        "bad_claim",
+        f"the {claim!r} claim must be printable text of at most {MAX_CHARS} characters",
+    )
 
 
 def _scopes(value: Any, claim: str) -> frozenset[str]:
     if value is None:
         return frozenset()
     if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list) and all(isinstance(scope, str) for scope in value):
-        return frozenset(value)
-    raise JwtError("bad_claim", f"the {claim!r} claim must be a space-separated string or a list")
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(scope, str) for scope in value):
+        raise JwtError(
+            "bad_claim", f"the {claim!r} claim must be a space-separated string or a list"
+        )
+    if not all(is_sane(scope) for scope in value):
+        raise _not_text(claim)
+    return frozenset(value)
 
 
 class JwtVerifier:
@@ -151,6 +199,7 @@ class JwtVerifier:
     def __init__(self, settings: JwtSettings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self._algorithms: list[str] = list(dict.fromkeys(settings.algorithms))
+        self._require = list(dict.fromkeys(["exp", *settings.require]))
         self._secret: bytes | None = None
         self._keys = KeySet()
         self._remote: RemoteJwks | None = None
@@ -168,6 +217,10 @@ class JwtVerifier:
         if self._remote is not None:
             await self._remote.refresh()
 
+    async def close(self) -> None:
+        if self._remote is not None:
+            await self._remote.close()
+
     async def verify(self, token: str) -> Claims:
         header = self._header(token)
         key = await self._key(header)
@@ -176,15 +229,27 @@ class JwtVerifier:
             payload: dict[str, Any] = jwt.decode(
                 token, key, algorithms=self._algorithms, audience=s.audience, issuer=s.issuer,
                 leeway=s.leeway_seconds,
-                options={"require": list(s.require), "enforce_minimum_key_length": True},
+                options={"require": self._require, "enforce_minimum_key_length": True},
             )  # fmt: skip
         except jwt.PyJWTError as exc:
             raise _refusal(exc) from exc
+        self._check_lifetime(_times(payload))
         subject = _optional_str(payload, s.subject_claim)
         if subject is None:
             raise JwtError("missing_claim", f"the token has no {s.subject_claim!r} claim")
         tier = _optional_str(payload, s.tier_claim)
         return Claims(subject, tier, _scopes(payload.get(s.scopes_claim), s.scopes_claim), payload)
+
+    def _check_lifetime(self, times: dict[str, float]) -> None:
+        s = self.settings
+        limit = s.max_lifetime_seconds + s.leeway_seconds
+        exp, iat = times["exp"], times.get("iat")
+        if exp - time.time() > limit or (iat is not None and exp - iat > limit):
+            raise JwtError(
+                "too_long_lived",
+                f"the token lives longer than the {s.max_lifetime_seconds:g} seconds accepted "
+                "here (exp - iat, or exp - now); get a shorter-lived one",
+            )
 
     def _header(self, token: str) -> dict[str, Any]:
         if len(token) > self.settings.max_token_bytes:

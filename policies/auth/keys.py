@@ -30,6 +30,7 @@ from gateway.db import (
     open_postgres_pool,
     open_sqlite,
 )
+from policies.auth.text import sanitised
 
 PREFIX = "sk-gw_"
 _KEY = re.compile(r"sk-gw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})", re.ASCII)
@@ -138,7 +139,17 @@ def _row_to_key(row: Sequence[Any]) -> ApiKey:
     key_id, key_hash, owner, tier, created_at, expires_at, revoked_at = row
     created = _utc(created_at)
     assert created is not None  # NOT NULL in the schema
-    return ApiKey(key_id, owner, tier, created, _utc(expires_at), revoked_at is not None, key_hash)
+    # Owners are written by admins, but by any tool: keep their text sane for logs and rows.
+    # Replaced, not refused: the principal is the key's id, so nothing merges.
+    return ApiKey(
+        key_id,
+        sanitised(owner),
+        tier,
+        created,
+        _utc(expires_at),
+        revoked_at is not None,
+        key_hash,
+    )
 
 
 class _SqlKeyStore(ABC):

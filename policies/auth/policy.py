@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -25,10 +24,11 @@ from gateway.context import Reply, RequestContext
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier
+from gateway.validate import cap_lengths
 from policies.auth.jwt import Claims, JwtConfigError, JwtError, JwtSettings, JwtVerifier
+from policies.auth.keycache import KeyCache
 from policies.auth.keys import (
     PREFIX,
-    ApiKey,
     KeyStore,
     Reason,
     Verdict,
@@ -61,7 +61,8 @@ class AuthSettings(PolicySettings):
     static_keys: list[StaticKey] = Field(default_factory=list)
     jwt: JwtSettings | None = None
     anonymous: AnonymousSettings | None = None
-    default_tier: str | None = None  # for tokens without a tier claim
+    # For tokens without a tier claim, and for every token when jwt.tiers is empty.
+    default_tier: str | None = None
     cache_seconds: float = Field(2.0, ge=0, le=5)
 
 
@@ -100,8 +101,12 @@ class AuthPolicy(Policy):
         super().__init__(settings, env)
         self.static = {k.hash.removeprefix("sha256:"): k for k in settings.static_keys}
         self.verifier = JwtVerifier(settings.jwt) if settings.jwt else None
+        # Endpoint -> the scope a token needs; keyed by str, as ctx.endpoint is.
+        self.scopes: dict[str, str] = dict(
+            settings.jwt.required_scopes.items() if settings.jwt else ()
+        )
         self.store: KeyStore | None = None
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self.keys: KeyCache | None = None
 
     @classmethod
     def problems(cls, settings: AuthSettings, env: PolicyEnv) -> list[str]:
@@ -113,6 +118,8 @@ class AuthPolicy(Policy):
             referenced.append(("anonymous.tier", settings.anonymous.tier))
         if settings.default_tier:
             referenced.append(("default_tier", settings.default_tier))
+        if settings.jwt:
+            referenced += [(f"jwt.tiers.{c}", tier) for c, tier in settings.jwt.tiers.items()]
         for path, tier in referenced:
             if tier not in env.tiers:
                 found.append(f"{path}: unknown tier {tier!r}; tiers are {sorted(env.tiers)}")
@@ -133,8 +140,13 @@ class AuthPolicy(Policy):
                 return store
 
             self.store = await self.env.resources.get("api_keys", create, lambda s: s.close())
+            self.keys = KeyCache(self.store, self.settings.cache_seconds)
         if self.verifier:
             await self.verifier.start()
+
+    async def close(self) -> None:
+        if self.verifier:
+            await self.verifier.close()
 
     async def readiness(self) -> Mapping[str, Check]:
         if self.store is None or not self.env.config.storage.database_url:
@@ -178,12 +190,9 @@ class AuthPolicy(Policy):
                 "GET /v1/models lists the models you can use.",
                 param="model",
             )
+        # Every length field llama-server reads is capped, not only the first one named.
         if tier.max_tokens and ctx.endpoint != "embeddings":
-            field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            asked = body.get(field)
-            if asked is None or asked > tier.max_tokens:
-                body[field] = tier.max_tokens
-                ctx.body_changed = True
+            ctx.body_changed = cap_lengths(body, tier.max_tokens) or ctx.body_changed
 
     async def _authenticate(self, ctx: RequestContext) -> Caller:
         token = credential(ctx)
@@ -193,7 +202,7 @@ class AuthPolicy(Policy):
                 raise MISSING
             ip = client_address(ctx.request, anonymous.trusted_proxies, anonymous.forwarded_header)
             return Caller(f"ip:{ip}", ip, anonymous.tier)
-        if token.startswith(PREFIX) and self.store is not None:
+        if token.startswith(PREFIX) and self.keys is not None:
             verdict = await self._verify_key(token)
             if verdict.key is None:
                 log.info("API key refused: %s", verdict.reason, extra={"key_id": verdict.key_id})
@@ -204,7 +213,7 @@ class AuthPolicy(Policy):
         if static is not None:
             return Caller(f"static:{static.owner}", static.owner, static.tier)
         if self.verifier is not None and token.count(".") == 2:
-            return self._from_claims(await self._verify_jwt(token))
+            return self._from_claims(await self._verify_jwt(token), ctx)
         raise INVALID
 
     async def _verify_jwt(self, token: str) -> Claims:
@@ -223,25 +232,31 @@ class AuthPolicy(Policy):
             log.info("bearer token refused: %s", exc.reason)
             raise unauthorized(f"Invalid bearer token: {exc.message}.") from exc
 
-    def _from_claims(self, claims: Claims) -> Caller:
-        tier = claims.tier or self.settings.default_tier
+    def _from_claims(self, claims: Claims, ctx: RequestContext) -> Caller:
+        # 403, not 401: the token is genuine, it just does not grant this.
+        settings = self.settings.jwt
+        assert settings is not None
+        tier = self.settings.default_tier
+        if claims.tier is not None and settings.tiers:
+            tier = settings.tiers.get(claims.tier)
+            if tier is None:
+                raise forbidden(
+                    f"Your token's tier {claims.tier!r} is not one this gateway accepts; "
+                    "ask an admin to map it under jwt.tiers."
+                )
         if tier is None:
             raise forbidden("Your token names no tier and no default tier is configured.")
+        scope = self.scopes.get(ctx.endpoint)
+        if scope is not None and scope not in claims.scopes:
+            raise forbidden(f"Your token lacks the scope {scope!r} that {ctx.request.path} needs.")
         return Caller(f"jwt:{claims.subject}", claims.subject, tier)
 
     async def _verify_key(self, token: str) -> Verdict:
         key_id = parse_key(token)
         if key_id is None:
             return Verdict(None, Reason.MALFORMED)
-        now = time.monotonic()
-        cached = self._cache.get(key_id)
-        if cached is None or cached[0] < now:
-            assert self.store is not None
-            cached = (now + self.settings.cache_seconds, await self.store.get(key_id))
-            if len(self._cache) >= 10_000:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key_id] = cached
-        return judge(token, key_id, cached[1], datetime.now(UTC))
+        assert self.keys is not None
+        return judge(token, key_id, await self.keys.get(key_id), datetime.now(UTC))
 
 
 def _failure_reason(err: GatewayError) -> str | None:
@@ -261,6 +276,16 @@ def credential(ctx: RequestContext) -> str | None:
         scheme, _, token = auth.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("Send the key as 'Authorization: Bearer <key>'.")
-        return token.strip()
+        return _printable_ascii(token.strip())
     api_key = headers.get("api-key")
-    return api_key.strip() if api_key else None
+    return _printable_ascii(api_key.strip()) if api_key else None
+
+
+def _printable_ascii(token: str) -> str:
+    # Keys and JWTs are printable ASCII. aiohttp hands other header bytes over as lone
+    # surrogates (surrogateescape), which no encoder accepts: stop them here.
+    if not (token.isascii() and token.isprintable()):
+        raise unauthorized(
+            "The credential holds bytes no API key or token has; send it as printable ASCII."
+        )
+    return token

@@ -1,10 +1,12 @@
 """Which buckets a caller's requests touch, their Redis keys, and what a request costs.
 
-Key layout: `<prefix>:{<tag>}:<scope>:<id>:<limit>[:<window>]`. The `{tag}` is Redis
+Key layout: `<prefix>:{<tag>}:<scope>:<id>:<limit>`. The `{tag}` is Redis
 Cluster's hash tag: all keys one script call touches must share a slot, so the tag is
 the most widely shared scope the caller's tier limits: the tier when it has whole-tier
 buckets, else the user when it has per-user buckets, else the caller (API key, token
-subject or client address), which spreads callers over the cluster.
+subject or client address), which spreads callers over the cluster. Every key a call
+touches is passed to the script, quotas included: a quota's window comes from Redis's
+clock inside the script, and its key holds the window it counts (see admit.lua).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.validate import CHOICES, LENGTHS, READ_LENGTHS
 from policies.rate_limit.settings import (
     CONCURRENCY,
     QUOTA_DAY,
@@ -26,14 +28,16 @@ from policies.rate_limit.settings import (
 )
 
 MINUTE_MS = 60_000
-KINDS = {REQUESTS: "b", TOKENS: "b", CONCURRENCY: "c", QUOTA_DAY: "q", QUOTA_MONTH: "q"}
+# Quotas are "d" (UTC day) and "m" (UTC month): the script finds the window from Redis's clock.
+KINDS = {REQUESTS: "b", TOKENS: "b", CONCURRENCY: "c", QUOTA_DAY: "d", QUOTA_MONTH: "m"}
+QUOTAS = ("d", "m")
 _SAFE = re.compile(r"[A-Za-z0-9:._@/+=-]{1,80}")
 
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    key: str  # quotas: the window id is appended per request
-    kind: str  # "b" token bucket, "c" in-flight set, "q" quota (see admit.lua)
+    key: str
+    kind: str  # "b" token bucket, "c" in-flight set, "d"/"m" quota (see admit.lua)
     limit: int
     unit: str  # requests, tokens, concurrency, quota_day, quota_month
     scope: str  # "key", "user", "tier": whose bucket it is, for messages
@@ -46,7 +50,6 @@ class Plan:
     buckets: tuple[Bucket, ...]
     requests: tuple[int, ...]  # indexes of request-count buckets (header candidates)
     tokens: tuple[int, ...]  # indexes of tokens-per-minute buckets (header candidates)
-    has_quota: bool
     # A plan whose only buckets count requests never needs a completion call.
     settles: bool
 
@@ -61,12 +64,16 @@ def safe_id(value: str) -> str:
 def make_plan(
     prefix: str, tier: str | None, limits: Limits, principal: str, subject: str | None
 ) -> Plan:
+    """The buckets of `principal` ("key:<id>", "jwt:<sub>", "ip:<addr>", ...). A user is
+    the subject within the principal's kind: an API key owner "alice" and a token subject
+    "alice" are two users, and no one can name their way into another's buckets."""
     scopes: list[tuple[str, str, Limits]] = [("key", principal, limits)]
     tag = principal
     if isinstance(limits, TierLimits):
         if limits.per_user is not None and subject is not None:
-            scopes.append(("user", subject, limits.per_user))
-            tag = f"user:{subject}"
+            user = f"{principal.partition(':')[0]}:{subject}"
+            scopes.append(("user", user, limits.per_user))
+            tag = f"user:{user}"
         if limits.whole_tier is not None and tier is not None:
             scopes.append(("tier", tier, limits.whole_tier))
             tag = f"tier:{tier}"
@@ -80,47 +87,47 @@ def make_plan(
         tuple(buckets),
         tuple(i for i, b in enumerate(buckets) if b.unit == REQUESTS),
         tuple(i for i, b in enumerate(buckets) if b.unit == TOKENS),
-        any(b.kind == "q" for b in buckets),
         any(b.unit != REQUESTS for b in buckets),
     )
 
 
-class Windows:
-    """The current UTC day and month: ids for quota keys and their ends in unix ms."""
+def _text_length(value: Any, *, every_field: bool = False) -> int:
+    """Characters of text in a message content, prompt or input (token ids count 4
+    each); with `every_field`, of every key and string in it (tool definitions, tool
+    calls: the chat template writes them all into the prompt).
 
-    def __init__(self) -> None:
-        self.valid_until = 0.0
-        self.ids: dict[str, tuple[str, int]] = {}
-
-    def current(self, now: float) -> dict[str, tuple[str, int]]:
-        if now >= self.valid_until:
-            today = datetime.fromtimestamp(now - now % 86400, UTC)  # unix days: 86400 s
-            tomorrow = today + timedelta(days=1)
-            month = today.replace(day=1)
-            next_month = (month + timedelta(days=32)).replace(day=1)
-            self.ids = {
-                QUOTA_DAY: (today.strftime("%Y%m%d"), int(tomorrow.timestamp() * 1000)),
-                QUOTA_MONTH: (month.strftime("%Y%m"), int(next_month.timestamp() * 1000)),
-            }
-            self.valid_until = tomorrow.timestamp()
-        return self.ids
-
-
-def _text_length(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):  # a content part
-        return _text_length(value.get("text"))
-    if isinstance(value, list):  # content parts, a list of prompts, or token ids
-        return sum(4 if isinstance(v, int) else _text_length(v) for v in value)
-    return 0
+    A loop, not recursion: a body nested as deep as the JSON parser allows (1,024 levels)
+    must not exhaust Python's stack."""
+    total, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            if every_field:
+                total += sum(map(len, item))
+                pending.extend(item.values())
+            else:  # a content part, or llama-server's {"prompt_string": ...} prompt
+                pending += (item.get("text"), item.get("prompt_string"))
+        elif isinstance(item, list):  # content parts, a list of prompts, or token ids
+            for part in item:
+                if isinstance(part, int):
+                    total += 4
+                else:
+                    pending.append(part)
+    return total
 
 
 def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     """A cheap estimate: about four characters per token, plus a few per chat message."""
     if endpoint == "chat.completions":
-        messages = body.get("messages") or []
-        chars = sum(_text_length(m.get("content")) + 16 for m in messages if isinstance(m, dict))
+        tools = body.get("tools")
+        chars = 0 if tools is None else _text_length(tools, every_field=True)
+        for message in body.get("messages") or []:
+            if isinstance(message, dict):
+                content, calls = message.get("content"), message.get("tool_calls")
+                chars += len(content) if isinstance(content, str) else _text_length(content)
+                chars += 16 if calls is None else 16 + _text_length(calls, every_field=True)
     elif endpoint == "completions":
         chars = _text_length(body.get("prompt"))
     else:
@@ -128,11 +135,31 @@ def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     return chars // 4 + 1
 
 
-def completion_tokens(body: dict[str, Any], tier_cap: int | None, default: int) -> int:
-    """The most the answer may cost: max_tokens (capped by the tier) times `n` choices."""
-    asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    tokens = asked if isinstance(asked, int) and asked > 0 else (tier_cap or default)
+def completion_tokens(
+    endpoint: str, body: dict[str, Any], tier_cap: int | None, default: int
+) -> int:
+    """The most the answers may cost: the largest length field named (capped by the
+    tier), times the answers per prompt, times the prompts."""
+    tokens = choices = 0
+    for name in LENGTHS:
+        value = body.get(name)
+        if isinstance(value, int) and value > tokens:
+            tokens = value
+    if all(body.get(name) is None for name in READ_LENGTHS):  # llama-server decides
+        tokens = max(tokens, tier_cap or default)
     if tier_cap is not None:
         tokens = min(tokens, tier_cap)
-    n = body.get("n")
-    return tokens * (n if isinstance(n, int) and 1 <= n <= 128 else 1)
+    for name in CHOICES:
+        value = body.get(name)
+        if isinstance(value, int) and value > choices:
+            choices = value
+    return tokens * (choices or 1) * _prompts(endpoint, body)
+
+
+def _prompts(endpoint: str, body: dict[str, Any]) -> int:
+    """How many prompts llama-server answers: a completions prompt that is an array
+    without token ids is one prompt per element (each gets its own answers)."""
+    prompt = body.get("prompt") if endpoint == "completions" else None
+    if isinstance(prompt, list) and not any(isinstance(p, int | float) for p in prompt):
+        return max(1, len(prompt))
+    return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
@@ -22,7 +23,8 @@ SWEEP_MS = 1000  # how often expired keys nobody reads again are dropped
 
 
 class Embedded:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # the store's time, what TIME answers: unix seconds
         self.lua = lua51.LuaRuntime(encoding="utf-8", unpack_returned_tuples=True)
         keyspace = (files("policies.rate_limit") / "scripts" / "keyspace.lua").read_text("utf-8")
         redis, self._begin, self._sweep = self.lua.execute(keyspace)
@@ -45,7 +47,7 @@ class Embedded:
         script = self.scripts.get(sha)
         if script is None:
             raise ReplyError("NOSCRIPT No matching script. Please use EVAL.")
-        now = int(time.time() * 1000)
+        now = int(self.clock() * 1000)
         self._begin(now)
         if now - self._swept >= SWEEP_MS:
             self._swept = now

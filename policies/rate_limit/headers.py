@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from multidict import CIMultiDict
+
 from gateway.errors import GatewayError
 from policies.rate_limit.buckets import Bucket
-from policies.rate_limit.settings import CONCURRENCY, QUOTA_DAY, QUOTA_MONTH, REQUESTS
+from policies.rate_limit.settings import CONCURRENCY, QUOTA_DAY, QUOTA_MONTH, REQUESTS, TOKENS
 
 
 def duration(ms: int) -> str:
@@ -65,3 +69,19 @@ def refusal(bucket: Bucket, tier: str | None, cost: int, retry_ms: int) -> Gatew
         code="rate_limit_exceeded",
         headers=headers,
     )
+
+
+def set_headers(buckets: Sequence[Bucket], results: list[int], headers: CIMultiDict[str]) -> None:
+    """The tightest request and token bucket of those a request touched (`results`:
+    remaining_1, reset_ms_1, ... in the same order, as admit.lua returns them)."""
+    for unit, suffix in ((REQUESTS, "requests"), (TOKENS, "tokens")):
+        best: tuple[int, int, int] | None = None  # remaining, reset ms, limit
+        for position, bucket in enumerate(buckets):
+            if bucket.unit == unit:
+                remaining = results[2 * position]
+                if best is None or remaining < best[0]:
+                    best = (remaining, results[2 * position + 1], bucket.limit)
+        if best is not None:
+            headers[f"x-ratelimit-limit-{suffix}"] = str(best[2])
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(best[0])
+            headers[f"x-ratelimit-reset-{suffix}"] = duration(best[1])

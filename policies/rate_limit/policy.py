@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,20 +24,20 @@ from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
 from policies.rate_limit.buckets import (
     MINUTE_MS,
+    QUOTAS,
     Plan,
-    Windows,
     completion_tokens,
     make_plan,
     prompt_tokens,
 )
-from policies.rate_limit.headers import duration, refusal
+from policies.rate_limit.headers import refusal, set_headers
 from policies.rate_limit.settings import (
     REQUESTS,
-    TOKENS,
     Limits,
     RateLimitSettings,
     TierLimits,
 )
+from policies.rate_limit.slots import Held, Keeper
 from policies.rate_limit.store import ADMIT, SETTLE, Backend, Unavailable, open_client
 
 log = logging.getLogger("policies.rate_limit")
@@ -57,6 +56,8 @@ class Admission:
     reserved: int  # prompt estimate + the most the answer may cost
     member: str  # this request in the in-flight sets
     results: list[int]  # remaining_1, reset_ms_1, ... as the script returned them
+    clock: int = 0  # Redis's time at admission, unix ms
+    held: Held | None = None  # its in-flight slots, kept while it runs
     admitted: bool = True
     # Whether the admission ran is unknown (no answer in time, connection lost, or the
     # request cancelled while waiting): its in-flight slot may be taken, so completion
@@ -72,8 +73,8 @@ class RateLimitPolicy(Policy):
     def __init__(self, settings: RateLimitSettings, env: PolicyEnv) -> None:
         super().__init__(settings, env)
         self.backend: Backend | None = None
+        self.keeper: Keeper | None = None
         self._plans: dict[tuple[str | None, str, str | None], Plan] = {}
-        self._windows = Windows()
         self._member = f"{secrets.token_hex(8)}:"
         self._counter = itertools.count(1)
         self._ttl_ms = int(settings.concurrency_ttl_seconds * 1000)
@@ -109,7 +110,8 @@ class RateLimitPolicy(Policy):
             await backend.load()
             return backend
 
-        self.backend = await self.env.resources.get("rate_limit.backend", create, _nothing)
+        backend = await self.env.resources.get("rate_limit.backend", create, _nothing)
+        self.backend, self.keeper = backend, Keeper(backend, self._ttl_ms)
 
     async def readiness(self) -> Mapping[str, Check]:
         if self.backend is None or not self.env.config.storage.redis_url:
@@ -131,7 +133,7 @@ class RateLimitPolicy(Policy):
         args: list[Any] = [admission.member, self._ttl_ms]
         for i, cost in zip(admission.indexes, admission.costs, strict=True):
             bucket = plan.buckets[i]
-            args += [bucket.kind, bucket.limit, cost, self._extra(bucket.unit)]
+            args += [bucket.kind, bucket.limit, cost, MINUTE_MS]
         ctx.state[self.name] = admission  # uncertain until the script's answer comes
         try:
             result = await self.backend.run(ADMIT, admission.keys, args)
@@ -139,14 +141,22 @@ class RateLimitPolicy(Policy):
             admission.admitted, admission.uncertain = False, exc.maybe_ran
             return self._unavailable(exc)
         admission.uncertain = False
-        admission.results = result[3:]
+        admission.clock, admission.results = result[3], result[4:]
         if result[0] != 1:
             admission.admitted = False
             position = result[1] - 1
             bucket = plan.buckets[admission.indexes[position]]
             self.env.metrics.rate_limited.labels(ctx.tier or DEFAULT_TIER, bucket.unit).inc()
             raise refusal(bucket, ctx.tier, admission.costs[position], result[2])
+        self._hold_slots(admission)
         return None
+
+    def _hold_slots(self, admission: Admission) -> None:
+        touched = zip(admission.indexes, admission.keys, strict=True)
+        slots = [key for i, key in touched if admission.plan.buckets[i].kind == "c"]
+        if slots:
+            assert self.keeper is not None
+            admission.held = self.keeper.hold(slots, admission.member)
 
     def _plan(self, tier: str | None, limits: Limits, principal: str, subject: str | None) -> Plan:
         cache_key = (tier, principal, subject)
@@ -170,22 +180,18 @@ class RateLimitPolicy(Policy):
             answer = 0
             if ctx.endpoint != "embeddings":
                 cap = tier.max_tokens if tier else None
-                answer = completion_tokens(body, cap, self.settings.default_max_tokens)
+                answer = completion_tokens(
+                    ctx.endpoint, body, cap, self.settings.default_max_tokens
+                )
             reserved = prompt + answer
             indexes = list(range(len(plan.buckets)))
-        windows = self._windows.current(time.time()) if plan.has_quota else {}
-        keys, costs = [], []
-        for i in indexes:
-            bucket = plan.buckets[i]
-            window = windows.get(bucket.unit)
-            keys.append(f"{bucket.key}:{window[0]}" if window else bucket.key)
-            costs.append(1 if bucket.unit == REQUESTS else min(reserved, bucket.limit))
+        keys = [plan.buckets[i].key for i in indexes]
+        costs = [
+            1 if plan.buckets[i].unit == REQUESTS else min(reserved, plan.buckets[i].limit)
+            for i in indexes
+        ]
         member = f"{self._member}{next(self._counter)}"
         return Admission(plan, indexes, keys, costs, prompt, reserved, member, [])
-
-    def _extra(self, unit: str) -> int:
-        window = self._windows.ids.get(unit)
-        return window[1] if window else MINUTE_MS
 
     def _unavailable(self, exc: Unavailable) -> Reply | None:
         self.env.metrics.dependency_errors.labels("redis", self._action).inc()
@@ -203,10 +209,14 @@ class RateLimitPolicy(Policy):
     async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
         admission: Admission | None = ctx.state.get(self.name)
         if admission is not None and admission.results:
-            _set_headers(admission, headers)
+            touched = [admission.plan.buckets[i] for i in admission.indexes]
+            set_headers(touched, admission.results, headers)
 
     async def on_complete(self, ctx: RequestContext) -> None:
         admission: Admission | None = ctx.state.get(self.name)
+        if admission is not None and admission.held is not None:
+            assert self.keeper is not None
+            self.keeper.release(admission.held)
         if admission is None or not admission.plan.settles:
             return
         if not (admission.admitted or admission.uncertain):
@@ -214,7 +224,8 @@ class RateLimitPolicy(Policy):
         used = tokens_used(ctx, admission)
         keys: list[str] = []
         args: list[Any] = [admission.member]
-        for i, key, cost in zip(admission.indexes, admission.keys, admission.costs, strict=True):
+        charged = zip(admission.indexes, admission.keys, admission.costs, strict=True)
+        for position, (i, key, cost) in enumerate(charged):
             bucket = admission.plan.buckets[i]
             # Uncertain: nothing known to settle, only the slot is freed.
             if bucket.kind != "c" and (
@@ -223,7 +234,7 @@ class RateLimitPolicy(Policy):
                 continue
             keys.append(key)
             args += [bucket.kind, bucket.limit, used - cost if bucket.kind != "c" else 0]
-            args.append(self._extra(bucket.unit) if bucket.kind == "b" else 0)
+            args.append(_settle_extra(admission, position, bucket.kind))
         if not keys:
             return
         assert self.backend is not None
@@ -233,6 +244,14 @@ class RateLimitPolicy(Policy):
             # The reservation stands (buckets refill anyway) and the in-flight slot
             # frees itself after concurrency_ttl_seconds.
             self.env.metrics.dependency_errors.labels("redis", "settle_lost").inc()
+
+
+def _settle_extra(admission: Admission, position: int, kind: str) -> int:
+    """What settle.lua needs besides the charge: a token bucket's refill period, or the
+    end of the quota window the admission charged (Redis's time plus the reset)."""
+    if kind in QUOTAS:
+        return admission.clock + admission.results[2 * position + 1]
+    return MINUTE_MS
 
 
 def tokens_used(ctx: RequestContext, admission: Admission) -> int:
@@ -257,22 +276,6 @@ def tokens_used(ctx: RequestContext, admission: Admission) -> int:
     # unknowable), or an answer came without usage: the reservation stands, so that
     # leaving early is not a way to free generation.
     return admission.reserved
-
-
-def _set_headers(admission: Admission, headers: CIMultiDict[str]) -> None:
-    buckets, results = admission.plan.buckets, admission.results
-    for unit, suffix in ((REQUESTS, "requests"), (TOKENS, "tokens")):
-        best: tuple[int, int, int] | None = None  # remaining, reset ms, limit
-        for position, i in enumerate(admission.indexes):
-            bucket = buckets[i]
-            if bucket.unit == unit:
-                remaining = results[2 * position]
-                if best is None or remaining < best[0]:
-                    best = (remaining, results[2 * position + 1], bucket.limit)
-        if best is not None:
-            headers[f"x-ratelimit-limit-{suffix}"] = str(best[2])
-            headers[f"x-ratelimit-remaining-{suffix}"] = str(best[0])
-            headers[f"x-ratelimit-reset-{suffix}"] = duration(best[1])
 
 
 def _where(url: str | None) -> str:

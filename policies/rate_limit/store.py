@@ -46,6 +46,7 @@ PROBE_SECONDS = 0.5
 
 ADMIT = Script("admit")
 SETTLE = Script("settle")
+TOUCH = Script("touch")
 
 
 class Client(Protocol):
@@ -81,7 +82,7 @@ class Backend:
     async def load(self) -> None:
         """Register the scripts (best effort: a Redis down at start-up is not fatal)."""
         try:
-            for script in (ADMIT, SETTLE):
+            for script in (ADMIT, SETTLE, TOUCH):
                 await self._bounded("SCRIPT", "LOAD", script.text)
         except Unavailable:
             pass  # logged; EVALSHA loads them on first use

@@ -9,13 +9,16 @@ from typing import Any
 
 import orjson
 
-from gateway.cli import admin_config, run
+from gateway.cli import add_config_flag, admin_config, run
+from gateway.clierrors import explained
+from gateway.config import GatewayConfig
 from policies.usage.report import GROUPS, ReportError, as_json, format_table, parse_time
 from policies.usage.store import StoreUnavailable, open_usage_store
 
 
-async def _report(args: argparse.Namespace, since: datetime, until: datetime) -> str:
-    config, _ = admin_config(args.config)
+async def _report(
+    config: GatewayConfig, args: argparse.Namespace, since: datetime, until: datetime
+) -> str:
     storage = config.storage
     store = open_usage_store(storage.database_url, storage.data_path / "gateway.db")
     # The embedded file is created on demand; PostgreSQL is migrated by `db migrate`.
@@ -30,15 +33,14 @@ async def _report(args: argparse.Namespace, since: datetime, until: datetime) ->
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    config, _ = admin_config(args)
     try:
         since = parse_time(args.since)
         until = parse_time(args.until) if args.until else datetime.now(since.tzinfo)
-        print(run(_report(args, since, until)))
+        with explained(config):  # an unreachable database: one line naming its setting
+            print(run(_report(config, args, since, until)))
     except (ReportError, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: the usage database cannot be reached: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -47,7 +49,7 @@ def register(sub: Any) -> None:
     usage = sub.add_parser(
         "usage", help="usage report: requests, tokens, errors, cost, p50/p95 latency"
     )
-    usage.add_argument("--config", help="gateway configuration (default: $LLAMA_GATEWAY_CONFIG)")
+    add_config_flag(usage)
     usage.add_argument("--since", default="24h", help="24h, 30m, 7d, 2w or an ISO date (24h)")
     usage.add_argument("--until", help="end of the range, same forms (default: now)")
     usage.add_argument("--by", choices=sorted(GROUPS), help="one line per key, user, tier, ...")

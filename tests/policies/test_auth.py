@@ -46,6 +46,7 @@ def auth_config(fake_url: str, pg_url: str, **auth: Any) -> Any:
             "audience": "gw",
             "issuer": "idp",
             "max_token_bytes": 4096,
+            "tiers": {"premium": "premium", "free": "free"},
         },
         "cache_seconds": 1,
         **auth,

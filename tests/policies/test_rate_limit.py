@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 
 from tests.conftest import GatewayFactory
@@ -25,10 +27,11 @@ async def limited(make_gateway: GatewayFactory, prefix: str, **default: Any) -> 
     return await make_gateway(storage=STORAGE, policies=[limit_policy(prefix, default=default)])
 
 
-def quota_used(store: redis.Redis, prefix: str) -> int:
-    keys = list(store.scan_iter(match=f"{prefix}:*:quota_day:*"))
+def quota_used(store: redis.Redis, prefix: str, unit: str = "quota_day") -> int:
+    """Tokens charged to the caller's quota in the window its hash holds."""
+    keys = list(store.scan_iter(match=f"{prefix}:*:{unit}"))
     assert len(keys) == 1, keys
-    return int(store.get(keys[0]) or 0)
+    return int(store.hget(keys[0], "v") or 0)
 
 
 async def test_answer_carries_openai_rate_limit_headers(
@@ -187,3 +190,86 @@ async def test_embeddings_reserve_only_the_prompt(
     # 400 characters: about 100 tokens reserved, where a chat would add max_tokens.
     assert 9_895 <= int(resp.headers["x-ratelimit-remaining-tokens"]) <= 9_900
     await until(lambda: quota_used(store, prefix) == 4)  # then the fake's real usage
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v1/chat/completions", b'{"model":"fake","messages":[{"role":"user","content":%s}]}'),
+        ("/v1/completions", b'{"model":"fake","prompt":%s}'),
+        ("/v1/embeddings", b'{"model":"fake","input":%s}'),
+    ],
+)
+async def test_deeply_nested_prompt_is_estimated_without_an_error(
+    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str, path: str, template: bytes
+) -> None:
+    client = await limited(make_gateway, prefix, tokens_per_minute=10_000)
+    body = template % (b"[" * 1_000 + b'"hi"' + b"]" * 1_000)
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    assert len(fake.requests) == 1
+
+
+def redis_day_end(store: redis.Redis) -> int:
+    seconds, _ = store.time()
+    return (seconds // 86_400 + 1) * 86_400_000
+
+
+@pytest.mark.parametrize("skew_days", [1, -1, 45])
+async def test_quota_window_follows_redis_time_not_the_gateway_clock(
+    make_gateway: GatewayFactory,
+    store: redis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    skew_days: int,
+) -> None:
+    client = await limited(make_gateway, prefix, tokens_per_day=5_000, tokens_per_month=9_000)
+    day_end = redis_day_end(store)
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    await until(lambda: quota_used(store, prefix) == 8)  # the fake's usage
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_days * 86_400)
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    await until(lambda: quota_used(store, prefix) == 16)
+    if redis_day_end(store) != day_end:
+        pytest.skip("the UTC day ended during the test")
+    # Both requests were charged to the day and month Redis is in, whatever the
+    # gateway's clock said.
+    assert quota_used(store, prefix, "quota_month") == 16
+    (key,) = store.scan_iter(match=f"{prefix}:*:quota_day")
+    assert int(store.hget(key, "e") or 0) == day_end
+
+
+@pytest.mark.parametrize(("quota", "skew_days"), [("tokens_per_day", 1), ("tokens_per_month", 45)])
+async def test_quota_used_up_stays_used_up_when_the_gateway_clock_jumps(
+    make_gateway: GatewayFactory,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    quota: str,
+    skew_days: int,
+) -> None:
+    client = await limited(make_gateway, prefix, **{quota: 20})
+    ask = {**CHAT, "max_tokens": 1}  # reserves 8 tokens, the fake's usage: also 8
+    for _ in range(2):
+        assert (await client.post("/v1/chat/completions", json=ask)).status == 200
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_days * 86_400)
+    resp = await client.post("/v1/chat/completions", json=ask)
+    assert resp.status == 429
+    assert (await resp.json())["error"]["code"] == "insufficient_quota"
+
+
+async def test_request_larger_than_the_bucket_is_charged_all_it_used(
+    make_gateway: GatewayFactory, prefix: str, store: redis.Redis
+) -> None:
+    client = await limited(make_gateway, prefix, tokens_per_minute=1_000)
+    # Reserves 3,000 (cut to the whole bucket of 1,000) and uses 3,005: the caller then
+    # waits until the bucket has refilled all of it, not only one bucket's worth.
+    big = {**CHAT, "max_tokens": 3_000, "fake": {"chunks": 3_000}}
+    assert (await client.post("/v1/chat/completions", json=big)).status == 200
+    (key,) = store.scan_iter(match=f"{prefix}:*:tokens")
+    await until(lambda: float(store.hget(key, "v") or 0) < -1_000)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1})
+    assert resp.status == 429
+    # 2,005 tokens of debt plus this request's 8, at 1,000 a minute.
+    assert 115 <= int(resp.headers["Retry-After"]) <= 121

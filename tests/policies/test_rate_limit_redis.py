@@ -15,9 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 import yaml
 from aiohttp.test_utils import TestClient
 
+from policies.rate_limit.store import TOUCH
 from tests.conftest import GatewayFactory
 from tests.e2e.conftest import listening_port, log_tail
 from tests.fake_llama import FakeLlama
@@ -270,3 +272,15 @@ async def test_ready_reports_redis_and_fails_only_when_failing_closed(
     assert (status, body["checks"]["rate_limit:redis"]) == (status_when_down, False)
     own_redis.start()
     assert (await ready())[0] == 200
+
+
+def test_touching_a_freed_slot_does_not_take_it_again_on_redis(
+    store: redis.Redis, prefix: str
+) -> None:
+    key = f"{prefix}:{{t}}:concurrency"
+    store.zadd(key, {"m1": 1})
+    assert store.eval(TOUCH.text, 1, key, "m1", 60_000) == 1
+    assert 0 < store.pttl(key) <= 61_000
+    store.zrem(key, "m1")
+    assert store.eval(TOUCH.text, 1, key, "m1", 60_000) == 0
+    assert store.zcard(key) == 0

@@ -254,3 +254,29 @@ def test_redis_url_must_name_redis(fake_url: str) -> None:
     with pytest.raises(ConfigError) as caught:
         gateway_config(fake_url, storage={"redis_url": "http://127.0.0.1:6379"})
     assert caught.value.problems[0].startswith("storage.redis_url: must be a redis://")
+
+
+async def test_request_running_longer_than_the_slot_expiry_keeps_its_slot(
+    make_gateway: GatewayFactory, fake: FakeLlama, prefix: str, storage: dict[str, Any]
+) -> None:
+    client = await make_gateway(
+        storage=storage,
+        tiers=TIERS,
+        policies=[
+            {"type": "auth", "api_keys": False, "static_keys": static_keys()},
+            limit_policy(prefix, concurrency_ttl_seconds=1.5, tiers={"free": {"concurrency": 1}}),
+        ],
+    )
+    # A stream whose events come slowly runs for three times the slot's expiry...
+    slow = {"stream": True, "fake": {"chunks": 9, "delay": 0.5}}
+    running = asyncio.ensure_future(chat(client, "alice-1", **slow))
+    await until(lambda: fake.in_flight == 1)
+    await asyncio.sleep(3)
+    # ...and holds its slot all along.
+    refused = await chat(client, "alice-1")
+    assert refused.status == 429
+    assert "in flight" in (await refused.json())["error"]["message"]
+    answer = await running
+    assert answer.status == 200
+    assert (await answer.read()).endswith(b"data: [DONE]\n\n")
+    assert (await chat(client, "alice-1")).status == 200

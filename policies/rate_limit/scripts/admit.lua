@@ -5,17 +5,46 @@
 -- ARGV[3 + 4(i-1) ..]  kind, limit, cost, extra of bucket i, where kind is
 --   "b"  token bucket of `limit` refilled evenly over `extra` ms (requests or tokens)
 --   "c"  in-flight requests: a sorted set of members scored by their expiry
---   "q"  quota: tokens used in a calendar window that ends at unix ms `extra`
+--   "d", "m"  quota: tokens used in the current UTC day or month, a hash of the
+--        window's end in unix ms ("e") and the tokens used in it ("v"); the window
+--        comes from Redis's clock, like everything else here, never the caller's
+--   (`extra` is unused by "c", "d" and "m")
 --
--- Returns {1, 0, 0, remaining_1, reset_ms_1, ...} when admitted and charged, or
--- {0, i, retry_ms, ...} when refused by bucket i (the one that frees up last); nothing
--- is charged then. `reset_ms` is the time until the bucket is back to its full state.
+-- Returns {1, 0, 0, now, remaining_1, reset_ms_1, ...} when admitted and charged, or
+-- {0, i, retry_ms, now, ...} when refused by bucket i (the one that frees up last);
+-- nothing is charged then. `now` is Redis's time in unix ms, `reset_ms` the time until
+-- the bucket is back to its full state (for a quota: until its window ends).
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local member, ttl = ARGV[1], tonumber(ARGV[2])
 local QUOTA_GRACE_MS = 3600000 -- a quota outlives its window while answers settle
+local DAY_MS = 86400000
 
-local level, wait = {}, {}
+-- The end of the UTC day ("d") or month ("m") that `now` is in, in unix ms.
+local function window_end(kind)
+  local days = math.floor(now / DAY_MS) -- unix days: 86400 s each, leap seconds aside
+  if kind == "d" then
+    return (days + 1) * DAY_MS
+  end
+  -- The civil date of `days` (Howard Hinnant's days_to_civil, in eras of 400 years).
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153) -- months from March
+  local day = doy - math.floor((153 * mp + 2) / 5) -- of the month, from 0
+  local year = yoe + era * 400 + (mp >= 10 and 1 or 0)
+  local month = mp < 10 and mp + 3 or mp - 9
+  local length = ({31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31})[month]
+  if month == 2 and year % 4 == 0 and (year % 100 ~= 0 or year % 400 == 0) then
+    length = 29
+  end
+  return (days - day + length) * DAY_MS
+end
+
+local level, wait, ends = {}, {}, {}
 local refused, retry = 0, 0
 
 for i, key in ipairs(KEYS) do
@@ -39,10 +68,15 @@ for i, key in ipairs(KEYS) do
     if lvl < 1 then
       wait[i] = 1000 -- until one in flight ends: unknowable here
     end
-  else -- level: tokens left in the window
-    lvl = limit - tonumber(redis.call("GET", key) or "0")
+  else -- level: tokens left in the current window (a hash of a past one counts none)
+    local state = redis.call("HMGET", key, "e", "v")
+    ends[i] = window_end(kind)
+    lvl = limit
+    if tonumber(state[1]) == ends[i] then
+      lvl = limit - tonumber(state[2])
+    end
     if lvl < cost then
-      wait[i] = math.max(1, extra - now)
+      wait[i] = ends[i] - now
     end
   end
   level[i] = lvl
@@ -53,7 +87,7 @@ end
 
 -- What is left in each bucket (after this request's charge, if admitted) and how long
 -- until it is full again.
-local out = {refused == 0 and 1 or 0, refused, retry}
+local out = {refused == 0 and 1 or 0, refused, retry, now}
 for i = 1, #KEYS do
   local at = 3 + (i - 1) * 4
   local kind, limit = ARGV[at], tonumber(ARGV[at + 1])
@@ -65,8 +99,8 @@ for i = 1, #KEYS do
   local reset = 0
   if kind == "b" then
     reset = math.ceil((limit - left) * extra / limit)
-  elseif kind == "q" then
-    reset = math.max(0, extra - now)
+  elseif kind ~= "c" then
+    reset = ends[i] - now
   end
   out[#out + 1] = math.max(0, math.floor(left))
   out[#out + 1] = reset
@@ -87,8 +121,8 @@ for i, key in ipairs(KEYS) do
     redis.call("ZADD", key, now + ttl, member)
     redis.call("PEXPIRE", key, ttl + 1000)
   else
-    redis.call("INCRBY", key, cost)
-    redis.call("PEXPIREAT", key, extra + QUOTA_GRACE_MS)
+    redis.call("HSET", key, "e", ends[i], "v", limit - level[i] + cost)
+    redis.call("PEXPIREAT", key, ends[i] + QUOTA_GRACE_MS)
   end
 end
 return out

@@ -54,30 +54,6 @@ local commands = {
   TIME = function()
     return {tostring(math.floor(now / 1000)), tostring(now % 1000 * 1000)}
   end,
-  GET = function(key)
-    return get(key, "string") or false
-  end,
-  SET = function(key, value, option)
-    get(key, "string")
-    local ttl = expires[key]
-    drop(key)
-    data[key], kinds[key] = type(value) == "number" and number(value) or value, "string"
-    if option and string.upper(option) == "KEEPTTL" then
-      expires[key] = ttl
-    end
-    return {ok = "OK"}
-  end,
-  INCRBY = function(key, by)
-    local value = tonumber(get(key, "string") or "0") + tonumber(by)
-    if data[key] == nil then
-      kinds[key] = "string"
-    end
-    data[key] = number(value)
-    return value
-  end,
-  EXISTS = function(key)
-    return get(key, kinds[key]) == nil and 0 or 1
-  end,
   PEXPIRE = function(key, ms)
     return expire_at(key, now + tonumber(ms))
   end,
@@ -106,6 +82,11 @@ local commands = {
     local added = set[member] == nil and 1 or 0
     set[member] = tonumber(score)
     return added
+  end,
+  ZSCORE = function(key, member)
+    local set = get(key, "zset")
+    local score = set and set[member]
+    return score and number(score) or false
   end,
   ZREM = function(key, member)
     local set = get(key, "zset")

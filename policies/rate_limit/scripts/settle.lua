@@ -4,7 +4,8 @@
 -- KEYS[i]  bucket i
 -- ARGV[1]  the request's member in concurrency sets
 -- ARGV[2 + 4(i-1) ..]  kind, limit, delta, extra of bucket i (kinds as in admit.lua);
---   delta = tokens used - tokens reserved (negative gives tokens back)
+--   delta = tokens used - tokens reserved (negative gives tokens back); for a quota,
+--   extra = the end of the window the admission charged (a later window is not touched)
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local member = ARGV[1]
@@ -19,15 +20,17 @@ for i, key in ipairs(KEYS) do
     if state[1] then
       lvl = math.min(limit, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * limit / extra)
     end
-    -- Usage beyond the reservation becomes debt, at most one full bucket of it.
-    lvl = math.max(-limit, math.min(limit, lvl - delta))
+    -- Usage beyond the reservation becomes debt, all of it: a request bigger than the
+    -- whole bucket (admitted on a full bucket) is waited out until its usage refilled.
+    lvl = math.min(limit, lvl - delta)
     redis.call("HSET", key, "v", tostring(lvl), "t", now)
     redis.call("PEXPIRE", key, math.ceil((limit - lvl) * extra / limit) + 1000)
   elseif kind == "c" then
     redis.call("ZREM", key, member)
-  elseif redis.call("EXISTS", key) == 1 then
-    if redis.call("INCRBY", key, delta) < 0 then
-      redis.call("SET", key, 0, "KEEPTTL")
+  else
+    local state = redis.call("HMGET", key, "e", "v")
+    if tonumber(state[1]) == extra then
+      redis.call("HSET", key, "v", math.max(0, tonumber(state[2]) + delta))
     end
   end
 end

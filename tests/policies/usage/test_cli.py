@@ -48,9 +48,13 @@ def test_db_migrate_explains_an_unreachable_database(
 ) -> None:
     from gateway.local import free_port
 
-    write_config(tmp_path, monkeypatch, f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    port = free_port()
+    write_config(tmp_path, monkeypatch, f"postgresql://postgres:pw@127.0.0.1:{port}/test")
     assert main(["db", "migrate"]) == 1
-    assert "check storage.database_url" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the PostgreSQL database at 127.0.0.1:{port} ")
+    assert "start it or correct storage.database_url" in err
+    assert ":pw@" not in err
 
 
 async def _fill_sqlite(path: Path) -> None:
@@ -98,3 +102,17 @@ def test_usage_refuses_a_time_it_cannot_read(
     write_config(tmp_path, monkeypatch)
     assert main(["usage", "--since", "last week"]) == 1
     assert "24h" in capsys.readouterr().err
+
+
+def test_usage_explains_an_unreachable_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.local import free_port
+
+    port = free_port()
+    write_config(tmp_path, monkeypatch, f"postgresql://postgres:pw@127.0.0.1:{port}/test")
+    assert main(["usage"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the PostgreSQL database at 127.0.0.1:{port} ")
+    assert "start it or correct storage.database_url" in err
+    assert ":pw@" not in err

@@ -237,6 +237,7 @@ def raw_config(fake_url: str, data: Path, prefix: str) -> dict[str, Any]:
                     "audience": "gw",
                     "issuer": "idp",
                     "max_token_bytes": 4096,
+                    "tiers": {tier: tier for tier in TIERS},  # the tier claim, mapped
                 },
             },
             {"type": "rate_limit", "key_prefix": prefix, "tiers": LIMITS},

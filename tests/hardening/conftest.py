@@ -4,6 +4,8 @@
 (derandomize), no example database, so every run tries the same inputs; `dev` (the
 default) draws new inputs each run and remembers failures in the local database.
 Neither has a deadline: the machine is shared and timings say nothing about correctness.
+The profile is loaded here, before the test modules are imported, so the
+`@settings(max_examples=...)` of each test inherits it.
 """
 
 from __future__ import annotations

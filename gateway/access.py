@@ -16,12 +16,19 @@ from typing import Any
 import orjson
 
 from gateway.context import RequestContext
-from gateway.logs import timestamp
+from gateway.logs import printable, redact, timestamp
 
 
 def _stderr(data: bytes) -> None:
     sys.stderr.write(data.decode())
     sys.stderr.flush()
+
+
+def _dumps(line: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # text orjson refuses (a lone surrogate): the line is still written
+        return orjson.dumps(printable(line), option=orjson.OPT_APPEND_NEWLINE)
 
 
 class AccessLog:
@@ -52,9 +59,9 @@ class AccessLog:
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
             "client": request.remote,
-            "error": ctx.error,
+            "error": redact(ctx.error) if ctx.error else None,
         }
-        self._pending.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        self._pending.append(_dumps(line))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self.flush)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from aiohttp import web
 
 from gateway.background import running
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, internal_error
 from gateway.exposition import MetricsEndpoint, publish_forever
 from gateway.metrics import Metrics, multiprocess_dir
 from gateway.policy import Chain
@@ -23,6 +25,8 @@ from gateway.relay import Relay
 from gateway.runtime import PolicyRuntime
 from gateway.tracing import Tracing
 from gateway.upstreams import Pool, probe_forever
+
+log = logging.getLogger("gateway.app")
 
 
 @dataclass
@@ -50,13 +54,21 @@ def create_app(
     state = State(config, runtime, Pool.from_config(config))
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", MetricsEndpoint(metrics, state.pool).handle)
+    # GET routes answer HEAD too (`add_get`), without a body.
+    core = {
+        "/health": health,
+        "/ready": ready,
+        "/metrics": MetricsEndpoint(metrics, state.pool).handle,
+    }
+    for path, handler in core.items():
+        app.router.add_get(path, _guarded(handler, metrics, path))
     for path, endpoint in ENDPOINTS.items():
-        app.router.add_route("GET" if endpoint == "models" else "POST", path, _endpoint(endpoint))
+        if endpoint == "models":
+            app.router.add_get(path, _endpoint(endpoint))
+        else:
+            app.router.add_post(path, _endpoint(endpoint))
     _mount_policy_routes(app, runtime)
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    app.router.add_route("*", "/{tail:.*}", _guarded(not_found, metrics, "unknown"))
     return app
 
 
@@ -75,7 +87,12 @@ def _mount_policy_routes(app: web.Application, runtime: PolicyRuntime) -> None:
         for method, path in policy.routes():
             if path in taken or not path.startswith("/"):
                 raise ValueError(f"policy {policy.name!r} cannot serve {path!r}: it is taken")
-            app.router.add_route(method, path, _policy_route(runtime, policy.name, method, path))
+            handler = _guarded(
+                _policy_route(runtime, policy.name, method, path), runtime.metrics, path
+            )
+            app.router.add_route(method, path, handler)
+            if method == "GET":
+                app.router.add_route("HEAD", path, handler)
 
 
 def _policy_route(runtime: PolicyRuntime, name: str, method: str, path: str) -> Handler:
@@ -88,6 +105,34 @@ def _policy_route(runtime: PolicyRuntime, name: str, method: str, path: str) -> 
         return await not_found(request)  # a reload took the policy out of the chain
 
     return handle
+
+
+def _guarded(handler: Handler, metrics: Metrics, route: str) -> Handler:
+    """The catch-all of the routes outside the relay (which has its own): a failure of the
+    gateway's own is an OpenAI-shaped 500 with an ID to quote, logged once and counted."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            request_id = secrets.token_hex(16)
+            log.error(
+                "internal error serving %s %s",
+                request.method,
+                request.path,
+                exc_info=exc,
+                extra={"request_id": request_id},
+            )
+            metrics.internal_errors.labels(route).inc()
+            body = internal_error(request_id).body()
+            headers = {"X-Request-ID": request_id}
+            return web.Response(
+                status=500, body=body, headers=headers, content_type="application/json"
+            )
+
+    return guarded
 
 
 def _endpoint(endpoint: str) -> Handler:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from gateway.errors import GatewayError, bad_request
 from gateway.validate import check_fields
@@ -18,6 +19,7 @@ OK = "ok"
 REJECTED = "rejected"  # the gateway or a policy answered instead of the upstream
 UPSTREAM_ERROR = "upstream_error"
 DISCONNECTED = "client_disconnected"
+INTERNAL_ERROR = "internal_error"  # the gateway failed: answered with a 500
 
 
 @dataclass(slots=True)
@@ -62,6 +64,8 @@ class RequestContext:
     # SSE events written to the client: what a stream that broke off had generated.
     events_sent: int = 0
     finished: float | None = None
+    # The answer once its head is on its way: an error after that point ends it instead.
+    response: web.StreamResponse | None = None
     # The whole answer was written to the client (a stream's `[DONE]` included): a hang-up
     # after this point is not a disconnect mid-answer.
     delivered: bool = False
@@ -83,6 +87,8 @@ class RequestContext:
             self.raw_body = await self.request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise too_large(self.max_body_bytes) from exc
+        except web.RequestPayloadError as exc:
+            raise unreadable(self.request, exc) from exc
         body = parse_body(self.raw_body)
         check_fields(self.endpoint, body)
         self.body = body
@@ -102,6 +108,26 @@ def too_large(limit: int) -> GatewayError:
         f"Request body is larger than the gateway's limit of {limit} bytes; send a smaller request"
         " or raise server.max_body_bytes.",
         code="request_too_large",
+    )
+
+
+def unreadable(request: web.Request, exc: web.RequestPayloadError) -> GatewayError:
+    # The parser cannot go on after a broken body: the connection closes once this answer is
+    # sent, and aiohttp must not try to read the rest of the body (it would raise again).
+    request.content.feed_eof()
+    request.protocol.close()
+    closing = {"Connection": "close"}
+    if isinstance(exc.__cause__, ContentEncodingError):
+        encoding = request.headers.get("Content-Encoding", "")
+        return GatewayError(
+            400,
+            f"The request body is not valid {encoding!r} data (Content-Encoding); send it"
+            " compressed as declared, or without the Content-Encoding header.",
+            code="invalid_content_encoding",
+            headers=closing,
+        )
+    return GatewayError(
+        400, f"The request body could not be read ({exc}); send it again.", headers=closing
     )
 
 

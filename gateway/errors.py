@@ -55,3 +55,15 @@ def upstream_unavailable(message: str) -> GatewayError:
 
 def upstream_failed(message: str, status: int = 502) -> GatewayError:
     return GatewayError(status, message, type="server_error", code="upstream_error")
+
+
+def internal_error(request_id: str | None) -> GatewayError:
+    """A failure of the gateway's own; the request ID lets an operator find its traceback."""
+    report = f"request ID {request_id}" if request_id else "time of the failure"
+    return GatewayError(
+        500,
+        f"The gateway failed while handling this request; retry, and report the {report} to"
+        " the operator if it persists.",
+        type="server_error",
+        code="internal_error",
+    )

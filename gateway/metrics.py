@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from gateway.context import DISCONNECTED, RequestContext
+from gateway.context import DISCONNECTED, INTERNAL_ERROR, RequestContext
 
 NAMESPACE = "llama_gateway"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -142,6 +142,11 @@ class Metrics:
             "(2xx, 4xx, 5xx; none when the client left before an answer) and tier.",
             ("model", "endpoint", "status", "tier"),
         )
+        self.internal_errors = self._counter(
+            "internal_errors",
+            "Requests the gateway itself failed on (answered 500 internal_error), by route.",
+            ("route",),
+        )
         self.client_disconnects = self._counter(
             "client_disconnects",
             "Requests whose client hung up before the answer was complete.",
@@ -216,6 +221,8 @@ class Metrics:
             series.relayed(ctx, total, upstream)
         if ctx.outcome == DISCONNECTED:
             series.disconnects.inc()
+        elif ctx.outcome == INTERNAL_ERROR:
+            self.internal_errors.labels(ctx.request.path).inc()
 
 
 class _Series:

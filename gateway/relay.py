@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -14,8 +15,16 @@ from multidict import CIMultiDict
 
 from gateway.access import AccessLog
 from gateway.config import GatewayConfig
-from gateway.context import DISCONNECTED, OK, REJECTED, UPSTREAM_ERROR, Reply, RequestContext
-from gateway.errors import GatewayError, bad_request, upstream_failed
+from gateway.context import (
+    DISCONNECTED,
+    INTERNAL_ERROR,
+    OK,
+    REJECTED,
+    UPSTREAM_ERROR,
+    Reply,
+    RequestContext,
+)
+from gateway.errors import GatewayError, bad_request, internal_error, upstream_failed
 from gateway.logs import current_request
 from gateway.policy import Chain
 from gateway.runtime import PolicyRuntime
@@ -28,6 +37,7 @@ log = logging.getLogger("gateway.relay")
 
 
 LARGE_BODY = 1024 * 1024
+MAX_DEPTH = 254  # orjson serialises no deeper nesting
 
 
 class Relay:
@@ -104,19 +114,47 @@ class Relay:
 
     async def _serve(self, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
         try:
-            reply = await chain.on_request(ctx)
-            if reply is None:
-                if ctx.endpoint == "models":
-                    reply = Reply(200, self._models_body(ctx))
-                else:
-                    return await self._proxy(ctx, chain)
-            if reply.status >= 400 and ctx.outcome == OK:
-                ctx.outcome = REJECTED
-            return await self._send(ctx, chain, reply)
-        except GatewayError as err:
-            ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
-            ctx.error = err.message
-            return await self._send(ctx, chain, Reply(err.status, err.body(), err.headers))
+            try:
+                reply = await chain.on_request(ctx)
+                if reply is None:
+                    if ctx.endpoint == "models":
+                        reply = Reply(200, self._models_body(ctx))
+                    else:
+                        return await self._proxy(ctx, chain)
+                if reply.status >= 400 and ctx.outcome == OK:
+                    ctx.outcome = REJECTED
+                return await self._send(ctx, chain, reply)
+            except GatewayError as err:
+                ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
+                ctx.error = err.message
+                return await self._send(ctx, chain, Reply(err.status, err.body(), err.headers))
+        except Exception as exc:  # answering a GatewayError can fail too
+            return await self._internal_error(ctx, chain, exc)
+
+    async def _internal_error(
+        self, ctx: RequestContext, chain: Chain, exc: Exception
+    ) -> web.StreamResponse:
+        """The catch-all: a failure of the gateway's own is a 500 counted and logged once."""
+        log.error(
+            "internal error serving %s %s", ctx.request.method, ctx.request.path, exc_info=exc
+        )
+        ctx.status, ctx.outcome = 500, INTERNAL_ERROR
+        ctx.error = f"internal error: {exc.__class__.__name__}"
+        err = internal_error(ctx.request_id)
+        started = ctx.response
+        if started is not None and started.prepared:
+            # The head is gone: a stream ends with the error event, any answer is cut off.
+            if started.content_type == "text/event-stream":
+                with contextlib.suppress(ConnectionError):
+                    await started.write(err.sse_event())
+            started.force_close()
+            return started
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        try:
+            await chain.on_response(ctx, headers)  # the request ID's header, among others
+        except Exception as again:  # the hook that failed first, most likely: no second traceback
+            log.warning("a policy failed again while answering an internal error: %r", again)
+        return await _finish(ctx, web.Response(status=500, body=err.body(), headers=headers))
 
     def _models_body(self, ctx: RequestContext) -> bytes:
         allowed = ctx.model_allowed
@@ -207,9 +245,9 @@ class Relay:
         if ctx.stream and ctx.endpoint != "embeddings" and not ctx.client_wants_usage:
             # Usage must always be known; the extra event is hidden from this client.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            payload = orjson.dumps(body)
+            payload = _serialise(body)
         elif ctx.body_changed:
-            payload = orjson.dumps(body)
+            payload = _serialise(body)
         # aiohttp sends big bodies in pieces only from a file-like object.
         return io.BytesIO(payload) if len(payload) > LARGE_BODY else payload
 
@@ -244,8 +282,22 @@ class Relay:
             self.access_log.flush()
 
 
+def _serialise(body: dict[str, object]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion" in str(exc):
+            raise bad_request(
+                f"The request body nests JSON more than {MAX_DEPTH} levels deep; send a"
+                " flatter body.",
+                code="too_deeply_nested",
+            ) from exc
+        raise bad_request(f"The request body cannot be forwarded: {exc}.") from exc
+
+
 async def _finish(ctx: RequestContext, response: web.Response) -> web.StreamResponse:
     """Send the whole answer from inside the handler, so completion runs after the client has it."""
+    ctx.response = response
     try:
         await response.prepare(ctx.request)
         await response.write_eof()

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.app import STATE, create_app
 from gateway.config import GatewayConfig
+from gateway.protocol import GatewayRunner
 
 log = logging.getLogger("gateway.server")
 
@@ -32,7 +33,7 @@ async def serve(
     finish, then completion work is flushed and resources are closed.
     """
     app = create_app(config, config_path=config_path)
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
         handler_cancellation=True,
         access_log=None,

@@ -37,6 +37,7 @@ async def relay_stream(
     )
     await chain.on_response(ctx, headers)
     out = web.StreamResponse(status=resp.status, headers=headers)
+    ctx.response = out
     try:
         await out.prepare(ctx.request)
     except ConnectionResetError:  # the client left while the upstream was thinking

@@ -75,6 +75,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
 def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Connection) -> None:
     """A worker process: serve on the shared port until told to stop."""
     from gateway.cli import run
+    from gateway.clierrors import Unavailable, explained
     from gateway.exposition import write_worker_pid
     from gateway.logs import setup_logging
     from gateway.server import serve
@@ -82,7 +83,12 @@ def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Con
     _stop_with_supervisor()
     setup_logging(config.logging.level)
     write_worker_pid(index)
-    run(serve(config, path, reuse_port=True, on_listening=lambda port: ready.send(port)))
+    try:
+        with explained(config):
+            run(serve(config, path, reuse_port=True, on_listening=lambda port: ready.send(port)))
+    except Unavailable as exc:  # one clear line, as a single process gives
+        log.error("%s", exc)
+        sys.exit(1)
 
 
 def _stop_with_supervisor() -> None:

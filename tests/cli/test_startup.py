@@ -123,3 +123,17 @@ async def test_serve_on_a_port_in_use_exits_with_one_clear_line(tmp_path: Path) 
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot listen on 127.0.0.1:{port} (server.host, server.port):")
     assert "choose another --port" in last
+
+
+async def test_serve_with_workers_and_the_key_database_down_says_so_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, f"postgresql://postgres@127.0.0.1:{port}/test")
+    code, _, err = await serve("--config", str(config), "--workers", "2")
+    assert code != 0
+    assert "Traceback" not in err
+    said = "(storage.database_url) cannot be used"
+    explained = [line for line in err.splitlines() if said in line]
+    assert explained, err
+    assert f"127.0.0.1:{port}" in explained[0]

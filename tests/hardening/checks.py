@@ -13,6 +13,22 @@ LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict", "max_output
 GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
+# Codes of the 400s the gateway's HTTP server gives requests it cannot parse: they are
+# answered before the policy chain (no request ID, no usage row).
+UNPARSABLE = {"header_too_large", "unsupported_content_encoding", "invalid_http_request"}
+
+
+def refused_unparsed(answer: Answer) -> bool:
+    """A 400 from the HTTP server for a request it could not parse (aiohttp's own plain
+    text before the gateway shaped those)."""
+    if answer.status != 400 or "x-request-id" in answer.headers:
+        return False
+    if not answer.headers.get("content-type", "").startswith("application/json"):
+        return True
+    error = orjson.loads(answer.body).get("error") or {}
+    return isinstance(error, dict) and error.get("code") in UNPARSABLE
+
+
 def check_status(answer: Answer, upstream_statuses: list[int]) -> None:
     """No 5xx of the gateway's own making: only an upstream's own 5xx, relayed, is allowed."""
     if answer.status >= 500:

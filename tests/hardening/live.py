@@ -31,6 +31,7 @@ from gateway.access import AccessLog
 from gateway.app import STATE, create_app
 from gateway.config import parse_config
 from gateway.logs import setup_logging
+from gateway.protocol import GatewayRunner
 from policies.auth.keys import open_store
 from tests.fake_llama import FakeLlama
 from tests.policies.rate_limit_helpers import SHARED_REDIS, drop_keys, unique_prefix
@@ -146,8 +147,10 @@ class LiveGateway:
             self.loop.close()
             drop_keys(SHARED_REDIS, self.prefix)
 
-    async def _listen(self, app: web.Application, **options: Any) -> int:
-        runner = web.AppRunner(app, **options)
+    async def _listen(
+        self, app: web.Application, runner_type: type[web.AppRunner] = web.AppRunner, **options: Any
+    ) -> int:
+        runner = runner_type(app, **options)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -157,8 +160,11 @@ class LiveGateway:
     async def _start(self) -> None:
         data = await self._start_upstream_and_keys()
         self.app = create_app(parse_config(raw_config(self.fake_url, data, self.prefix)))
-        # As `gateway.server.serve` runs it: cancelled handlers, no aiohttp access log.
-        self.port = await self._listen(self.app, handler_cancellation=True, access_log=None)
+        # As `gateway.server.serve` runs it: its runner (parse errors answered in JSON),
+        # cancelled handlers, no aiohttp access log.
+        self.port = await self._listen(
+            self.app, GatewayRunner, handler_cancellation=True, access_log=None
+        )
         relay = self.app[STATE].relay
         assert relay is not None
         relay.access_log = AccessLog(self.lines.write_bytes)
@@ -250,10 +256,7 @@ def captured_logs(lines: Lines) -> Iterator[None]:
     """Every logger's output through the gateway's own JSON logging, into `lines`."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    setup_logging("DEBUG")
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(lines)  # type: ignore[arg-type]
+    setup_logging("DEBUG", stream=lines)  # type: ignore[arg-type]
     try:
         yield
     finally:

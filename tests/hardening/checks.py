@@ -60,24 +60,22 @@ def check_error_shape(answer: Answer, upstream_statuses: list[int], *, head: boo
 
 def check_lengths(received: list[tuple[str, bytes]], cap: int | None) -> None:
     """No length field llama-server reads reaches it below 1, nor above the tier's cap;
-    under a cap, a generating request always names a length."""
+    under a cap, a generating request always names a length. llama-server reads a null
+    field as not given (its `json_value` falls back to the next field, then the default),
+    so a null is judged as absent."""
     for path, raw in received:
         if path not in GENERATING:
             continue
         body = orjson.loads(raw)
-        for name in LENGTH_FIELDS:
-            if name not in body:
-                continue
-            value = body[name]
+        named = {name: body[name] for name in LENGTH_FIELDS if body.get(name) is not None}
+        for name, value in named.items():
             if cap is not None:
                 assert _is_int(value), f"upstream got {name}={value!r} under a cap of {cap}"
                 assert 1 <= value <= cap, f"upstream got {name}={value!r} under a cap of {cap}"
             elif _is_int(value):
                 assert value >= 1, f"upstream got {name}={value!r}"
         if cap is not None:
-            assert any(name in body for name in LENGTH_FIELDS), (
-                f"upstream got no length under a cap of {cap}: {sorted(body)}"
-            )
+            assert named, f"upstream got no length under a cap of {cap}: {sorted(body)}"
 
 
 def _is_int(value: Any) -> bool:

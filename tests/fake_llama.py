@@ -40,9 +40,13 @@ class FakeLlama:
         self.record = True
         self.prompt_tokens = 0
         self.predicted_tokens = 0
+        # Every request as it arrived (body bytes, before any parsing) and the status answered:
+        # what the hardening suite checks the gateway forwarded.
+        self.received: list[tuple[str, bytes]] = []
+        self.answered: list[int] = []
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._witness])
         app[FAKE] = self
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
@@ -51,6 +55,23 @@ class FakeLlama:
         app.router.add_post("/v1/completions", self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
         return app
+
+    @web.middleware
+    async def _witness(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Records each body received and the status answered (500 for a crash), if asked."""
+        if not self.record or request.path == "/health":
+            return await handler(request)  # type: ignore[no-any-return]
+        self.received.append((request.path, await request.read()))
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            self.answered.append(exc.status)
+            raise
+        except Exception:
+            self.answered.append(500)
+            raise
+        self.answered.append(response.status)
+        return response
 
     async def health(self, request: web.Request) -> web.Response:
         if self.loading:

@@ -1,9 +1,10 @@
 """The local journal: every usage row, on disk from the moment its request completes
 until the database has committed it.
 
-An append-only file of JSON lines (one row each). The event loop appends the rows of each
-turn with one `write()` and no fsync: what the kernel holds survives a crash of the
-process; the writer fsyncs every `flush_seconds`, so power loss takes at most that much.
+An append-only file of JSON lines (one row each, an array in column order). The event
+loop appends the rows of each turn with one `write()` and no fsync: what the kernel holds
+survives a crash of the process; the writer fsyncs every `flush_seconds`, so power loss
+takes at most that much.
 The writer reads rows from the front, in order, and moves the front (`commit`) once the
 database has them; the file is emptied when everything in it is committed, and
 compacted (the uncommitted tail copied to a new file renamed over it) when a busy
@@ -30,12 +31,15 @@ from pathlib import Path
 import orjson
 
 from gateway.db import private_directory, private_file
-from policies.usage.record import UsageRow
+from policies.usage.record import UsageRow, row_from_json
 
 log = logging.getLogger("policies.usage.journal")
 
 MAX_FILES = 64
-READ_BYTES = 4 << 20  # at most this much is read per batch (rows are ~0.5 KB)
+# Bytes read per batch: enough for `max_rows` rows of this size (they are ~0.3 KB, at
+# most ~6 KB with every text column full), at least READ_BYTES (one longer line still fits).
+ROW_BYTES = 1024
+READ_BYTES = 64 << 10
 COMPACT_BYTES = 4 << 20  # committed bytes at the front worth a compaction
 REJECTED = "usage-rejected.jsonl"
 
@@ -129,7 +133,8 @@ class Journal:
     def read(self, max_rows: int, end: int) -> tuple[list[UsageRow], list[bytes], int]:
         """Up to `max_rows` rows between the commit offset and `end` (a thread), the lines
         that are no row (for setting aside), and the offset after them."""
-        data = os.pread(self._handle(), min(end - self.offset, READ_BYTES), self.offset)
+        size = min(end - self.offset, max(READ_BYTES, max_rows * ROW_BYTES))
+        data = os.pread(self._handle(), size, self.offset)
         rows: list[UsageRow] = []
         bad: list[bytes] = []
         position = 0
@@ -140,7 +145,7 @@ class Journal:
             line = data[position:stop]
             position = stop
             try:
-                rows.append(UsageRow.from_dict(orjson.loads(line)))
+                rows.append(row_from_json(orjson.loads(line)))
             except (ValueError, TypeError, AttributeError):  # orjson's errors are ValueErrors
                 bad.append(line)
         return rows, bad, self.offset + position
@@ -167,7 +172,7 @@ class Journal:
         try:
             start = self.offset
             while start < end:
-                chunk = os.pread(self._handle(), min(end - start, READ_BYTES), start)
+                chunk = os.pread(self._handle(), min(end - start, 4 << 20), start)
                 _write_all(fd, chunk)
                 start += len(chunk)
             os.fsync(fd)
@@ -226,8 +231,9 @@ def append_rejected(directory: Path, lines: list[bytes]) -> None:
 
 
 def row_line(row: UsageRow) -> bytes:
-    """A row as a journal line; TypeError when orjson cannot encode it."""
-    return orjson.dumps(row.as_dict(), option=orjson.OPT_APPEND_NEWLINE)
+    """A row as a journal line, an array in column order (half the cost of an object, both
+    ways); TypeError when orjson cannot encode it."""
+    return orjson.dumps(tuple(row), option=orjson.OPT_APPEND_NEWLINE)
 
 
 def any_line(row: UsageRow) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 import secrets
 import time
@@ -78,6 +79,17 @@ class UsageRow(NamedTuple):
 COLUMNS: tuple[str, ...] = UsageRow._fields
 _NULLABLE = {"request_id", "principal", "key_id", "subject", "tier", "model", "upstream", "ttft_ms"}
 REQUIRED = tuple(name for name in COLUMNS if name not in _NULLABLE)
+_REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRED))
+
+
+def row_from_json(data: Any) -> UsageRow:
+    """A row read back from the journal: an array in column order, or an object (journals
+    written before arrays); ValueError when it is neither, or a required field is missing."""
+    if not isinstance(data, list):
+        return UsageRow.from_dict(data)
+    if len(data) != len(COLUMNS) or None in _REQUIRED_VALUES(data):
+        raise ValueError("usage record with missing fields")
+    return UsageRow._make(data)
 
 
 def utc(epoch: float) -> datetime:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from policies.usage.journal import COMPACT_BYTES, Journal, row_line
@@ -161,3 +162,12 @@ def test_a_compacted_journal_keeps_its_lock(tmp_path: Path, journal: Journal) ->
     other.open()
     assert other.path != journal.path
     other.close()
+
+
+def test_a_journal_of_objects_left_by_an_earlier_version_is_replayed(tmp_path: Path) -> None:
+    (tmp_path / "usage-journal-0.jsonl").write_bytes(orjson.dumps(row(1).as_dict()) + b"\n")
+    journal = Journal(tmp_path)
+    journal.open()
+    put(journal, [row(2)])
+    assert read(journal)[0] == [row(1), row(2)]
+    journal.close()

@@ -65,6 +65,10 @@ class Journal:
         """Bytes of rows not yet in the database."""
         return self.size - self.offset
 
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
     def open(self) -> None:
         private_directory(self.directory)
         for n in range(MAX_FILES):

@@ -100,8 +100,8 @@ class UsageWriter:
     def _flush(self) -> None:
         """This turn's rows to the journal: one write, no fsync (event loop)."""
         lines = self._lines
-        if not lines or self.journal.path is None:
-            return
+        if not lines or self.journal.closed:
+            return  # before start, or after close (which counts what is left as dropped)
         try:
             self.journal.append(b"".join(lines), len(lines))
         except OSError as exc:
@@ -297,6 +297,7 @@ class UsageWriter:
 
     async def _last_words(self) -> None:
         try:
+            self._flush()  # rows of requests that completed during the drain
             if self._lines:
                 self.metrics.usage_records.labels("dropped").inc(len(self._lines))
                 log.error("usage: %d records dropped at shutdown: no journal", len(self._lines))

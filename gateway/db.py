@@ -8,9 +8,12 @@ record, so a failed one leaves nothing behind. Versions share one namespace per 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -191,16 +194,54 @@ async def open_postgres_pool(
     return pool
 
 
+def private_directory(path: Path) -> None:
+    """Create the data directory readable by this user alone (0700), whatever the umask;
+    an existing one of ours open to others is tightened (key hashes, usage by subject)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    # Never a shared directory such as /tmp (sticky), nor one that is not ours.
+    if info.st_mode & 0o077 and not info.st_mode & stat.S_ISVTX and info.st_uid == os.getuid():
+        log.warning("%s was readable by other users; made it private (0700)", path)
+        path.chmod(0o700)
+
+
+def private_file(path: Path, flags: int) -> int:
+    """Open (creating it 0600, whatever the umask) a file of the data directory; an
+    existing one open to others is tightened. Returns the file descriptor."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _private_sqlite(path: Path) -> None:
+    """The database file and its WAL companions, 0600 before SQLite opens them: SQLite
+    creates `-wal` and `-shm` with the mode of the database file."""
+    private_directory(path.parent)
+    os.close(private_file(path, os.O_RDWR))
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if companion.stat().st_mode & 0o077:
+                companion.chmod(0o600)
+
+
 async def open_sqlite(
     path: Path, *, wait_seconds: float = 5.0, migrations: Iterable[tuple[int, str, str]] = ()
 ) -> aiosqlite.Connection:
     """A connection in autocommit mode with WAL, so readers never wait for the writer, with
-    `migrations` applied; nothing is left open when they fail."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    `migrations` applied; nothing is left open when they fail. Each commit is fsynced
+    (`synchronous = FULL`): the usage writer drops rows from its journal once committed,
+    so a commit must survive power loss; it costs one fsync per batch."""
+    _private_sqlite(path)
     db = await aiosqlite.connect(path, timeout=wait_seconds, isolation_level=None)
     try:
         await _set_wal(db, wait_seconds)
-        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA synchronous = FULL")
         if pending := list(migrations):
             await migrate_sqlite(db, pending)
     except BaseException:

@@ -1,33 +1,47 @@
-"""The local journal: usage rows the database has not taken yet, safe on disk.
+"""The local journal: every usage row, on disk from the moment its request completes
+until the database has committed it.
 
-An append-only file of JSON lines (one row each), fsynced after every batch. Replay
-reads it from the front, in order; the file is emptied only once everything in it is
-committed. A crash during replay means some rows are sent again, which the database
-ignores (inserts are idempotent on the record id).
+An append-only file of JSON lines (one row each, an array in column order). The event
+loop appends the rows of each turn with one `write()` and no fsync: what the kernel holds
+survives a crash of the process; the writer fsyncs every `flush_seconds`, so power loss
+takes at most that much.
+The writer reads rows from the front, in order, and moves the front (`commit`) once the
+database has them; the file is emptied when everything in it is committed, and
+compacted (the uncommitted tail copied to a new file renamed over it) when a busy
+gateway never lets it run empty. A crash during replay means some rows are sent again,
+which the database ignores (inserts are idempotent on the record id).
 
 Each gateway process claims a journal file with an exclusive `flock`: the first free of
 `usage-journal-0.jsonl`, `-1`, ... under the data directory. A restarted process claims
 the file its predecessor left and replays it; replicas sharing a data directory each
-get their own file. The methods block (disk I/O): the writer runs them in a thread.
+get their own file. `append` and `commit` run on the event loop (no await between the
+size they read and the write they make); `read`, `sync` and the compaction's copy block
+on the disk: the writer runs them in a thread, one at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
-import threading
 from pathlib import Path
-from typing import BinaryIO
 
 import orjson
 
-from policies.usage.record import UsageRow
+from gateway.db import private_directory, private_file
+from policies.usage.record import UsageRow, row_from_json
 
 log = logging.getLogger("policies.usage.journal")
 
 MAX_FILES = 64
+# Bytes read per batch: enough for `max_rows` rows of this size (they are ~0.3 KB, at
+# most ~6 KB with every text column full), at least READ_BYTES (one longer line still fits).
+ROW_BYTES = 1024
+READ_BYTES = 64 << 10
+COMPACT_BYTES = 4 << 20  # committed bytes at the front worth a compaction
+REJECTED = "usage-rejected.jsonl"
 
 
 class JournalError(RuntimeError):
@@ -40,35 +54,37 @@ class Journal:
         self.stem = stem
         self.path: Path | None = None
         self.size = 0  # bytes in the file
-        self.offset = 0  # bytes already replayed into the database
-        self._file: BinaryIO | None = None
-        # The writer runs these methods in threads; a cancelled caller's thread may still
-        # be writing when the next one starts (at shutdown): one at a time, always.
-        self._mutex = threading.Lock()
+        self.offset = 0  # bytes already committed to the database
+        self.rows = 0  # rows after `offset`
+        self.earlier = 0  # bytes of `offset..` an earlier run left (replayed, not new)
+        self._fd: int | None = None
+        self._synced = True  # nothing written since the last fsync
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of rows not yet in the database."""
         return self.size - self.offset
 
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory)
         for n in range(MAX_FILES):
             path = self.directory / f"{self.stem}-{n}.jsonl"
-            handle = path.open("a+b")
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+            fd = _open_locked(path)
+            if fd is None:
                 continue
-            self._file, self.path = handle, path
+            self._fd, self.path = fd, path
             self._drop_torn_tail()
             _fsync_directory(self.directory)
             if self.size:
                 log.info(
-                    "usage journal %s holds %d bytes from an earlier run; replaying them",
+                    "usage journal %s holds %d bytes (%d rows) from an earlier run; replaying them",
                     path,
                     self.size,
+                    self.rows,
                 )
             return
         raise JournalError(
@@ -77,108 +93,163 @@ class Journal:
         )
 
     def _drop_torn_tail(self) -> None:
-        """A crash in the middle of an append leaves half a line; its batch never
-        completed its fsync, so nobody was told it was safe: drop it."""
-        handle = self._handle()
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            self.size = 0
-            return
-        handle.seek(max(0, size - 1))
-        if handle.read(1) != b"\n":
-            handle.seek(0)
+        """A crash in the middle of an append leaves half a line, which nobody was
+        answered for yet: drop it."""
+        fd = self._handle()
+        with open(fd, "rb", closefd=False) as handle:
             data = handle.read()
-            keep = data.rfind(b"\n") + 1
-            handle.truncate(keep)
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            os.ftruncate(fd, keep)
             log.warning(
-                "usage journal %s: dropped a torn last line (%d bytes)", self.path, size - keep
+                "usage journal %s: dropped a torn last line (%d bytes)", self.path, len(data) - keep
             )
-            size = keep
-        self.size = size
+        self.size = self.earlier = keep
+        self.rows = data.count(b"\n")
 
-    def _handle(self) -> BinaryIO:
-        if self._file is None:
+    def _handle(self) -> int:
+        if self._fd is None:
             raise JournalError("the usage journal is not open")
-        return self._file
+        return self._fd
 
-    def append(self, rows: list[UsageRow]) -> int:
-        """Write rows and fsync them; returns the bytes written."""
-        if not rows:
-            return 0
-        data = _lines(rows)
-        with self._mutex:
-            fd = self._handle().fileno()
-            # Straight to the file descriptor (no buffer that could keep half a batch), and a
-            # batch that fails part-way is cut off again: a later batch must start where the
-            # journal's size says, or the replay offsets would drift from the lines.
-            if os.fstat(fd).st_size != self.size:
+    def append(self, data: bytes, rows: int) -> None:
+        """Write whole lines at the end (event loop; no fsync). A write that fails part-way
+        is cut off again, so the file always ends with a whole line."""
+        fd = self._handle()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):  # the next append starts at `size` anyway
                 os.ftruncate(fd, self.size)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):  # checked again before the next append
-                    os.ftruncate(fd, self.size)
-                raise
-            self.size += len(data)
-        return len(data)
+            raise
+        self.size += len(data)
+        self.rows += rows
+        self._synced = False
 
-    def read(self, max_rows: int) -> tuple[list[UsageRow], int]:
-        """Up to `max_rows` rows from the replay position, and the offset after them."""
-        with self._mutex:
-            return self._read(max_rows)
+    def sync(self) -> None:
+        """fsync what was appended since the last call (a thread)."""
+        if not self._synced and self._fd is not None:
+            self._synced = True
+            os.fsync(self._fd)
 
-    def _read(self, max_rows: int) -> tuple[list[UsageRow], int]:
-        handle = self._handle()
-        handle.seek(self.offset)
+    def read(self, max_rows: int, end: int) -> tuple[list[UsageRow], list[bytes], int]:
+        """Up to `max_rows` rows between the commit offset and `end` (a thread), the lines
+        that are no row (for setting aside), and the offset after them."""
+        size = min(end - self.offset, max(READ_BYTES, max_rows * ROW_BYTES))
+        data = os.pread(self._handle(), size, self.offset)
         rows: list[UsageRow] = []
-        offset = self.offset
-        while len(rows) < max_rows and offset < self.size:
-            line = handle.readline()
-            if not line.endswith(b"\n"):
-                break  # cannot happen after _drop_torn_tail, unless the file was edited
-            offset += len(line)
+        bad: list[bytes] = []
+        position = 0
+        while len(rows) + len(bad) < max_rows:
+            stop = data.find(b"\n", position) + 1
+            if stop == 0:
+                break
+            line = data[position:stop]
+            position = stop
             try:
-                rows.append(UsageRow.from_dict(orjson.loads(line)))
+                rows.append(row_from_json(orjson.loads(line)))
             except (ValueError, TypeError, AttributeError):  # orjson's errors are ValueErrors
-                log.error(
-                    "usage journal %s: skipped an unreadable line at byte %d",
-                    self.path,
-                    offset - len(line),
-                )
-        return rows, offset
+                bad.append(line)
+        return rows, bad, self.offset + position
 
-    def commit(self, offset: int) -> None:
-        """Everything before `offset` is in the database; empty the file once all is."""
-        with self._mutex:
-            self.offset = offset
-            if self.offset >= self.size:
-                handle = self._handle()
-                handle.truncate(0)
-                handle.flush()
-                os.fsync(handle.fileno())
-                self.size = self.offset = 0
+    def commit(self, offset: int, rows: int) -> None:
+        """Everything before `offset` (`rows` rows) is in the database (event loop)."""
+        self.earlier = max(0, self.earlier - (offset - self.offset))
+        self.offset = offset
+        self.rows -= rows
+        if self.offset >= self.size:  # all committed: start over at the front
+            os.ftruncate(self._handle(), 0)
+            self.size = self.offset = self.rows = 0
+
+    def worth_compacting(self) -> bool:
+        """Enough committed at the front, and a tail no bigger than that to copy."""
+        return self.offset >= COMPACT_BYTES and self.pending_bytes <= self.offset
+
+    def copy_tail(self, end: int) -> Path:
+        """Compaction, part 1 (a thread): the rows from the commit offset to `end` into a
+        fresh file, fsynced; returns its path."""
+        assert self.path is not None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = private_file(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            start = self.offset
+            while start < end:
+                chunk = os.pread(self._handle(), min(end - start, 4 << 20), start)
+                _write_all(fd, chunk)
+                start += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def swap(self, tmp: Path, copied_until: int) -> None:
+        """Compaction, part 2 (event loop, so no append runs meanwhile): what was appended
+        since part 1, then the new file takes the old one's name and lock."""
+        assert self.path is not None
+        fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, os.pread(self._handle(), self.size - copied_until, copied_until))
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._handle())
+        self._fd = fd
+        self.size -= self.offset
+        self.offset = 0
+        self._synced = False  # the rows appended since part 1, and the rename
 
     def close(self) -> None:
-        with self._mutex:
-            handle, self._file = self._file, None
-            if handle is not None:
-                handle.close()  # releases the flock
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
 
-def append_rejected(directory: Path, rows: list[UsageRow]) -> None:
-    """Set aside rows the database refuses for good (`usage-rejected.jsonl`), for an admin."""
-    data = _lines(rows)
-    with (directory / "usage-rejected.jsonl").open("ab") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+def _open_locked(path: Path) -> int | None:
+    """The journal file at `path`, locked for this process; None if another holds it."""
+    while True:
+        fd = private_file(path, os.O_RDWR | os.O_APPEND)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # Another process may have compacted the file in between: the lock must be on
+        # the file that now has the name, or two processes would share one journal.
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)
 
 
-def _lines(rows: list[UsageRow]) -> bytes:
-    return b"".join(orjson.dumps(row.as_dict(), option=orjson.OPT_APPEND_NEWLINE) for row in rows)
+def append_rejected(directory: Path, lines: list[bytes]) -> None:
+    """Set aside rows no database takes (`usage-rejected.jsonl`), for an admin."""
+    fd = private_file(directory / REJECTED, os.O_WRONLY | os.O_APPEND)
+    try:
+        _write_all(fd, b"".join(lines))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def row_line(row: UsageRow) -> bytes:
+    """A row as a journal line, an array in column order (half the cost of an object, both
+    ways); TypeError when orjson cannot encode it."""
+    return orjson.dumps(tuple(row), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def any_line(row: UsageRow) -> bytes:
+    """A row as a JSON line, whatever it holds (escapes lone surrogates, repr()s the rest):
+    for the rejected file, which must take every row set aside."""
+    return (json.dumps(row.as_dict(), default=repr) + "\n").encode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -129,12 +129,15 @@ class UsagePolicy(Policy):
         """`GET /admin/usage?since=24h&until=...&by=model`: the report as JSON."""
         try:
             self._check_admin(request)
-            since = parse_time(request.query.get("since", "24h"))
-            until = parse_time(request.query["until"]) if "until" in request.query else _now()
-            by = request.query.get("by") or None
+            query = request.query
+            since = parse_time(query.get("since", "24h"), param="since")
+            until = parse_time(query["until"], param="until") if "until" in query else _now()
+            by = query.get("by") or None
             body = await self._report(since, until, by)
         except ReportError as exc:
-            return _error(GatewayError(400, str(exc), code="invalid_report_parameter"))
+            return _error(
+                GatewayError(400, str(exc), code="invalid_report_parameter", param=exc.param)
+            )
         except GatewayError as err:
             return _error(err)
         return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -149,9 +152,12 @@ class UsagePolicy(Policy):
                 code="permission_denied",
             )
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(digest, allowed) for allowed in self._admin
+        token = token.strip()
+        # Header bytes that are not UTF-8 arrive as surrogates: no admin token has them.
+        if (
+            scheme.lower() != "bearer"
+            or not (token.isascii() and token.isprintable())
+            or not _known(hashlib.sha256(token.encode()).hexdigest(), self._admin)
         ):
             raise GatewayError(
                 401,
@@ -181,6 +187,10 @@ class UsagePolicy(Policy):
             "journal_bytes": writer.journal.pending_bytes,
         }
         return body
+
+
+def _known(digest: str, allowed: list[str]) -> bool:
+    return any(hmac.compare_digest(digest, one) for one in allowed)
 
 
 def _now() -> datetime:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import operator
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -18,6 +20,10 @@ from gateway.policy import PolicySettings
 CLIENT_CLOSED = 499
 # Text columns hold at most this many characters: a client-sent model name cannot bloat rows.
 MAX_TEXT = 256
+# What no database text column and no JSON encoder takes: NUL (PostgreSQL refuses it in
+# text) and lone surrogates (not UTF-8: a JWT claim can carry one as a `\\ud800` escape).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
 
 
 class Price(PolicySettings):
@@ -73,19 +79,31 @@ class UsageRow(NamedTuple):
 COLUMNS: tuple[str, ...] = UsageRow._fields
 _NULLABLE = {"request_id", "principal", "key_id", "subject", "tier", "model", "upstream", "ttft_ms"}
 REQUIRED = tuple(name for name in COLUMNS if name not in _NULLABLE)
+_REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRED))
+
+
+def row_from_json(data: Any) -> UsageRow:
+    """A row read back from the journal: an array in column order, or an object (journals
+    written before arrays); ValueError when it is neither, or a required field is missing."""
+    if not isinstance(data, list):
+        return UsageRow.from_dict(data)
+    if len(data) != len(COLUMNS) or None in _REQUIRED_VALUES(data):
+        raise ValueError("usage record with missing fields")
+    return UsageRow._make(data)
 
 
 def utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def _text(value: str | None) -> str | None:
-    """Safe to store anywhere: PostgreSQL refuses NUL characters in text."""
+def text(value: str | None) -> str | None:
+    """Safe to store and serialise anywhere: capped, NUL and lone surrogates replaced."""
     if value is None:
         return None
-    if "\x00" in value:
-        value = value.replace("\x00", "")
-    return value[:MAX_TEXT]
+    value = value[:MAX_TEXT]
+    if value.isascii() and "\x00" not in value:  # the common case: one C-level scan
+        return value
+    return _UNSTORABLE.sub(REPLACEMENT, value)
 
 
 def _tokens(usage: Mapping[str, Any], name: str) -> int:
@@ -111,22 +129,22 @@ class RowBuilder:
         usage = ctx.usage or {}
         prompt, completion = _tokens(usage, "prompt_tokens"), _tokens(usage, "completion_tokens")
         disconnected = ctx.outcome == DISCONNECTED
-        model = _text(ctx.model)
+        model = text(ctx.model)
         price = self.prices.get(model or "", self.default_price)
         return UsageRow(
             id=f"{self._prefix}{next(self._counter):010x}",
-            request_id=_text(ctx.request_id),
+            request_id=text(ctx.request_id),
             started_at=started_at,
             finished_at=started_at + (finished - ctx.started),
-            principal=_text(ctx.principal),
-            key_id=_text(ctx.key_id),
-            subject=_text(ctx.subject),
-            tier=_text(ctx.tier),
+            principal=text(ctx.principal),
+            key_id=text(ctx.key_id),
+            subject=text(ctx.subject),
+            tier=text(ctx.tier),
             model=model,
             endpoint=ctx.endpoint,
-            upstream=ctx.upstream,
+            upstream=text(ctx.upstream),
             status=ctx.status or (CLIENT_CLOSED if disconnected else 0),
-            outcome=ctx.outcome,
+            outcome=text(ctx.outcome) or "",  # any outcome the core names, as it is
             prompt_tokens=prompt,
             completion_tokens=completion,
             cached=ctx.cached,

@@ -33,6 +33,10 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 class ReportError(ValueError):
     """A report parameter that cannot be used; the message says what to send instead."""
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
 
 @dataclass(frozen=True, slots=True)
 class ReportRow:
@@ -46,20 +50,30 @@ class ReportRow:
     p95_ms: float | None
 
 
-def parse_time(value: str, now: datetime | None = None) -> datetime:
+def parse_time(value: str, now: datetime | None = None, param: str | None = None) -> datetime:
     """`24h`, `30m`, `7d`, `2w` (that long ago) or an ISO date/time (UTC unless it says)."""
     now = now or datetime.now(UTC)
+    named = f"{param}: " if param else ""
     match = _DURATION.match(value.strip())
-    if match:
-        return now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
     try:
+        if match:
+            return now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
         moment = datetime.fromisoformat(value.strip())
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # an offset that pushes it out of datetime's range
+    except OverflowError as exc:
+        raise ReportError(
+            f"{named}{value!r} reaches outside the years 1 to 9999: give a shorter duration "
+            "or a date within them",
+            param,
+        ) from exc
     except ValueError as exc:
         raise ReportError(
-            f"{value!r} is not a time: give a duration like 24h, 30m, 7d, 2w "
-            "or an ISO date like 2026-11-01T00:00"
+            f"{named}{value!r} is not a time: give a duration like 24h, 30m, 7d, 2w "
+            "or an ISO date like 2026-11-01T00:00",
+            param,
         ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment
 
 
 def group_column(by: str | None) -> str | None:
@@ -67,7 +81,7 @@ def group_column(by: str | None) -> str | None:
         return None
     column = GROUPS.get(by)
     if column is None:
-        raise ReportError(f"cannot group by {by!r}: use one of {', '.join(GROUPS)}")
+        raise ReportError(f"by: cannot group by {by!r}: use one of {', '.join(GROUPS)}", "by")
     return column
 
 

@@ -1,17 +1,23 @@
-"""The background writer: the request path only enqueues; batches go to the database or,
-when it fails or falls behind, to the local journal, which is replayed once it is back.
+"""The background writer: each row goes to the local journal as its request completes,
+and from the journal to the database in batches.
 
-Two tasks share the work:
-- intake takes rows from the bounded in-memory queue in batches (`batch_size` rows or
-  every `flush_seconds`) and inserts them while the database is healthy; otherwise, or
-  when an insert fails, the batch is appended to the journal (fsynced). Rows that arrive
-  while the queue is full go straight to the journal too.
-- the replayer connects (and migrates), then drains the journal into the database in
-  file order; on failure it retries with exponential backoff and jitter (tenacity).
-  The database counts as healthy again only once the journal is empty.
+- `submit` (the request path) serialises the row and keeps it for the end of the event
+  loop's turn, when the turn's rows go to the journal in one `write()`: from then on a
+  crash of the process cannot take them. Rows wait in memory only for that turn, or
+  while the journal's disk refuses writes: at most `queue_size` of them, beyond which
+  new rows are dropped and counted (blocking the event loop on a failing disk would stop
+  every request, and the memory is what is left to lose).
+- one task reads the journal from the front (`batch_size` rows at a time, woken by a
+  full batch or every `flush_seconds`), inserts, and commits the journal's front once
+  the database has the rows; it fsyncs the journal every `flush_seconds`. While the
+  database fails it retries with exponential backoff and jitter (tenacity). A batch the
+  database refuses for good is split in halves until the refused rows are alone; those
+  are set aside in `usage-rejected.jsonl` and counted. The task is supervised: an
+  unexpected error is logged, counted and the task restarted after a backoff.
 
-Closing (SIGTERM) drains the queue into the database, or into the journal if the
-database is down, within `shutdown_seconds`; nothing in memory is dropped.
+Closing (SIGTERM) writes what is in memory to the journal and drains the journal into
+the database within `shutdown_seconds`; what the database does not take stays in the
+journal for the next start.
 """
 
 from __future__ import annotations
@@ -19,15 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential_jitter
 
 from gateway.metrics import Metrics
-from policies.usage.journal import Journal, append_rejected
+from policies.usage.journal import Journal, any_line, append_rejected, row_line
 from policies.usage.record import UsageRow
 from policies.usage.store import UsageStore, is_permanent
 
@@ -53,197 +57,225 @@ class UsageWriter:
         self.journal = journal
         self.metrics = metrics
         self.options = options
-        self.healthy = False  # inserts go straight to the database
-        self._queue: deque[UsageRow] = deque()
-        self._spill: list[UsageRow] = []  # arrived while the queue was full: to the journal
-        self._in_hand: list[UsageRow] = []  # taken from the queue, not yet stored anywhere
+        self.healthy = False  # the database took the last batch
+        self.restarts = 0  # times the writer's task failed unexpectedly
+        self._lines: list[bytes] = []  # serialised rows not yet in the journal
+        self._rejected: list[bytes] = []  # rows no database takes, for the rejected file
+        self._retry: asyncio.TimerHandle | None = None
+        self._disk_failing = False
         self._wake = asyncio.Event()
-        self._replay = asyncio.Event()
-        self._lock = asyncio.Lock()  # the journal: one operation at a time
-        self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._synced_at = 0.0  # event-loop time of the last fsync
+        self._task: asyncio.Task[None] | None = None
         self._backoff = wait_exponential_jitter(
             multiplier=options.retry_initial_seconds,
             max=options.retry_max_seconds,
             jitter=options.retry_initial_seconds,
         )
-        metrics.usage_queue_depth.set_function(self.queued)
+        metrics.usage_queue_depth.set_function(lambda: len(self._lines))
         metrics.usage_journal_bytes.set_function(lambda: journal.pending_bytes)
 
     def queued(self) -> int:
-        return len(self._queue) + len(self._spill) + len(self._in_hand)
+        """Rows not yet in the database: in memory or in the journal."""
+        return len(self._lines) + self.journal.rows
 
     def submit(self, row: UsageRow) -> None:
         """Called on the request path: no I/O, no await."""
-        queue = self._queue
-        if len(queue) < self.options.queue_size:
-            queue.append(row)
-            if len(queue) >= self.options.batch_size:
-                self._wake.set()
-        else:
-            self._spill.append(row)
+        try:
+            line = row_line(row)
+        except TypeError as exc:  # e.g. a token count beyond 64 bits from the upstream
+            log.error("usage record %s cannot be serialised (%s); set aside", row.id, exc)
+            self._set_aside([any_line(row)])
+            return
+        lines = self._lines
+        if len(lines) >= self.options.queue_size:
+            if self._retry is None:
+                self._flush()  # a burst within one turn: write it now
+            if len(lines) >= self.options.queue_size:  # the disk refuses: memory is full
+                self.metrics.usage_records.labels("dropped").inc()
+                return
+        lines.append(line)
+        if len(lines) == 1 and self._retry is None:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """This turn's rows to the journal: one write, no fsync (event loop)."""
+        lines = self._lines
+        if not lines or self.journal.closed:
+            return  # before start, or after close (which counts what is left as dropped)
+        try:
+            self.journal.append(b"".join(lines), len(lines))
+        except OSError as exc:
+            self._disk_failed(exc)
+            return
+        if self._disk_failing:
+            log.info("usage journal %s writable again", self.journal.path)
+            self._disk_failing = False
+        self.metrics.usage_records.labels("journal").inc(len(lines))
+        lines.clear()
+        if self.journal.rows >= self.options.batch_size:
+            self._wake.set()
+
+    def _disk_failed(self, exc: OSError) -> None:
+        if not self._disk_failing:
+            log.error(
+                "usage journal %s cannot be written (%s); up to %d rows wait in memory, "
+                "later ones are dropped",
+                self.journal.path,
+                exc,
+                self.options.queue_size,
+            )
+            self._disk_failing = True
+        self.metrics.dependency_errors.labels("disk", "retry").inc()
+        if self._retry is None:
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(self.options.flush_seconds, self._flush_again)
+
+    def _flush_again(self) -> None:
+        self._retry = None
+        self._flush()
+
+    def _set_aside(self, lines: list[bytes]) -> None:
+        self.metrics.usage_records.labels("rejected").inc(len(lines))
+        if len(self._rejected) < self.options.queue_size:
+            self._rejected.extend(lines)
             self._wake.set()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.journal.open)
-        self._replay.set()  # connect, migrate, and replay what an earlier run left
-        self._tasks = [
-            asyncio.create_task(self._intake(), name="usage-intake"),
-            asyncio.create_task(self._replayer(), name="usage-replay"),
-        ]
+        self._task = asyncio.create_task(self._supervise(), name="usage-writer")
 
-    async def _intake(self) -> None:
-        batch_size = self.options.batch_size
+    async def _supervise(self) -> None:
+        """Run the writer; whatever kills it (a bug) is logged, counted, and the writer
+        restarted after a backoff: rows keep arriving in the journal meanwhile."""
+        failures = 0
         while True:
-            if self._stopping and not self._queue and not self._spill:
-                return
-            if len(self._queue) < batch_size and not self._spill and not self._stopping:
-                # A full batch (or a spill) wakes us; a partial one waits at most this long.
+            try:
+                await self._run()
+            except Exception:
+                failures += 1
+                self.restarts += 1
+                log.exception("the usage writer failed; restarting it (failure %d)", failures)
+                await asyncio.sleep(self._pause(failures))
+
+    def _pause(self, failures: int) -> float:
+        initial = self.options.retry_initial_seconds
+        return float(min(self.options.retry_max_seconds, initial * 2 ** min(failures, 32)))
+
+    async def _run(self) -> None:
+        first = True  # connect (and migrate) and replay what an earlier run left, at once
+        while True:
+            if not first and self.journal.rows < self.options.batch_size and not self._rejected:
+                # A full batch wakes the writer; a partial one waits at most this long.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.options.flush_seconds):
                         await self._wake.wait()
             self._wake.clear()
-            await self._journal_spill()
-            while self._queue:  # everything queued now, in batches
-                size = min(batch_size, len(self._queue))
-                self._in_hand = [self._queue.popleft() for _ in range(size)]
-                await self._store(self._in_hand)
-                self._in_hand = []
-                await self._journal_spill()
-
-    async def _journal_spill(self) -> None:
-        if self._spill:
-            self._in_hand, self._spill = self._spill, []
-            await self._to_journal(self._in_hand)
-            self._in_hand = []
-
-    async def _store(self, batch: list[UsageRow]) -> None:
-        if self.healthy:
-            try:
-                async with asyncio.timeout(self.options.write_timeout_seconds):
-                    await self.store.insert(batch)
-            except Exception as exc:
-                self._failed(exc, "journal")
-            else:
-                self.metrics.usage_records.labels("database").inc(len(batch))
-                return
-        await self._to_journal(batch)
-
-    def _failed(self, exc: BaseException, action: str) -> None:
-        if self.healthy:
-            log.warning(
-                "usage database failed (%s: %s); usage goes to the journal until it is back",
-                type(exc).__name__,
-                exc,
-                exc_info=not isinstance(exc, self.store.errors),
-                extra={"journal": str(self.journal.path)},
-            )
-        self.healthy = False
-        self.metrics.dependency_errors.labels(self.store.dependency, action).inc()
-
-    async def _to_journal(self, rows: list[UsageRow]) -> None:
-        try:
-            async with self._lock:
-                await asyncio.to_thread(self.journal.append, rows)
-        except OSError:
-            log.exception("usage journal %s cannot be written", self.journal.path)
-            self.metrics.dependency_errors.labels("disk", "retry").inc()
-            self._keep(rows)
-            await asyncio.sleep(self.options.flush_seconds)
-            return
-        self.metrics.usage_records.labels("journal").inc(len(rows))
-        self._replay.set()
-
-    def _keep(self, rows: list[UsageRow]) -> None:
-        """Neither database nor disk takes rows: hold them in memory, up to twice the
-        queue's size; beyond that they are dropped, counted and logged."""
-        room = max(0, 2 * self.options.queue_size - len(self._queue))
-        self._queue.extendleft(reversed(rows[:room]))
-        if len(rows) > room:
-            self.metrics.usage_records.labels("dropped").inc(len(rows) - room)
-            log.error("usage: %d records dropped: no database, no journal", len(rows) - room)
-
-    async def _replayer(self) -> None:
-        while True:
-            await self._replay.wait()
-            self._replay.clear()
+            await self._sync()
             async for attempt in AsyncRetrying(
                 wait=self._backoff,
-                retry=retry_if_exception_type(Exception),
+                retry=retry_if_exception(lambda exc: not is_permanent(exc, self.store)),
                 before_sleep=self._retrying,
+                sleep=self._sleep_syncing,
             ):
                 with attempt:
-                    await self._replay_all()
+                    await self._drain()
+            first = False
+
+    async def _sync(self, *, now: bool = False) -> None:
+        """The rows set aside to their file; the journal fsynced once per `flush_seconds`
+        (not per batch: a busy gateway would pay an fsync every few hundred rows)."""
+        if self._rejected:
+            lines, self._rejected = self._rejected, []
+            await asyncio.to_thread(append_rejected, self.journal.directory, lines)
+        clock = asyncio.get_running_loop().time()
+        if now or clock >= self._synced_at + self.options.flush_seconds:
+            self._synced_at = clock
+            await asyncio.to_thread(self.journal.sync)
+
+    async def _sleep_syncing(self, seconds: float) -> None:
+        """Wait between retries, still fsyncing the journal every `flush_seconds`."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while (left := until - loop.time()) > 0:
+            await asyncio.sleep(min(left, self.options.flush_seconds))
+            await self._sync()
 
     def _retrying(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        if self.healthy or state.attempt_number == 1:
+            log.warning(
+                "usage database unavailable (%s: %s); rows wait in the journal %s",
+                type(exc).__name__,
+                exc,
+                self.journal.path,
+                exc_info=exc is not None and not isinstance(exc, self.store.errors),
+            )
+        self.healthy = False
         self.metrics.dependency_errors.labels(self.store.dependency, "retry").inc()
-        log.warning(
-            "usage database unavailable (%s: %s); retry %d in %.1f s, journal holds %d bytes",
-            type(exc).__name__,
-            exc,
-            state.attempt_number,
-            state.upcoming_sleep,
-            self.journal.pending_bytes,
-            exc_info=exc is not None and not isinstance(exc, self.store.errors),
-        )
 
-    async def _replay_all(self) -> None:
-        """Connect, then move the journal into the database, oldest rows first."""
+    async def _drain(self) -> None:
+        """Connect, then move the journal into the database, oldest rows first, up to
+        what it held when called."""
         async with asyncio.timeout(self.options.write_timeout_seconds):
             await self.store.connect()
-        while True:
-            async with self._lock:
-                rows, end = await asyncio.to_thread(self.journal.read, self.options.batch_size)
-                if end == self.journal.offset:  # nothing left
-                    if not self.healthy:
-                        log.info("usage database reachable; writing usage directly again")
-                    self.healthy = True
-                    return
-            await self._insert_replayed(rows)
-            async with self._lock:
-                await asyncio.to_thread(self.journal.commit, end)
-            self.metrics.usage_records.labels("replayed").inc(len(rows))
+        journal = self.journal
+        left = journal.rows  # a count, not an offset: the file starts over once emptied
+        while left > 0:
+            # Rows an earlier run left count as replayed, the others as written.
+            destination = "replayed" if journal.earlier else "database"
+            take = min(left, self.options.batch_size)
+            rows, bad, after = await asyncio.to_thread(journal.read, take, journal.size)
+            left -= len(rows) + len(bad)
+            if not rows and not bad:
+                break  # cannot happen unless the file was edited under the gateway
+            if bad:
+                log.error("usage journal %s: %d unreadable lines set aside", journal.path, len(bad))
+                self._set_aside(bad)
+            await self._insert(rows)
+            journal.commit(after, len(rows) + len(bad))
+            self.metrics.usage_records.labels(destination).inc(len(rows))
+        if not self.healthy:
+            log.info("usage database reachable; rows go in as they come")
+            self.healthy = True
+        if journal.worth_compacting():
+            await self._compact()
 
-    async def _insert_replayed(self, rows: list[UsageRow]) -> None:
+    async def _insert(self, rows: list[UsageRow]) -> None:
+        """Insert a batch; one the database refuses for good is halved until the rows it
+        refuses are alone, and those are set aside (one bad row keeps no good one out)."""
+        if not rows:
+            return
         try:
             async with asyncio.timeout(self.options.write_timeout_seconds):
                 await self.store.insert(rows)
         except Exception as exc:
             if not is_permanent(exc, self.store):
-                self.healthy = False  # the rows stay in the journal; the retry logs why
-                raise
-            # Some row can never be stored (it would block the journal forever): store the
-            # others one by one and set the refused ones aside for an admin to look at.
-            await self._insert_one_by_one(rows)
+                raise  # the rows stay in the journal; the retry logs why
+            if len(rows) == 1:
+                log.error("usage record %s refused by the database: %s", rows[0].id, exc)
+                self._set_aside([any_line(rows[0])])
+                return
+            half = len(rows) // 2
+            await self._insert(rows[:half])
+            await self._insert(rows[half:])
 
-    async def _insert_one_by_one(self, rows: list[UsageRow]) -> None:
-        refused = []
-        for row in rows:
-            try:
-                async with asyncio.timeout(self.options.write_timeout_seconds):
-                    await self.store.insert([row])
-            except Exception as exc:
-                if not is_permanent(exc, self.store):
-                    raise
-                log.error("usage record %s refused by the database: %s", row.id, exc)
-                refused.append(row)
-        if refused:
-            await asyncio.to_thread(append_rejected, self.journal.directory, refused)
-            self.metrics.usage_records.labels("rejected").inc(len(refused))
+    async def _compact(self) -> None:
+        end = self.journal.size
+        try:
+            tmp = await asyncio.to_thread(self.journal.copy_tail, end)
+            self.journal.swap(tmp, end)
+        except OSError as exc:
+            log.warning("usage journal %s: compaction failed (%s); later", self.journal.path, exc)
 
     async def close(self) -> None:
-        """Flush within `shutdown_seconds`: queue -> database, or -> journal."""
-        self._stopping = True
-        self._wake.set()
-        intake, replayer = self._tasks if self._tasks else (None, None)
+        """Memory -> journal, then journal -> database within `shutdown_seconds`."""
+        await _stop(self._task)
+        if self._retry is not None:
+            self._retry.cancel()
+        self._flush()
         try:
-            await _stop(replayer)
             async with asyncio.timeout(self.options.shutdown_seconds):
-                if intake is not None:
-                    await asyncio.shield(intake)
-                if self.journal.pending_bytes:
-                    await self._replay_all()
+                await self._drain()
         except TimeoutError:
             log.warning(
                 "usage flush took longer than %g s; the rest stays in the journal %s",
@@ -253,37 +285,30 @@ class UsageWriter:
         except Exception as exc:
             log.warning(
                 "usage database unavailable at shutdown (%s: %s); the journal %s keeps %d "
-                "bytes for the next start",
+                "rows for the next start",
                 type(exc).__name__,
                 exc,
                 self.journal.path,
-                self.journal.pending_bytes,
+                self.journal.rows,
                 exc_info=not isinstance(exc, self.store.errors),
             )
         finally:
-            await _stop(intake)
-            left = [*self._in_hand, *self._spill, *self._queue]
-            self._in_hand, self._spill = [], []
-            self._queue.clear()
-            await self._last_words(left)
+            await self._last_words()
 
-    async def _last_words(self, rows: list[UsageRow]) -> None:
+    async def _last_words(self) -> None:
         try:
-            if rows:
-                await asyncio.to_thread(self.journal.append, rows)
-                self.metrics.usage_records.labels("journal").inc(len(rows))
-                log.info("usage: %d records journaled at shutdown", len(rows))
+            self._flush()  # rows of requests that completed during the drain
+            if self._lines:
+                self.metrics.usage_records.labels("dropped").inc(len(self._lines))
+                log.error("usage: %d records dropped at shutdown: no journal", len(self._lines))
+            await self._sync(now=True)
         finally:
             self.journal.close()
             await self.store.close()
 
 
-async def _stop(task: asyncio.Task[Any] | None) -> None:
-    if task is None:
-        return
-    if task.done():
-        if not task.cancelled() and task.exception() is not None:
-            log.error("usage task %s had failed", task.get_name(), exc_info=task.exception())
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is None or task.done():
         return
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.app import STATE, create_app
 from gateway.local import free_port
+from policies.usage.report import ReportError, parse_time
 from tests.conftest import gateway_config
 from tests.policies.usage.conftest import (
     ADMIN_TOKEN,
@@ -136,3 +142,81 @@ async def test_a_reloaded_policy_serves_the_route_with_its_new_settings(
     assert await client.app[STATE].runtime.reload("test")
     assert (await report(client, Authorization="Bearer first-admin-token"))[0] == 401
     assert (await report(client, Authorization="Bearer second-admin-token"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("?since=99999999999w", "since"),
+        ("?since=" + "9" * 400 + "d", "since"),
+        ("?until=0001-01-01T00:00:00%2B01:00", "until"),
+        ("?until=tomorrow", "until"),
+        ("?since=24h&by=%00", "by"),
+    ],
+)
+async def test_any_bad_time_or_grouping_is_a_400_naming_the_parameter(
+    usage_gateway: UsageGateway, query: str, param: str
+) -> None:
+    client = await usage_gateway()
+    status, body = await report(client, query)
+    assert status == 400
+    error = body["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "invalid_report_parameter",
+        param,
+    )
+    assert error["message"].startswith(f"{param}: ")
+
+
+async def raw_get(client: TestClient[Any, Any], header: bytes) -> tuple[int, Any]:
+    """GET /admin/usage with a header line sent as raw bytes (no client would encode it)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"GET /admin/usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n"
+    )
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Authorization: Bearer \xff\xfe" + ADMIN_TOKEN.encode(),
+        b"Authorization: Bearer caf\xc3\xa9",
+        b"api-key: \xff" + ADMIN_TOKEN.encode(),
+    ],
+    ids=["non-utf-8", "non-ascii", "api-key"],
+)
+async def test_a_token_with_bytes_no_token_has_is_a_401(
+    usage_gateway: UsageGateway, header: bytes
+) -> None:
+    client = await usage_gateway()
+    status, body = await raw_get(client, header)
+    assert status == 401
+    assert body["error"]["code"] == "invalid_api_key"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.text())
+def test_parsing_a_report_time_fails_only_with_a_report_error(value: str) -> None:
+    failure: ReportError | None = None
+    try:
+        moment = parse_time(value, param="since")
+    except ReportError as exc:
+        failure = exc
+    if failure is not None:
+        assert failure.param == "since"
+        assert str(failure).startswith("since: ")
+    else:
+        assert moment.tzinfo is not None
+        moment.astimezone(UTC)  # usable by both stores
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.from_regex(r"\A\d{1,30}(\.\d{1,30})?[smhdw]\Z"))
+def test_any_duration_parses_or_is_a_report_error(value: str) -> None:
+    with contextlib.suppress(ReportError):
+        assert parse_time(value).tzinfo is not None

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.local import free_port
@@ -44,22 +45,29 @@ async def count(store: SqliteUsageStore) -> int:
     return int(next(iter(rows))[0])
 
 
-async def test_rows_beyond_a_full_queue_go_to_the_journal_and_then_in(tmp_path: Path) -> None:
+async def test_a_burst_beyond_the_memory_cap_goes_to_the_journal_at_once(tmp_path: Path) -> None:
     store = SqliteUsageStore(tmp_path / "u.db")
     usage = writer(store, tmp_path, queue_size=5, batch_size=5)
     await usage.start()
     for n in range(40):  # in one go: the writer has no chance to run in between
         usage.submit(row(n))
     assert usage.queued() == 40
-    assert usage.metrics.registry.get_sample_value("llama_gateway_usage_queue_depth") == 40
+    assert usage.metrics.registry.get_sample_value("llama_gateway_usage_queue_depth") == 5
+    assert journal_ids(tmp_path) == [f"id-{n}" for n in range(35)]  # the memory cap: written
 
     async def all_stored() -> bool:
         return store.conn is not None and await count(store) == 40
 
     await eventually(all_stored)
-    assert sample(usage.metrics, "journal") >= 35
-    assert sample(usage.metrics, "replayed") >= 35
+    assert sample(usage.metrics, "journal") == 40
+    assert sample(usage.metrics, "database") == 40
+    assert sample(usage.metrics, "dropped") == 0
     await usage.close()
+
+
+def journal_ids(tmp_path: Path) -> list[str]:
+    data = (tmp_path / "data" / "usage-journal-0.jsonl").read_bytes()
+    return [orjson.loads(line)[0] for line in data.splitlines()]  # arrays, the id first
 
 
 async def test_shutdown_with_the_database_down_keeps_rows_for_the_next_start(

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import sqlite3
-import stat
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import aiosqlite
 import asyncpg
+
+from gateway.private import PRIVATE_FILE_MODE, private_dir, private_file
 
 log = logging.getLogger("gateway.db")
 
@@ -194,40 +195,16 @@ async def open_postgres_pool(
     return pool
 
 
-def private_directory(path: Path) -> None:
-    """Create the data directory readable by this user alone (0700), whatever the umask;
-    an existing one of ours open to others is tightened (key hashes, usage by subject)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = path.stat()
-    # Never a shared directory such as /tmp (sticky), nor one that is not ours.
-    if info.st_mode & 0o077 and not info.st_mode & stat.S_ISVTX and info.st_uid == os.getuid():
-        log.warning("%s was readable by other users; made it private (0700)", path)
-        path.chmod(0o700)
-
-
-def private_file(path: Path, flags: int) -> int:
-    """Open (creating it 0600, whatever the umask) a file of the data directory; an
-    existing one open to others is tightened. Returns the file descriptor."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _private_sqlite(path: Path) -> None:
     """The database file and its WAL companions, 0600 before SQLite opens them: SQLite
     creates `-wal` and `-shm` with the mode of the database file."""
-    private_directory(path.parent)
+    private_dir(path.parent)
     os.close(private_file(path, os.O_RDWR))
     for suffix in ("-wal", "-shm"):
         companion = path.with_name(path.name + suffix)
         with contextlib.suppress(FileNotFoundError):
             if companion.stat().st_mode & 0o077:
-                companion.chmod(0o600)
+                companion.chmod(PRIVATE_FILE_MODE)
 
 
 async def open_sqlite(

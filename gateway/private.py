@@ -43,13 +43,20 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path, *, append: bool = False) -> BinaryIO:
-    """`path` opened for writing from its start (or its end), created 0600 or tightened to it."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+def private_file(path: Path, flags: int) -> int:
+    """Open `path` with `flags`, creating it 0600 whatever the umask; an existing one open
+    to others (left by an earlier run) is tightened. Returns the file descriptor."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     try:
-        os.fchmod(fd, PRIVATE_FILE_MODE)  # a file left by an earlier run keeps its mode
-    except OSError:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
         os.close(fd)
         raise
+    return fd
+
+
+def open_private(path: Path, *, append: bool = False) -> BinaryIO:
+    """`path` opened for writing from its start (or its end), created 0600 or tightened to it."""
+    fd = private_file(path, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
     return os.fdopen(fd, "ab" if append else "wb")

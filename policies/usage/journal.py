@@ -30,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.db import private_directory, private_file
+from gateway.private import private_dir, private_file
 from policies.usage.record import UsageRow, row_from_json
 
 log = logging.getLogger("policies.usage.journal")
@@ -70,7 +70,7 @@ class Journal:
         return self._fd is None
 
     def open(self) -> None:
-        private_directory(self.directory)
+        private_dir(self.directory)
         for n in range(MAX_FILES):
             path = self.directory / f"{self.stem}-{n}.jsonl"
             fd = _open_locked(path)

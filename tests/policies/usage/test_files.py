@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import gateway.db
+import gateway.private
 from gateway.db import open_sqlite
 from gateway.metrics import Metrics
 from policies.usage.journal import Journal, append_rejected
@@ -71,7 +71,7 @@ def test_a_shared_sticky_directory_is_left_as_it_is(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
-    gateway.db.private_directory(shared)
+    gateway.private.private_dir(shared)
     assert mode(shared) == 0o1777
 
 

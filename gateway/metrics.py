@@ -30,9 +30,7 @@ DEPENDENCY_ERRORS = (
     ("redis", "fail_open"),  # a rate-limit check skipped: the request went through
     ("redis", "fail_closed"),  # ... or was refused with 503
     ("redis", "settle_lost"),  # a completion call lost: the reservation stays charged
-    ("postgres", "journal"),  # usage rows written to the local journal instead
-    ("postgres", "retry"),  # the journal's replay failed and waits for its next try
-    ("sqlite", "journal"),
+    ("postgres", "retry"),  # the journal's rows wait in it for the writer's next try
     ("sqlite", "retry"),
     ("disk", "retry"),  # the usage journal could not be written: rows wait in memory
 )
@@ -110,22 +108,31 @@ class Metrics:
         self.dependency_errors = self._counter(
             "dependency_errors",
             "Failed calls to a dependency (redis, postgres, sqlite, disk), by dependency and by "
-            "what the gateway did about it (fail_open, fail_closed, settle_lost, journal, retry).",
+            "what the gateway did about it (fail_open, fail_closed, settle_lost, retry).",
             ("dependency", "action"),
         )
         _init(self.dependency_errors, *DEPENDENCY_ERRORS)
         self.usage_queue_depth = self._gauge(
-            "usage_queue_depth", "Usage records waiting in memory for the background writer."
+            "usage_queue_depth",
+            "Usage records in memory, not yet in the journal (only while the journal's disk "
+            "refuses writes).",
         )
         self.usage_journal_bytes = self._gauge(
             "usage_journal_bytes",
-            "Size of the local usage journal: records not yet in the database.",
+            "Bytes of the local usage journal the database has not committed yet.",
         )
         self.usage_records = self._counter(
             "usage_records",
-            "Usage records by where they went (database, journal, replayed; rejected: refused "
-            "by the database for good, set aside; dropped: neither database nor journal).",
+            "Usage records by where they went (journal: every record as its request completes; "
+            "database: inserted; replayed: left by an earlier run; rejected: refused by the "
+            "database for good or not serialisable, set aside; dropped: the journal's disk "
+            "refused it and memory was full).",
             ("destination",),
+        )
+        self.usage_writer_restarts = self._counter(
+            "usage_writer_restarts",
+            "Times the usage writer failed unexpectedly (a bug) and was restarted; records wait "
+            "in the journal meanwhile.",
         )
         _init(self.usage_records, *((d,) for d in USAGE_DESTINATIONS))
         self.cache_requests = self._counter(

@@ -24,7 +24,7 @@ GROUPS = {
 }
 # Errors: requests refused (by the gateway or a policy) and upstream failures, streams the
 # upstream broke off after a 200 included. A client hanging up is no error.
-ERROR_CONDITION = "outcome IN ('rejected', 'upstream_error')"
+ERROR_CONDITION = "outcome IN ('rejected', 'upstream_error', 'internal_error')"
 PERCENTILES = (0.5, 0.95)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -154,6 +154,7 @@ class UsageWriter:
             except Exception:
                 failures += 1
                 self.restarts += 1
+                self.metrics.usage_writer_restarts.inc()
                 log.exception("the usage writer failed; restarting it (failure %d)", failures)
                 await asyncio.sleep(self._pause(failures))
 

@@ -186,3 +186,15 @@ async def test_a_client_hanging_up_is_no_error(stores: list[UsageStore]) -> None
         rows, _ = await store.report(NOW - timedelta(hours=1), NOW, "model")
         m3 = next(r for r in rows if r.group == "m3")
         assert (m3.requests, m3.errors) == (2, 1)
+
+
+async def test_an_internal_error_of_the_gateway_counts_as_an_error(
+    stores: list[UsageStore],
+) -> None:
+    broken = row(550, model="m4", status=500, outcome="internal_error")
+    served = row(551, model="m4")
+    for store in stores:
+        await store.insert([broken, served])
+        rows, _ = await store.report(NOW - timedelta(hours=1), NOW, "model")
+        m4 = next(r for r in rows if r.group == "m4")
+        assert (m4.requests, m4.errors) == (2, 1)

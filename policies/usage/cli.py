@@ -35,8 +35,9 @@ async def _report(
 def cmd_usage(args: argparse.Namespace) -> int:
     config, _ = admin_config(args)
     try:
-        since = parse_time(args.since)
-        until = parse_time(args.until) if args.until else datetime.now(since.tzinfo)
+        since = parse_time(args.since, param="--since")
+        now = datetime.now(since.tzinfo)
+        until = parse_time(args.until, param="--until") if args.until else now
         with explained(config):  # an unreachable database: one line naming its setting
             print(run(_report(config, args, since, until)))
     except (ReportError, StoreUnavailable) as exc:

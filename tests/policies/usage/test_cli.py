@@ -101,7 +101,9 @@ def test_usage_refuses_a_time_it_cannot_read(
 ) -> None:
     write_config(tmp_path, monkeypatch)
     assert main(["usage", "--since", "last week"]) == 1
-    assert "24h" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "--since: " in said
+    assert "24h" in said
 
 
 def test_usage_explains_an_unreachable_database(

@@ -148,6 +148,7 @@ def test_a_data_directory_that_cannot_be_made_is_one_clear_line(
     assert main(["keys", "list", "--config", str(path)]) == 1
     assert capsys.readouterr().err == (
         f"error: the data directory {tmp_path / 'file' / 'data'} (storage.data_dir) cannot be "
-        f"used: NotADirectoryError: [Errno 20] Not a directory: '{tmp_path / 'file' / 'data'}'; "
+        "used: NotADirectoryError: [Errno 20] Not a directory: "
+        f"'{tmp_path / 'file' / 'data' / 'gateway.db'}'; "
         "make storage.data_dir a directory this user can write\n"
     )

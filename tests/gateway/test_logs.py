@@ -52,6 +52,10 @@ def assert_no_secret(text: str, *secrets_: str) -> None:
         (f"postgresql://gateway:{PASSWORD}@db/usage failed", PASSWORD),
         (f"GET /x?password={PASSWORD}&page=2", PASSWORD),
         (f"a raw control character: Authorization: Bearer {TOKEN[:9]}\x01{TOKEN[9:]}", TOKEN),
+        (f"b'Authorization:\\tBasic {TOKEN}\\x00'", TOKEN),
+        (f"b'Authorization: Bearer a&{TOKEN}\\x01'", TOKEN),
+        (f"b'Authorization: Bearer \\'{TOKEN}\"\\x01'", TOKEN),
+        (f"b'Authorization: Bearer \\\\{TOKEN}\\x01'", TOKEN),
     ],
 )
 def test_every_kind_of_credential_is_redacted_in_a_json_line(text: str, secret: str) -> None:

@@ -37,8 +37,8 @@ _H = r"""(?:<C>|[ \t&]|\\\\[t']|(?:\\\\){2})"""
 _NAMES = r"(?:authorization|api[-_]?key|cookie|password|passwd|secret|[-_]token)"
 _SECRET = re.compile(
     (
-        r"""(?i)(?P<header><N>\\?["']?(?:\s|\\\\t)*:(?:\s|\\\\t)*(?:\\?["'])?)<H>+"""
-        r"""|(?P<field><N>\\?["']?\s*=\s*(?:\\?["'])?)(?:<C>|[ \t])+"""
+        r"""(?i)(?P<header><N>\\?["']?(?:\s|\\\\t)*(?:(?P<colon>:)|=)(?:\s|\\\\t)*"""
+        r"""(?:\\?["'])?)(?(colon)<H>+|(?:<C>|[ \t])+)"""
         r"|(?P<scheme>\bbearer\s+)<C>+"
         r"""|(?P<long>bytes when reading:? b\\?["'])(?:<C>|[ \t])*"""
         r"|(?P<key>sk-gw_)<C>*"
@@ -49,7 +49,7 @@ _SECRET = re.compile(
     .replace("<H>", _H)
     .replace("<C>", _C)
 )
-_HIDDEN = r"\g<header>\g<field>\g<scheme>\g<long>\g<key>\g<url>[REDACTED]"
+_HIDDEN = r"\g<header>\g<scheme>\g<long>\g<key>\g<url>[REDACTED]"
 # Each alternative above contains one of these (lower-cased): most lines contain none, and
 # looking for them costs a tenth of running the pattern.
 _MARKERS = (

@@ -59,9 +59,15 @@ class AccessLog:
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
             "client": request.remote,
-            "error": redact(ctx.error) if ctx.error else None,
+            "error": ctx.error,
         }
-        self._pending.append(_dumps(line))
+        data = _dumps(line)
+        if ctx.status >= 400 or ctx.error:
+            # A refused request's model and error quote the client's own text, which may be
+            # anything (a key pasted as the model name); a served request's fields are names
+            # the gateway knows, and its line skips the cost of the pattern.
+            data = redact(data.decode()).encode()
+        self._pending.append(data)
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self.flush)
 

@@ -64,20 +64,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Check a gateway configuration (and its policy file), or a policy file alone."""
-    raw = read_yaml(args.file)
-    if raw and set(raw) <= {"tiers", "policies"}:
-        document = parse_document(raw, str(args.file))
-        config = parse_config({"models": {"-": {"upstreams": ["http://-"]}}, **raw})
-        _, chain = build(PolicySource(config, args.file), Resources())
+    path = args.file or config_path(getattr(args, "config", None))
+    if path is None:
         print(
-            f"{args.file}: ok (policy file: {len(document.tiers)} tiers, "
+            "error: give the file to check: check-config FILE (or --config FILE, or "
+            "$LLAMA_GATEWAY_CONFIG)",
+            file=sys.stderr,
+        )
+        return 2
+    raw = read_yaml(path)
+    if raw and set(raw) <= {"tiers", "policies"}:
+        document = parse_document(raw, str(path))
+        config = parse_config({"models": {"-": {"upstreams": ["http://-"]}}, **raw})
+        _, chain = build(PolicySource(config, path), Resources())
+        print(
+            f"{path}: ok (policy file: {len(document.tiers)} tiers, "
             f"policies: {', '.join(p.name for p in chain.policies) or 'none'})"
         )
         return 0
-    config = parse_config(raw, str(args.file))
-    document, chain = build(PolicySource(config, args.file), Resources())
+    config = parse_config(raw, str(path))
+    document, chain = build(PolicySource(config, path), Resources())
     print(
-        f"{args.file}: ok ({len(config.models)} models, {len(document.tiers)} tiers, policies: "
+        f"{path}: ok ({len(config.models)} models, {len(document.tiers)} tiers, policies: "
         f"{', '.join(p.name for p in chain.policies) or 'none'})"
     )
     return 0
@@ -113,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     add_storage_flags(serve)
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, nargs="?", help="the file (or --config FILE)")
+    add_config_flag(check)
     check.set_defaults(func=cmd_check_config)
     from gateway.dbcli import add_db_command
     from gateway.local import add_local_command

@@ -20,6 +20,7 @@ REJECTED = "rejected"  # the gateway or a policy answered instead of the upstrea
 UPSTREAM_ERROR = "upstream_error"
 DISCONNECTED = "client_disconnected"
 INTERNAL_ERROR = "internal_error"  # the gateway failed: answered with a 500
+MAX_DEPTH = 254  # orjson serialises no deeper nesting
 
 
 @dataclass(slots=True)
@@ -141,3 +142,17 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     return body
+
+
+def serialise_body(body: dict[str, Any]) -> bytes:
+    """The body as the upstream gets it, after the gateway or a policy changed it."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion" in str(exc):
+            raise bad_request(
+                f"The request body nests JSON more than {MAX_DEPTH} levels deep; send a"
+                " flatter body.",
+                code="too_deeply_nested",
+            ) from exc
+        raise bad_request(f"The request body cannot be forwarded: {exc}.") from exc

@@ -31,14 +31,23 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 # value: not a quote, `&` or white space, or a repr's `\\xNN` escape, or JSON's `\u00NN`
 # for a raw control character.
 _C = r"""(?:[^\\\s"'&]|\\\\x[0-9a-fA-F]{2}|\\u00[0-9a-fA-F]{2})"""
+# A header's value runs on past `&` and a repr's other escapes (a tab, a quote, a
+# backslash), which a query string's value (`name=...`) ends at `&`.
+_H = r"""(?:<C>|[ \t&]|\\\\[t']|(?:\\\\){2})"""
+_NAMES = r"(?:authorization|api[-_]?key|cookie|password|passwd|secret|[-_]token)"
 _SECRET = re.compile(
-    r"(?i)(?P<header>(?:authorization|api[-_]?key|cookie|password|passwd|secret|[-_]token)"
-    r"""\\?["']?\s*[:=]\s*(?:\\?["'])?)(?:<C>|[ \t])+"""
-    r"|(?P<scheme>\bbearer\s+)<C>+"
-    r"""|(?P<long>bytes when reading:? b\\?["'])(?:<C>|[ \t])*"""
-    r"|(?P<key>sk-gw_)<C>*"
-    r"|eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}"
-    r"""|(?P<url>://[^\s/@:"'\\]*:)[^\s/@"'\\]*(?=@)""".replace("<C>", _C)
+    (
+        r"""(?i)(?P<header><N>\\?["']?(?:\s|\\\\t)*(?:(?P<colon>:)|=)(?:\s|\\\\t)*"""
+        r"""(?:\\?["'])?)(?(colon)<H>+|(?:<C>|[ \t])+)"""
+        r"|(?P<scheme>\bbearer\s+)<C>+"
+        r"""|(?P<long>bytes when reading:? b\\?["'])(?:<C>|[ \t])*"""
+        r"|(?P<key>sk-gw_)<C>*"
+        r"|eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}"
+        r"""|(?P<url>://[^\s/@:"'\\]*:)[^\s/@"'\\]*(?=@)"""
+    )
+    .replace("<N>", _NAMES)
+    .replace("<H>", _H)
+    .replace("<C>", _C)
 )
 _HIDDEN = r"\g<header>\g<scheme>\g<long>\g<key>\g<url>[REDACTED]"
 # Each alternative above contains one of these (lower-cased): most lines contain none, and

@@ -2,12 +2,15 @@
 
 aiohttp answers a malformed request (a control character in a header, an over-long line,
 conflicting framing) itself, before any handler or middleware runs, from
-`RequestHandler.handle_error`, in plain text. Neither that method nor the way a runner makes
-its connection handlers is public API: this module is the only place that relies on them,
-and tests/gateway/test_protocol.py breaks when aiohttp changes them.
+`RequestHandler.handle_error`, in plain text, and logs it (`log_exception`) as an error with
+a traceback that quotes the raw bytes. Neither those methods nor the way a runner makes its
+connection handlers is public API: this module is the only place that relies on them, and
+tests/gateway/test_protocol.py breaks when aiohttp changes them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
@@ -30,14 +33,22 @@ def protocol_error(status: int, exc: BaseException | None) -> GatewayError:
             " or compressed with gzip or deflate."
         )
         return GatewayError(status, message, code="unsupported_content_encoding")
-    # The first line names the problem; the lines after it quote the offending bytes.
-    reason = exc.message if isinstance(exc, HttpProcessingError) else ""
-    reason = reason.strip().split("\n", 1)[0].rstrip(":. ") if isinstance(reason, str) else ""
     message = (
-        f"The request is not valid HTTP/1.1 ({reason or 'unreadable request'}); fix its"
-        " request line, headers or framing."
+        f"The request is not valid HTTP/1.1 ({_reason(exc)}); fix its request line,"
+        " headers or framing."
     )
     return GatewayError(status, message, code="invalid_http_request")
+
+
+def _reason(exc: BaseException | None) -> str:
+    """What aiohttp found wrong, without the request's bytes: the first line of its
+    message names the problem, the lines after it quote the offending bytes (an over-long
+    line's message quotes them on the first)."""
+    if isinstance(exc, LineTooLong):
+        return "a request line or header is too long"
+    reason = exc.message if isinstance(exc, HttpProcessingError) else ""
+    reason = reason.strip().split("\n", 1)[0].rstrip(":. ") if isinstance(reason, str) else ""
+    return reason or "unreadable request"
 
 
 class _Connection(web_protocol.RequestHandler):
@@ -50,13 +61,23 @@ class _Connection(web_protocol.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # aiohttp's own logs the error (redacted like every line) and refuses once an
+        # aiohttp's own logs the error (through `log_exception`) and refuses once an
         # answer has begun; only the body it would send is replaced.
         plain = super().handle_error(request, status, exc, message)
         err = protocol_error(plain.status, exc)
         answer = web.Response(status=plain.status, body=err.body(), content_type="application/json")
         answer.force_close()
         return answer
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if not isinstance(exc, HttpProcessingError):
+            super().log_exception(*args, **kw)
+            return
+        # The client's mistake: one line, no traceback. aiohttp's message quotes the bytes
+        # it could not parse (a credential among them, whichever header or URL holds it).
+        remote = args[1] if len(args) > 1 else None  # ("Error handling request from %s", remote)
+        self.logger.info("unparseable request from %s: %s", remote, _reason(exc))
 
 
 class _Server(web.Server):

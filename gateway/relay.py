@@ -23,6 +23,7 @@ from gateway.context import (
     UPSTREAM_ERROR,
     Reply,
     RequestContext,
+    serialise_body,
 )
 from gateway.errors import GatewayError, bad_request, internal_error, upstream_failed
 from gateway.logs import current_request
@@ -37,7 +38,6 @@ log = logging.getLogger("gateway.relay")
 
 
 LARGE_BODY = 1024 * 1024
-MAX_DEPTH = 254  # orjson serialises no deeper nesting
 
 
 class Relay:
@@ -245,9 +245,9 @@ class Relay:
         if ctx.stream and ctx.endpoint != "embeddings" and not ctx.client_wants_usage:
             # Usage must always be known; the extra event is hidden from this client.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            payload = _serialise(body)
+            payload = serialise_body(body)
         elif ctx.body_changed:
-            payload = _serialise(body)
+            payload = serialise_body(body)
         # aiohttp sends big bodies in pieces only from a file-like object.
         return io.BytesIO(payload) if len(payload) > LARGE_BODY else payload
 
@@ -280,19 +280,6 @@ class Relay:
             await asyncio.gather(*self.completions, return_exceptions=True)
         if self.access_log is not None:
             self.access_log.flush()
-
-
-def _serialise(body: dict[str, object]) -> bytes:
-    try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError as exc:
-        if "Recursion" in str(exc):
-            raise bad_request(
-                f"The request body nests JSON more than {MAX_DEPTH} levels deep; send a"
-                " flatter body.",
-                code="too_deeply_nested",
-            ) from exc
-        raise bad_request(f"The request body cannot be forwarded: {exc}.") from exc
 
 
 async def _finish(ctx: RequestContext, response: web.Response) -> web.StreamResponse:

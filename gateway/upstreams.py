@@ -25,6 +25,9 @@ UPSTREAM_PATHS = {
 
 @dataclass(slots=True, eq=False)
 class Upstream:
+    # As configured; credentials in it (`http://user:password@host`) are taken out once
+    # the addresses below are made: the URL names the upstream in answers, logs, usage
+    # rows and metric labels, which must never show them.
     url: str
     model: str
     api_key: str | None = None
@@ -34,9 +37,14 @@ class Upstream:
     picks: int = 0
     # Parsed once: building URLs per request is measurable on the hot path.
     endpoint_urls: dict[str, URL] = field(init=False)
+    health_url: URL = field(init=False)
 
     def __post_init__(self) -> None:
         self.endpoint_urls = {name: URL(self.url + path) for name, path in UPSTREAM_PATHS.items()}
+        self.health_url = URL(self.url + "/health")
+        address = URL(self.url)
+        if address.user is not None or address.password is not None:
+            self.url = str(address.with_user(None))
 
     @property
     def usable(self) -> bool:
@@ -107,7 +115,7 @@ class Pool:
 async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeout: float) -> None:
     try:
         async with session.get(
-            upstream.url + "/health", timeout=aiohttp.ClientTimeout(total=probe_timeout)
+            upstream.health_url, timeout=aiohttp.ClientTimeout(total=probe_timeout)
         ) as resp:
             await resp.read()
             if resp.status == 200:

@@ -10,6 +10,7 @@ from multidict import CIMultiDict
 from pydantic import Field
 
 from gateway.context import Reply, RequestContext
+from gateway.logs import redact
 from gateway.policy import Policy, PolicyEnv, PolicySettings
 
 
@@ -41,7 +42,10 @@ class RequestIdPolicy(Policy):
         given = (
             ctx.request.headers.get(self.settings.header) if self.settings.trust_client else None
         )
-        ctx.request_id = given if given and self._sane.fullmatch(given) else self._new_id()
+        if given and self._sane.fullmatch(given) and redact(given) == given:
+            ctx.request_id = given
+        else:  # a credential pasted as the ID would reach every log line and usage row
+            ctx.request_id = self._new_id()
         ctx.upstream_headers[self.settings.header] = ctx.request_id
         return None
 

@@ -214,7 +214,7 @@ class UsageWriter:
         self.healthy = False
         self.metrics.dependency_errors.labels(self.store.dependency, "retry").inc()
 
-    async def _drain(self) -> None:
+    async def _drain(self, *, compact: bool = True) -> None:
         """Connect, then move the journal into the database, oldest rows first, up to
         what it held when called."""
         async with asyncio.timeout(self.options.write_timeout_seconds):
@@ -238,7 +238,7 @@ class UsageWriter:
         if not self.healthy:
             log.info("usage database reachable; rows go in as they come")
             self.healthy = True
-        if journal.worth_compacting():
+        if compact and journal.worth_compacting():
             await self._compact()
 
     async def _insert(self, rows: list[UsageRow]) -> None:
@@ -276,7 +276,9 @@ class UsageWriter:
         self._flush()
         try:
             async with asyncio.timeout(self.options.shutdown_seconds):
-                await self._drain()
+                # No compaction: one the writer's task began may still be copying in its
+                # thread (cancelling the task does not stop it), into the same file.
+                await self._drain(compact=False)
         except TimeoutError:
             log.warning(
                 "usage flush took longer than %g s; the rest stays in the journal %s",

@@ -172,3 +172,24 @@ policies:
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "policies[0].static_keys[0].tier: unknown tier 'gold'; tiers are ['free']" in err
+
+
+@pytest.mark.parametrize("how", ["--config", "environment"])
+def test_check_config_takes_the_file_as_every_other_command_does(
+    how: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "models: {m: {upstreams: ['http://127.0.0.1:9']}}\n")
+    if how == "--config":
+        assert main(["check-config", "--config", str(path)]) == 0
+    else:
+        monkeypatch.setenv("LLAMA_GATEWAY_CONFIG", str(path))
+        assert main(["check-config"]) == 0
+    assert f"{path}: ok (1 models" in capsys.readouterr().out
+
+
+def test_check_config_without_a_file_says_how_to_give_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLAMA_GATEWAY_CONFIG", raising=False)
+    assert main(["check-config"]) == 2
+    assert "give the file to check" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import STATE
 from gateway.logs import AIOHTTP_LOGGERS, JsonFormatter, redact, setup_logging
 from tests.gateway.test_server import start_gateway
 
@@ -52,6 +53,10 @@ def assert_no_secret(text: str, *secrets_: str) -> None:
         (f"postgresql://gateway:{PASSWORD}@db/usage failed", PASSWORD),
         (f"GET /x?password={PASSWORD}&page=2", PASSWORD),
         (f"a raw control character: Authorization: Bearer {TOKEN[:9]}\x01{TOKEN[9:]}", TOKEN),
+        (f"b'Authorization:\\tBasic {TOKEN}\\x00'", TOKEN),
+        (f"b'Authorization: Bearer a&{TOKEN}\\x01'", TOKEN),
+        (f"b'Authorization: Bearer \\'{TOKEN}\"\\x01'", TOKEN),
+        (f"b'Authorization: Bearer \\\\{TOKEN}\\x01'", TOKEN),
     ],
 )
 def test_every_kind_of_credential_is_redacted_in_a_json_line(text: str, secret: str) -> None:
@@ -158,3 +163,18 @@ async def test_hostile_headers_leave_no_credential_in_any_log_line(
     lines = [orjson.loads(line) for line in written.splitlines()]
     assert sum(line["logger"] == "aiohttp.server" for line in lines) >= 8
     assert_no_secret(written, *SECRETS.values())
+
+
+async def test_text_a_refused_request_carried_is_redacted_in_its_access_line(
+    gateway: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A refused request's text is the client's own (a model name it made up, say), so
+    # its access line passes the redaction; a served one's fields are the gateway's.
+    body = {"model": KEY, "messages": [{"role": "user", "content": "hi"}]}
+    resp = await gateway.post("/v1/chat/completions", json=body)
+    assert resp.status == 404
+    await gateway.app[STATE].relay.drain()
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if '"gateway.access"' in line]
+    assert_no_secret(line, KEY)
+    assert orjson.loads(line)["model"] == "sk-gw_[REDACTED]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -101,6 +102,7 @@ async def test_the_runner_makes_connections_that_answer_in_json(fake_url: str) -
         connection: Any = runner.server()
         assert isinstance(connection, web_protocol.RequestHandler)
         assert type(connection).handle_error is not web_protocol.RequestHandler.handle_error
+        assert type(connection).log_exception is not web_protocol.RequestHandler.log_exception
     finally:
         await runner.cleanup()
 
@@ -124,3 +126,30 @@ async def test_a_failure_outside_every_handler_catch_all_is_a_json_500() -> None
     assert headers["content-type"].startswith("application/json")
     error = orjson.loads(body)["error"]
     assert (error["type"], error["code"]) == ("server_error", "internal_error")
+
+
+SECRET = b"StaticSecret0123456789"
+# aiohttp quotes the offending bytes in its parse errors: a header's value after a tab,
+# a folded line without its header's name, a value with a quote in it, a URL.
+QUOTING = {
+    "tab after the colon": HEAD + b"Authorization:\tBasic " + SECRET + b"\x00\r\n",
+    "folded header line": HEAD + b"Authorization: Bearer\r\n " + SECRET + b"\r\n",
+    "quote in the value": HEAD + b"Authorization: Bearer '" + SECRET + b'"\x01\r\n',
+    "control character in the URL": b"GET /v1/models?key=" + SECRET + b"\x01 HTTP/1.1\r\n",
+    "over-long URL": b"GET /v1/models?key=" + SECRET + b"a" * 9000 + b" HTTP/1.1\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", QUOTING.values(), ids=QUOTING.keys())
+async def test_a_malformed_request_is_logged_in_one_line_without_its_bytes(
+    port: int, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        status, _, _ = await exchange(port, raw + b"Host: gateway\r\n\r\n")
+    assert status == 400
+    (record,) = [r for r in caplog.records if r.name == "aiohttp.server"]
+    # The client's mistake: no error level, no traceback, the reason without the bytes.
+    assert record.levelno == logging.INFO
+    assert record.exc_info is None
+    assert record.getMessage().startswith("unparseable request from 127.0.0.1: ")
+    assert SECRET.decode() not in caplog.text

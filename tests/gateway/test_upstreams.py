@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.app import STATE
-from gateway.upstreams import HEALTHY, LOADING, Pool, Upstream
+from gateway.app import STATE, create_app
+from gateway.upstreams import DOWN, HEALTHY, LOADING, Pool, Upstream
 from tests.conftest import gateway_config
 from tests.fake_llama import FakeLlama
 
@@ -110,7 +110,24 @@ async def test_health_is_always_ok_and_ready_when_upstreams_are(
 
 
 def create(urls: list[str]) -> Any:
-    from gateway.app import create_app
-
     config = gateway_config(urls[0], models={"fake": {"upstreams": urls}})
     return create_app(config)
+
+
+async def test_credentials_in_an_upstream_url_are_sent_to_it_and_shown_to_no_one(
+    aiohttp_client: Any, aiohttp_server: Any, caplog: Any
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 1)
+    secured = urls[0].replace("http://", "http://gw:Upstream-Pw-123@")
+    down = "http://gw:Upstream-Pw-123@127.0.0.1:9"  # nothing listens: refused at once
+    config = gateway_config(secured, models={"other": {"upstreams": [down]}})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    pool = client.app[STATE].pool
+    await wait_for(lambda: pool.by_model["other"][0].state == DOWN)
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    refused = await client.post("/v1/chat/completions", json={**CHAT, "model": "other"})
+    assert refused.status == 503
+    shown = [await refused.text(), await (await client.get("/metrics")).text(), caplog.text]
+    assert fakes[0].headers[-1]["Authorization"].startswith("Basic ")  # still authenticated
+    assert all("Upstream-Pw-123" not in text for text in shown)
+    assert "http://127.0.0.1:9 down" in shown[0]  # the upstream is still named

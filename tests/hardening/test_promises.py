@@ -42,7 +42,8 @@ def key(live: LiveGateway, tier: str = "premium") -> Header:
     return (b"Authorization", b"Bearer " + live.credentials.keys[tier].encode())
 
 
-# Known client inputs that once got the gateway's own 500 (the hardening issue, item 4).
+# Client inputs that reach a serialiser, decoder or parser at its limits: each is the
+# client's mistake, so a 4xx, never the gateway's own 500.
 ATTACKS = {
     "stream without include_usage, nested 300 deep": lambda live: send(
         live, "POST", "/v1/chat/completions", key(live), JSON, body=nested_chat(300, stream=True)

@@ -41,6 +41,26 @@ async def test_insane_client_id_is_replaced(
     assert fake.headers[-1]["X-Request-ID"] == made
 
 
+@pytest.mark.parametrize(
+    "credential",
+    [
+        "sk-gw_3cd1221f5cd3_1AxtIV-h9ITCbSKVNzlgpo9x7hMku9dVKnVbJN5tZEU",
+        "eyJhbGciOiJIUzI1NiJ9.e30.sig",
+    ],
+)
+async def test_a_credential_sent_as_the_id_is_replaced(
+    gateway: TestClient[Any, Any], fake: FakeLlama, credential: str
+) -> None:
+    # The ID goes into every log line (the access line unredacted), every usage row and
+    # the upstream's own logs: a key pasted there by mistake must reach none of them.
+    resp = await gateway.post(
+        "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": credential}
+    )
+    made = resp.headers["X-Request-ID"]
+    assert len(made) == 32
+    assert fake.headers[-1]["X-Request-ID"] == made
+
+
 async def test_each_request_gets_its_own_id(gateway: TestClient[Any, Any]) -> None:
     ids = {
         (await gateway.post("/v1/chat/completions", json=CHAT)).headers["X-Request-ID"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -153,3 +154,45 @@ async def test_rows_are_written_in_batches_not_one_by_one(tmp_path: Path) -> Non
     assert store.batches == [100, 100, 50]  # a partial batch waits for flush_seconds
     await usage.close()  # or for the shutdown
     assert store.batches == [100, 100, 50, 30]
+
+
+async def test_shutdown_during_a_compaction_never_runs_a_second_one_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancelled thread keeps running: a second copy into the same temporary file while
+    # the first still writes would mix the two into the journal that replaces the old one.
+    entered, release = threading.Event(), threading.Event()
+    copying: list[int] = []
+    most = [0]
+    copy_tail = Journal.copy_tail
+
+    def slow_copy(journal: Journal, end: int) -> Path:
+        copying.append(1)
+        most[0] = max(most[0], len(copying))
+        try:
+            if not entered.is_set():
+                entered.set()
+                release.wait(10)  # the first copy is still running when close() comes
+            return copy_tail(journal, end)
+        finally:
+            copying.pop()
+
+    monkeypatch.setattr(Journal, "worth_compacting", lambda journal: True)
+    monkeypatch.setattr(Journal, "copy_tail", slow_copy)
+    store = SqliteUsageStore(tmp_path / "u.db")
+    usage = writer(store, tmp_path)
+    await usage.start()
+    usage.submit(row(0))
+    await asyncio.to_thread(entered.wait, 10)
+    usage.submit(row(1))
+    try:
+        await usage.close()
+    finally:
+        release.set()
+    assert most[0] == 1
+    check = SqliteUsageStore(tmp_path / "u.db")
+    await check.connect()
+    try:
+        assert await count(check) == 2
+    finally:
+        await check.close()

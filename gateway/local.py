@@ -122,9 +122,11 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0
 
 
 # Some virtual machines advertise AMX in CPUID without letting a process run it: llama.cpp's
-# CPU backend, built for the machine's own instructions, then dies of SIGILL while it warms
-# up. Without weight repacking it takes no AMX code path.
+# CPU backend, built for the machine's own instructions, then dies while it warms up (of
+# SIGILL, or SIGSEGV when its crash handler trips over it). Without weight repacking it
+# takes no AMX code path.
 NO_AMX = ("--no-repack",)
+CPU_CRASHES = (-signal.SIGILL, -signal.SIGSEGV)
 
 
 @contextlib.contextmanager
@@ -164,15 +166,17 @@ def _wait(
     procs: dict[str, subprocess.Popen[bytes]],
     log_dir: Path | None,
 ) -> None:
-    """Wait until the server is healthy; one that died of SIGILL starts once more without AMX."""
+    """Wait until the server is healthy; one whose CPU backend crashed it while loading starts
+    once more without AMX."""
     try:
         return wait_healthy(url, procs[name])
     except LocalError:
-        if procs[name].returncode != -signal.SIGILL:
+        if procs[name].returncode not in CPU_CRASHES:
             raise
     print(
-        f"llama-server for {name} hit an instruction this machine cannot run; starting it "
-        "again without weight repacking (--no-repack)",
+        f"llama-server for {name} crashed while loading (code {procs[name].returncode}: "
+        "an instruction this machine cannot run?); starting it again without weight "
+        "repacking (--no-repack)",
         file=sys.stderr,
     )
     procs[name] = _start([*command, *NO_AMX], name, log_dir, append=True)

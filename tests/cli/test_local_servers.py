@@ -11,12 +11,13 @@ import pytest
 import gateway.local
 from gateway.local import CHAT_MODEL, EMBED_MODEL, llama_servers
 
-# Dies of SIGILL as llama.cpp's AMX kernels do where the machine hides AMX, unless repacking
-# is off; otherwise answers /health like a llama-server that has loaded its model.
+# Dies of SIGILL (chat) or SIGSEGV (embeddings) as llama.cpp's AMX kernels do where the
+# machine hides AMX, unless repacking is off; otherwise answers /health like a llama-server
+# that has loaded its model.
 STAND_IN = f"""#!{sys.executable}
 import http.server, os, signal, sys
 if "--no-repack" not in sys.argv:
-    os.kill(os.getpid(), signal.SIGILL)
+    os.kill(os.getpid(), signal.SIGSEGV if "--embeddings" in sys.argv else signal.SIGILL)
 port = int(sys.argv[sys.argv.index("--port") + 1])
 
 class Health(http.server.BaseHTTPRequestHandler):

@@ -207,8 +207,10 @@ async def test_bucket_refills_at_the_configured_rate(
     refused = next(a for a in answers if a.status == 429)
     await asyncio.sleep(int(refused.headers["Retry-After"]))
     assert (await chat(client, "alice-1")).status == 200
-    # One request a second: the bucket is empty again at once.
-    assert (await chat(client, "alice-1")).status == 429
+    # One request a second, not the whole bucket back: a burst finds it nearly empty (a slow
+    # machine may take a second between the two calls above, hence up to two).
+    burst = await asyncio.gather(*(chat(client, "alice-1") for _ in range(5)))
+    assert [a.status for a in burst].count(200) <= 2
 
 
 async def test_rejected_request_is_counted_by_tier_and_limit(

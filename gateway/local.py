@@ -102,8 +102,10 @@ def server_args(
             "-ub",
             "2048",
         ]
-    # The GGUF carries no chat template; without this llama-server falls back to ChatML.
-    return [*args, "-c", "4096", "-np", "4", "--chat-template", "gemma"]
+    # The GGUF carries no chat template; without one llama-server falls back to ChatML. The
+    # built-in Gemma turn format is used only without Jinja: with Jinja on (the default),
+    # `--chat-template gemma` is taken as the template's text and every prompt becomes "gemma".
+    return [*args, "-c", "4096", "-np", "4", "--no-jinja", "--chat-template", "gemma"]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:

@@ -44,6 +44,30 @@ def access_line(log: Path, request_id: str, timeout: float = 5.0) -> dict[str, A
         time.sleep(0.05)
 
 
+def upstream_json(url: str, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url + path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return orjson.loads(resp.read())
+
+
+def test_the_model_reads_the_users_words_in_gemmas_turn_format(
+    client: openai.OpenAI, chat_url: str
+) -> None:
+    words = "The capital of France is Paris, and the capital of Italy is"
+    messages = [{"role": "user", "content": words}]
+    prompt = upstream_json(chat_url, "/apply-template", {"messages": messages})["prompt"]
+    assert prompt == f"<start_of_turn>user\n{words}<end_of_turn>\n<start_of_turn>model\n"
+    tokens = upstream_json(chat_url, "/tokenize", {"content": prompt, "add_special": True})
+    completion = client.chat.completions.create(
+        model=CHAT_MODEL, messages=messages, max_tokens=2, temperature=0
+    )
+    # Exactly the templated prompt reached the model: no word lost, none added.
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == len(tokens["tokens"])
+
+
 def test_chat_completion_returns_content_usage_and_echoes_request_id(
     client: openai.OpenAI,
 ) -> None:

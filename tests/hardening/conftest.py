@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -30,27 +31,11 @@ settings.register_profile("ci", derandomize=True, database=None, **_COMMON)
 settings.register_profile("dev", **_COMMON)
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
-    """The gateway, every policy on (request IDs, usage on SQLite, API keys and JWTs,
-    rate limits on Redis), in front of the fake upstream, with every log line captured."""
-    gateway = LiveGateway(tmp_path_factory.mktemp("live"))
-    with pytest.MonkeyPatch.context() as env, captured_logs(gateway.lines):
-        env.setenv(JWT_SECRET_ENV, JWT_SECRET)
-        gateway.start()
-        try:
-            yield gateway
-        finally:
-            gateway.stop()
+G = TypeVar("G", bound=LiveGateway)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
-    """The same gateway as a real `llama-gateway serve` process: its own HTTP server and
-    logging set-up, its stderr kept for the checks (what aiohttp's parser answers and
-    logs happens before the application sees a request)."""
-    gateway = ServedGateway(tmp_path_factory.mktemp("served"))
+def _running(gateway: G) -> Iterator[G]:
+    """`gateway` started with the JWT secret in its environment, stopped afterwards."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv(JWT_SECRET_ENV, JWT_SECRET)
         gateway.start()
@@ -58,6 +43,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
             yield gateway
         finally:
             gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    """The gateway, every policy on (request IDs, usage on SQLite, API keys and JWTs,
+    rate limits on Redis), in front of the fake upstream, with every log line captured."""
+    gateway = LiveGateway(tmp_path_factory.mktemp("live"))
+    with captured_logs(gateway.lines):
+        yield from _running(gateway)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
+    """The same gateway as a real `llama-gateway serve` process: its own HTTP server and
+    logging set-up, its stderr kept for the checks (what aiohttp's parser answers and
+    logs happens before the application sees a request)."""
+    yield from _running(ServedGateway(tmp_path_factory.mktemp("served")))
 
 
 @pytest.fixture(scope="module")

@@ -236,12 +236,14 @@ class SqliteUsageStore:
         db = self._db()
         async with self._lock:  # one transaction at a time on the one connection
             before = db.total_changes
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                # BEGIN inside the try: aiosqlite runs a statement whose caller was
+                # cancelled, so a cancelled BEGIN still opens a transaction to roll back.
+                await db.execute("BEGIN IMMEDIATE")
                 await db.executemany(_SQLITE_INSERT, values)
                 await db.commit()
             except BaseException:
-                await db.rollback()
+                await asyncio.shield(db.rollback())
                 raise
             return db.total_changes - before
 

@@ -25,7 +25,6 @@ from gateway.db import (
 )
 
 GROUP = "llama_gateway.migrations"
-SQLITE_FILE = "gateway.db"
 
 
 def registered() -> list[Migration]:
@@ -45,7 +44,7 @@ def registered() -> list[Migration]:
     return sorted(found)
 
 
-async def migrate(database_url: str | None, data_dir: Path) -> tuple[str, list[Migration]]:
+async def migrate(database_url: str | None, sqlite_path: Path) -> tuple[str, list[Migration]]:
     """Apply what is pending; returns (where, the migrations this call applied)."""
     migrations = registered()
     if database_url:
@@ -54,10 +53,9 @@ async def migrate(database_url: str | None, data_dir: Path) -> tuple[str, list[M
             return "PostgreSQL", await migrate_postgres(pool, migrations)
         finally:
             await pool.close()
-    path = data_dir / SQLITE_FILE
-    db = await open_sqlite(path)
+    db = await open_sqlite(sqlite_path)
     try:
-        return str(path), await migrate_sqlite(db, migrations)
+        return str(sqlite_path), await migrate_sqlite(db, migrations)
     finally:
         await db.close()
 
@@ -70,7 +68,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     storage = config.storage
     try:
         with explained(config):
-            where, applied = run(migrate(storage.database_url, storage.data_path))
+            where, applied = run(migrate(storage.database_url, storage.sqlite_path))
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

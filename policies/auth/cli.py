@@ -66,7 +66,7 @@ async def _with_store(args: argparse.Namespace, action: Any) -> int:
     if getattr(args, "tier", None):
         _check_tier(args, document.tiers)
     storage = config.storage
-    store: KeyStore = open_store(storage.database_url, storage.data_path / "gateway.db")
+    store: KeyStore = open_store(storage.database_url, storage.sqlite_path)
     with explained(config):  # the database down, or lost on the way: one line
         await store.start()
         try:

@@ -20,7 +20,7 @@ async def _report(
     config: GatewayConfig, args: argparse.Namespace, since: datetime, until: datetime
 ) -> str:
     storage = config.storage
-    store = open_usage_store(storage.database_url, storage.data_path / "gateway.db")
+    store = open_usage_store(storage.database_url, storage.sqlite_path)
     # The embedded file is created on demand; PostgreSQL is migrated by `db migrate`.
     await store.connect(migrate=not storage.database_url)
     try:

@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.cli import add_config_flag, admin_config, run
-from gateway.clierrors import explained
+from gateway.commands import add_config_flag, admin_config, explained, run
 from gateway.config import ConfigError, config_path
 from policies.auth.keys import ApiKey, KeyStore, open_store
 from policies.auth.text import MAX_CHARS

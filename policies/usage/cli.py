@@ -9,8 +9,7 @@ from typing import Any
 
 import orjson
 
-from gateway.cli import add_config_flag, admin_config, run
-from gateway.clierrors import explained
+from gateway.commands import add_config_flag, admin_config, explained, run
 from gateway.config import GatewayConfig
 from policies.usage.report import GROUPS, ReportError, as_json, format_table, parse_time
 from policies.usage.store import StoreUnavailable, open_usage_store

@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from gateway.commands import add_config_flag, admin_config, explained, run
 from gateway.db import (
     Migration,
     MigrationError,
@@ -61,9 +62,6 @@ async def migrate(database_url: str | None, sqlite_path: Path) -> tuple[str, lis
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from gateway.cli import admin_config, run
-    from gateway.clierrors import explained
-
     config, _ = admin_config(args)
     storage = config.storage
     try:
@@ -79,8 +77,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def add_db_command(sub: Any) -> None:
-    from gateway.cli import add_config_flag
-
     db = sub.add_parser("db", help="database maintenance")
     add_config_flag(db)
     actions = db.add_subparsers(dest="action", required=True)

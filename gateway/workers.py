@@ -23,8 +23,15 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client import multiprocess
+
+from gateway.clierrors import Unavailable, explained
 from gateway.config import GatewayConfig
+from gateway.eventloop import run
+from gateway.exposition import write_worker_pid
+from gateway.logs import setup_logging
 from gateway.metrics import MULTIPROC_ENV
+from gateway.server import serve
 
 log = logging.getLogger("gateway.workers")
 
@@ -74,12 +81,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def worker_main(config: GatewayConfig, path: Path | None, index: int, ready: Connection) -> None:
     """A worker process: serve on the shared port until told to stop."""
-    from gateway.cli import run
-    from gateway.clierrors import Unavailable, explained
-    from gateway.exposition import write_worker_pid
-    from gateway.logs import setup_logging
-    from gateway.server import serve
-
     _stop_with_supervisor()
     setup_logging(config.logging.level)
     write_worker_pid(index)
@@ -210,8 +211,6 @@ class Supervisor:
                         self._start(index)
 
     def _forget(self, process: SpawnProcess) -> None:
-        from prometheus_client import multiprocess
-
         if process.pid is not None:
             multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
 

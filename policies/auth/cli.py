@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.cli import add_config_flag, admin_config, run
-from gateway.clierrors import explained
+from gateway.commands import add_config_flag, admin_config, explained, run
 from gateway.config import ConfigError, config_path
 from policies.auth.keys import ApiKey, KeyStore, open_store
 from policies.auth.text import MAX_CHARS
@@ -66,7 +65,7 @@ async def _with_store(args: argparse.Namespace, action: Any) -> int:
     if getattr(args, "tier", None):
         _check_tier(args, document.tiers)
     storage = config.storage
-    store: KeyStore = open_store(storage.database_url, storage.data_path / "gateway.db")
+    store: KeyStore = open_store(storage.database_url, storage.sqlite_path)
     with explained(config):  # the database down, or lost on the way: one line
         await store.start()
         try:

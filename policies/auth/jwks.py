@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import jwt
@@ -23,8 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-if TYPE_CHECKING:
-    from policies.auth.jwt import JwtSettings
+from policies.auth.jwtsettings import JwtSettings
 
 log = logging.getLogger("policies.auth.jwt")
 

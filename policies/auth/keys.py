@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import aiosqlite
 import asyncpg
 
+from gateway.config import postgres_url
 from gateway.db import (
     Migration,
     load_migrations,
@@ -288,11 +289,5 @@ class SqliteKeyStore(_SqlKeyStore):
 
 def open_store(database_url: str | None, sqlite_path: Path) -> KeyStore:
     """PostgreSQL when a database URL is configured, else the SQLite file; call `start()`."""
-    if not database_url:
-        return SqliteKeyStore(sqlite_path)
-    if not database_url.startswith(("postgresql://", "postgres://")):
-        raise ValueError(
-            "database URL must start with postgresql:// (or leave it unset for the "
-            "embedded SQLite store)"
-        )
-    return PostgresKeyStore(database_url)
+    url = postgres_url(database_url)
+    return SqliteKeyStore(sqlite_path) if url is None else PostgresKeyStore(url)

@@ -135,7 +135,7 @@ class AuthPolicy(Policy):
             storage = self.env.config.storage
 
             async def create() -> KeyStore:
-                store = open_store(storage.database_url, storage.data_path / "gateway.db")
+                store = open_store(storage.database_url, storage.sqlite_path)
                 await store.start()
                 return store
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from gateway.config import StorageConfig
 from gateway.redis_client import ConnectionLost, RedisClient, ReplyError, Unreachable
+from policies.rate_limit.embedded import Embedded
 
 log = logging.getLogger("policies.rate_limit")
 
@@ -60,8 +61,6 @@ class Client(Protocol):
 def open_client(storage: StorageConfig) -> Client:
     """The shared client for `storage.redis_url`, or the embedded store without one."""
     if storage.redis_url is None:
-        from policies.rate_limit.embedded import Embedded
-
         return Embedded()
     return RedisClient(storage.redis_url)
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import orjson
 
-from gateway.cli import add_config_flag, admin_config, run
-from gateway.clierrors import explained
+from gateway.commands import add_config_flag, admin_config, explained, run
 from gateway.config import GatewayConfig
 from policies.usage.report import GROUPS, ReportError, as_json, format_table, parse_time
 from policies.usage.store import StoreUnavailable, open_usage_store
@@ -20,7 +19,7 @@ async def _report(
     config: GatewayConfig, args: argparse.Namespace, since: datetime, until: datetime
 ) -> str:
     storage = config.storage
-    store = open_usage_store(storage.database_url, storage.data_path / "gateway.db")
+    store = open_usage_store(storage.database_url, storage.sqlite_path)
     # The embedded file is created on demand; PostgreSQL is migrated by `db migrate`.
     await store.connect(migrate=not storage.database_url)
     try:

@@ -101,7 +101,7 @@ class UsagePolicy(Policy):
         options = self.settings.writer_options()
 
         async def create() -> UsageWriter:
-            store = open_usage_store(storage.database_url, storage.data_path / "gateway.db")
+            store = open_usage_store(storage.database_url, storage.sqlite_path)
             writer = UsageWriter(store, Journal(storage.data_path), self.env.metrics, options)
             await writer.start()
             return writer

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import load, main, parser
+from gateway.cli import main, parser
+from gateway.commands.local import default_settings
+from gateway.commands.serve import load
 from gateway.config import ConfigError, parse_config, read_yaml, with_overrides
-from gateway.local import default_settings
 from gateway.policy import PolicyEnv
 from gateway.policydoc import PolicySource
 from gateway.registry import available, build_chain

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from gateway.access import AccessLog
 from gateway.app import STATE, create_app
-from gateway.config import parse_config
+from gateway.config import StorageConfig, parse_config
 from gateway.logs import setup_logging
 from gateway.protocol import GatewayRunner
 from policies.auth.keys import open_store
@@ -174,7 +174,7 @@ class LiveGateway:
         """The fake upstream listening, and an API key of each tier in the key store."""
         self.fake_url = f"http://127.0.0.1:{await self._listen(self.fake.app())}"
         data = self.workdir / "data"
-        store = open_store(None, data / "gateway.db")
+        store = open_store(None, StorageConfig(data_dir=str(data)).sqlite_path)
         await store.start()
         for tier in TIERS:
             self.credentials.keys[tier], _ = await store.create(f"owner-{tier}", tier, None)

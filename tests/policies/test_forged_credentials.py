@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
+from gateway.config import StorageConfig
 from policies.auth.keys import open_store
 from tests.conftest import GatewayFactory
 from tests.fake_llama import FakeLlama
@@ -295,7 +296,7 @@ async def attacker(aiohttp_server: Any) -> tuple[Attacker, str]:
 
 
 async def material(data: Path, rsa_keys: tuple[RsaKey, ...], attacker_url: str) -> Material:
-    store = open_store(None, data / "gateway.db")
+    store = open_store(None, StorageConfig(data_dir=str(data)).sqlite_path)
     await store.start()
     try:
         key, _ = await store.create("alice", "premium")

@@ -12,6 +12,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.config import StorageConfig
 from policies.auth.keys import open_store
 from tests.conftest import GatewayFactory
 from tests.policies.rate_limit_helpers import CHAT, limit_policy
@@ -27,7 +28,7 @@ def token(subject: str) -> str:
 
 
 async def api_keys(data_dir: Path, *owners: str) -> list[str]:
-    store = open_store(None, data_dir / "gateway.db")
+    store = open_store(None, StorageConfig(data_dir=str(data_dir)).sqlite_path)
     await store.start()
     try:
         return [(await store.create(owner, "free"))[0] for owner in owners]

@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from gateway.commands import add_config_flag, admin_config, explained, run
 from gateway.db import (
     Migration,
     MigrationError,
@@ -25,7 +26,6 @@ from gateway.db import (
 )
 
 GROUP = "llama_gateway.migrations"
-SQLITE_FILE = "gateway.db"
 
 
 def registered() -> list[Migration]:
@@ -45,7 +45,7 @@ def registered() -> list[Migration]:
     return sorted(found)
 
 
-async def migrate(database_url: str | None, data_dir: Path) -> tuple[str, list[Migration]]:
+async def migrate(database_url: str | None, sqlite_path: Path) -> tuple[str, list[Migration]]:
     """Apply what is pending; returns (where, the migrations this call applied)."""
     migrations = registered()
     if database_url:
@@ -54,23 +54,19 @@ async def migrate(database_url: str | None, data_dir: Path) -> tuple[str, list[M
             return "PostgreSQL", await migrate_postgres(pool, migrations)
         finally:
             await pool.close()
-    path = data_dir / SQLITE_FILE
-    db = await open_sqlite(path)
+    db = await open_sqlite(sqlite_path)
     try:
-        return str(path), await migrate_sqlite(db, migrations)
+        return str(sqlite_path), await migrate_sqlite(db, migrations)
     finally:
         await db.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from gateway.cli import admin_config, run
-    from gateway.clierrors import explained
-
     config, _ = admin_config(args)
     storage = config.storage
     try:
         with explained(config):
-            where, applied = run(migrate(storage.database_url, storage.data_path))
+            where, applied = run(migrate(storage.database_url, storage.sqlite_path))
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -81,8 +77,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def add_db_command(sub: Any) -> None:
-    from gateway.cli import add_config_flag
-
     db = sub.add_parser("db", help="database maintenance")
     add_config_flag(db)
     actions = db.add_subparsers(dest="action", required=True)

@@ -25,6 +25,7 @@ from gateway.context import (
     RequestContext,
     serialise_body,
 )
+from gateway.endpoints import GENERATING, MODEL_ENDPOINTS
 from gateway.errors import GatewayError, bad_request, internal_error, upstream_failed
 from gateway.logs import current_request
 from gateway.policy import Chain
@@ -117,10 +118,9 @@ class Relay:
             try:
                 reply = await chain.on_request(ctx)
                 if reply is None:
-                    if ctx.endpoint == "models":
-                        reply = Reply(200, self._models_body(ctx))
-                    else:
+                    if ctx.endpoint in MODEL_ENDPOINTS:
                         return await self._proxy(ctx, chain)
+                    reply = Reply(200, self._models_body(ctx))  # the model list
                 if reply.status >= 400 and ctx.outcome == OK:
                     ctx.outcome = REJECTED
                 return await self._send(ctx, chain, reply)
@@ -242,7 +242,7 @@ class Relay:
         body = ctx.body
         assert body is not None
         payload = ctx.raw_body
-        if ctx.stream and ctx.endpoint != "embeddings" and not ctx.client_wants_usage:
+        if ctx.stream and ctx.endpoint in GENERATING and not ctx.client_wants_usage:
             # Usage must always be known; the extra event is hidden from this client.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             payload = serialise_body(body)

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import jwt
 from pydantic import Field, field_validator, model_validator
 
+from gateway.endpoints import EndpointName
 from gateway.policy import PolicySettings
-from gateway.tiers import Endpoint
 from policies.auth.jwks import (
     JwtConfigError as JwtConfigError,  # re-exported: the verifier's construction error
 )
@@ -87,7 +87,7 @@ class JwtSettings(PolicySettings):
     # applies: a token alone must not pick its tier (an IdP may let users set claims).
     tiers: dict[str, str] = Field(default_factory=dict)
     # Endpoint -> the scope a token needs for it; endpoints not named need none.
-    required_scopes: dict[Endpoint, str] = Field(default_factory=dict)
+    required_scopes: dict[EndpointName, str] = Field(default_factory=dict)
 
     @field_validator("jwks_url")
     @classmethod

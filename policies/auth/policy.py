@@ -21,6 +21,7 @@ import asyncpg
 from pydantic import Field
 
 from gateway.context import Reply, RequestContext
+from gateway.endpoints import GENERATING, MODEL_ENDPOINTS, MODELS
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier
@@ -101,10 +102,8 @@ class AuthPolicy(Policy):
         super().__init__(settings, env)
         self.static = {k.hash.removeprefix("sha256:"): k for k in settings.static_keys}
         self.verifier = JwtVerifier(settings.jwt) if settings.jwt else None
-        # Endpoint -> the scope a token needs; keyed by str, as ctx.endpoint is.
-        self.scopes: dict[str, str] = dict(
-            settings.jwt.required_scopes.items() if settings.jwt else ()
-        )
+        # Endpoint name -> the scope a token needs.
+        self.scopes: Mapping[str, str] = settings.jwt.required_scopes if settings.jwt else {}
         self.store: KeyStore | None = None
         self.keys: KeyCache | None = None
 
@@ -179,7 +178,7 @@ class AuthPolicy(Policy):
         ctx.model_allowed = tier.allows_model
         if not tier.allows_endpoint(ctx.endpoint):
             raise forbidden(f"Your tier '{caller.tier}' may not use {ctx.request.path}.")
-        if ctx.endpoint != "models":
+        if ctx.endpoint in MODEL_ENDPOINTS:
             await self._check_body(ctx, tier)
 
     async def _check_body(self, ctx: RequestContext, tier: Tier) -> None:
@@ -187,11 +186,11 @@ class AuthPolicy(Policy):
         if ctx.model is not None and not tier.allows_model(ctx.model):
             raise forbidden(
                 f"Your tier '{ctx.tier}' may not use the model '{ctx.model}'; "
-                "GET /v1/models lists the models you can use.",
+                f"GET {MODELS.path} lists the models you can use.",
                 param="model",
             )
         # Every length field llama-server reads is capped, not only the first one named.
-        if tier.max_tokens and ctx.endpoint != "embeddings":
+        if tier.max_tokens and ctx.endpoint in GENERATING:
             ctx.body_changed = cap_lengths(body, tier.max_tokens) or ctx.body_changed
 
     async def _authenticate(self, ctx: RequestContext) -> Caller:

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.endpoints import BY_NAME
 from gateway.validate import CHOICES, LENGTHS, READ_LENGTHS
 from policies.rate_limit.settings import (
     CONCURRENCY,
@@ -120,19 +121,21 @@ def _text_length(value: Any, *, every_field: bool = False) -> int:
 
 def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     """A cheap estimate: about four characters per token, plus a few per chat message."""
-    if endpoint == "chat.completions":
-        tools = body.get("tools")
-        chars = 0 if tools is None else _text_length(tools, every_field=True)
-        for message in body.get("messages") or []:
-            if isinstance(message, dict):
-                content, calls = message.get("content"), message.get("tool_calls")
-                chars += len(content) if isinstance(content, str) else _text_length(content)
-                chars += 16 if calls is None else 16 + _text_length(calls, every_field=True)
-    elif endpoint == "completions":
-        chars = _text_length(body.get("prompt"))
-    else:
-        chars = _text_length(body.get("input"))
+    spec = BY_NAME[endpoint]
+    value = body.get(spec.input_field) if spec.input_field else None
+    chars = _messages_length(body, value) if spec.chat else _text_length(value)
     return chars // 4 + 1
+
+
+def _messages_length(body: dict[str, Any], messages: Any) -> int:
+    tools = body.get("tools")
+    chars = 0 if tools is None else _text_length(tools, every_field=True)
+    for message in messages or []:
+        if isinstance(message, dict):
+            content, calls = message.get("content"), message.get("tool_calls")
+            chars += len(content) if isinstance(content, str) else _text_length(content)
+            chars += 16 if calls is None else 16 + _text_length(calls, every_field=True)
+    return chars
 
 
 def completion_tokens(
@@ -157,9 +160,9 @@ def completion_tokens(
 
 
 def _prompts(endpoint: str, body: dict[str, Any]) -> int:
-    """How many prompts llama-server answers: a completions prompt that is an array
-    without token ids is one prompt per element (each gets its own answers)."""
-    prompt = body.get("prompt") if endpoint == "completions" else None
+    """How many prompts llama-server answers: a `prompt` that is an array without token
+    ids is one prompt per element (each gets its own answers)."""
+    prompt = body.get("prompt") if BY_NAME[endpoint].input_field == "prompt" else None
     if isinstance(prompt, list) and not any(isinstance(p, int | float) for p in prompt):
         return max(1, len(prompt))
     return 1

@@ -12,14 +12,14 @@ from functools import cached_property
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.config import Strict
+from gateway.config import PolicySettings
 from gateway.endpoints import MODEL_ENDPOINTS, NAMES, EndpointName
 
 _NOTHING = re.compile(r"(?!)")  # matches no string
 _MODEL_FREE = ", ".join(name for name in NAMES if name not in MODEL_ENDPOINTS)
 
 
-class Tier(Strict):
+class Tier(PolicySettings):
     endpoints: list[EndpointName] = Field(default_factory=lambda: list(NAMES))
     # Model names or shell-style patterns ("gemma*"); "*" allows every configured model,
     # an empty list none (then the tier may use no endpoint that takes a model).

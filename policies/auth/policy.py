@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -37,11 +36,9 @@ from policies.auth.keys import (
     open_store,
     parse_key,
 )
-from policies.auth.network import client_address
+from policies.auth.network import IpNetwork, client_address
 
 log = logging.getLogger("policies.auth")
-
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class StaticKey(PolicySettings):

@@ -131,7 +131,9 @@ class UsagePolicy(Policy):
             self._check_admin(request)
             query = request.query
             since = parse_time(query.get("since", "24h"), param="since")
-            until = parse_time(query["until"], param="until") if "until" in query else _now()
+            until = (
+                parse_time(query["until"], param="until") if "until" in query else datetime.now(UTC)
+            )
             by = query.get("by") or None
             body = await self._report(since, until, by)
         except ReportError as exc:
@@ -191,10 +193,6 @@ class UsagePolicy(Policy):
 
 def _known(digest: str, allowed: list[str]) -> bool:
     return any(hmac.compare_digest(digest, one) for one in allowed)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _error(err: GatewayError) -> web.Response:

@@ -10,7 +10,6 @@ time and never logged.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import asyncpg
 from pydantic import Field
 
 from gateway.context import Reply, RequestContext
+from gateway.credentials import SecretHash, bearer_token, hash_secret, printable_ascii
 from gateway.endpoints import GENERATING, MODEL_ENDPOINTS, MODELS
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
@@ -42,7 +42,7 @@ log = logging.getLogger("policies.auth")
 
 
 class StaticKey(PolicySettings):
-    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    hash: SecretHash
     owner: str = Field(min_length=1)
     tier: str
 
@@ -97,7 +97,7 @@ class AuthPolicy(Policy):
 
     def __init__(self, settings: AuthSettings, env: PolicyEnv) -> None:
         super().__init__(settings, env)
-        self.static = {k.hash.removeprefix("sha256:"): k for k in settings.static_keys}
+        self.static = {k.hash: k for k in settings.static_keys}
         self.verifier = JwtVerifier(settings.jwt) if settings.jwt else None
         # Endpoint name -> the scope a token needs.
         self.scopes: Mapping[str, str] = settings.jwt.required_scopes if settings.jwt else {}
@@ -205,7 +205,7 @@ class AuthPolicy(Policy):
                 raise INVALID
             key = verdict.key
             return Caller(f"key:{key.id}", key.owner, key.tier, key.id)
-        static = self.static.get(hashlib.sha256(token.encode()).hexdigest())
+        static = self.static.get(hash_secret(token))
         if static is not None:
             return Caller(f"static:{static.owner}", static.owner, static.tier)
         if self.verifier is not None and token.count(".") == 2:
@@ -269,18 +269,16 @@ def credential(ctx: RequestContext) -> str | None:
     headers = ctx.request.headers
     auth = headers.get("Authorization")
     if auth is not None:
-        scheme, _, token = auth.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(auth)
+        if token is None:
             raise unauthorized("Send the key as 'Authorization: Bearer <key>'.")
-        return _printable_ascii(token.strip())
+        return _printable_ascii(token)
     api_key = headers.get("api-key")
     return _printable_ascii(api_key.strip()) if api_key else None
 
 
 def _printable_ascii(token: str) -> str:
-    # Keys and JWTs are printable ASCII. aiohttp hands other header bytes over as lone
-    # surrogates (surrogateescape), which no encoder accepts: stop them here.
-    if not (token.isascii() and token.isprintable()):
+    if not printable_ascii(token):
         raise unauthorized(
             "The credential holds bytes no API key or token has; send it as printable ASCII."
         )

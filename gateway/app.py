@@ -120,11 +120,7 @@ def _guarded(handler: Handler, metrics: Metrics, route: str) -> Handler:
                 extra={"request_id": request_id},
             )
             metrics.internal_errors.labels(route).inc()
-            body = internal_error(request_id).body()
-            headers = {"X-Request-ID": request_id}
-            return web.Response(
-                status=500, body=body, headers=headers, content_type="application/json"
-            )
+            return internal_error(request_id).response({"X-Request-ID": request_id})
 
     return guarded
 
@@ -205,12 +201,11 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    err = GatewayError(
+    return GatewayError(
         404,
         f"Unknown request URL: {request.method} {request.path}. The gateway serves {_SERVED}.",
         code="unknown_url",
-    )
-    return web.Response(status=404, body=err.body(), content_type="application/json")
+    ).response()
 
 
 def _dumps(value: object) -> str:

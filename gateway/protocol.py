@@ -21,7 +21,7 @@ from gateway.errors import GatewayError, internal_error
 def protocol_error(status: int, exc: BaseException | None) -> GatewayError:
     """What was wrong with a request aiohttp could not parse; never its raw bytes."""
     if status >= 500:
-        return internal_error(None)
+        return internal_error(None, status)
     if isinstance(exc, LineTooLong):
         message = (
             "A request line or header is longer than the gateway accepts; send shorter headers."
@@ -64,8 +64,7 @@ class _Connection(web_protocol.RequestHandler):
         # aiohttp's own logs the error (through `log_exception`) and refuses once an
         # answer has begun; only the body it would send is replaced.
         plain = super().handle_error(request, status, exc, message)
-        err = protocol_error(plain.status, exc)
-        answer = web.Response(status=plain.status, body=err.body(), content_type="application/json")
+        answer = protocol_error(plain.status, exc).response()
         answer.force_close()
         return answer
 

@@ -134,11 +134,10 @@ class UsagePolicy(Policy):
             by = query.get("by") or None
             body = await self._report(since, until, by)
         except ReportError as exc:
-            return _error(
-                GatewayError(400, str(exc), code="invalid_report_parameter", param=exc.param)
-            )
+            err = GatewayError(400, str(exc), code="invalid_report_parameter", param=exc.param)
+            return err.response()
         except GatewayError as err:
-            return _error(err)
+            return err.response()
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     def _check_admin(self, request: web.Request) -> None:
@@ -188,9 +187,3 @@ class UsagePolicy(Policy):
 
 def _known(digest: str, allowed: list[str]) -> bool:
     return any(hmac.compare_digest(digest, one) for one in allowed)
-
-
-def _error(err: GatewayError) -> web.Response:
-    return web.Response(
-        status=err.status, body=err.body(), headers=err.headers, content_type="application/json"
-    )

@@ -4,8 +4,10 @@ aiohttp answers a malformed request (a control character in a header, an over-lo
 conflicting framing) itself, before any handler or middleware runs, from
 `RequestHandler.handle_error`, in plain text, and logs it (`log_exception`) as an error with
 a traceback that quotes the raw bytes. Neither those methods nor the way a runner makes its
-connection handlers is public API: this module is the only place that relies on them, and
-tests/gateway/test_protocol.py breaks when aiohttp changes them.
+connection handlers (`AppRunner._make_server`, `Server.__call__` and the server's
+`_kwargs`) is public API, and nothing public replaces them: this module is the only place
+that relies on them, and tests/gateway/test_aiohttp_internals.py breaks when aiohttp
+changes them.
 """
 
 from __future__ import annotations
@@ -93,6 +95,5 @@ class GatewayRunner(web.AppRunner):
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
-            loop=made._loop,
             **made._kwargs,
         )

@@ -231,6 +231,9 @@ class Relay:
             protocol = resp.connection.protocol if resp.connection else None
             if protocol is not None:
                 # From now on the wait between two reads is bounded by the idle timeout.
+                # aiohttp has no public way to change it once the head is in: this relies
+                # on its protocol's `read_timeout` and `start_timeout()`, which
+                # tests/gateway/test_aiohttp_internals.py checks.
                 protocol.read_timeout = self.idle_timeout
                 protocol.start_timeout()
             ctx.status = resp.status

@@ -20,8 +20,8 @@ class Endpoint:
     name: str
     # The route clients call.
     path: str
-    # llama-server's path for it; None for an endpoint the gateway answers itself (a GET).
-    # A proxied endpoint takes a JSON body (a POST) naming the model that routes it.
+    # llama-server's path for it. A proxied endpoint takes a JSON body (a POST) naming the
+    # model that routes it. None only for the model list, which the relay answers itself.
     upstream_path: str | None = None
     # The body field holding the input: a request without it is refused with a 400.
     input_field: str | None = None

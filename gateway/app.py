@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.background import running
 from gateway.config import GatewayConfig
+from gateway.endpoints import ENDPOINTS
 from gateway.errors import GatewayError, internal_error
 from gateway.exposition import MetricsEndpoint, publish_forever
 from gateway.metrics import Metrics, multiprocess_dir
@@ -27,6 +28,9 @@ from gateway.tracing import Tracing
 from gateway.upstreams import Pool, probe_forever
 
 log = logging.getLogger("gateway.app")
+
+_PATHS = [e.path for e in ENDPOINTS]
+_SERVED = f"{', '.join(_PATHS[:-1])} and {_PATHS[-1]}"
 
 
 @dataclass
@@ -62,27 +66,17 @@ def create_app(
     }
     for path, handler in core.items():
         app.router.add_get(path, _guarded(handler, metrics, path))
-    for path, endpoint in ENDPOINTS.items():
-        if endpoint == "models":
-            app.router.add_get(path, _endpoint(endpoint))
-        else:
-            app.router.add_post(path, _endpoint(endpoint))
+    for endpoint in ENDPOINTS:
+        add = app.router.add_post if endpoint.method == "POST" else app.router.add_get
+        add(endpoint.path, _endpoint(endpoint.name))
     _mount_policy_routes(app, runtime)
     app.router.add_route("*", "/{tail:.*}", _guarded(not_found, metrics, "unknown"))
     return app
 
 
-ENDPOINTS = {
-    "/v1/chat/completions": "chat.completions",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/models": "models",
-}
-
-
 def _mount_policy_routes(app: web.Application, runtime: PolicyRuntime) -> None:
     """Routes that policies serve themselves (admin endpoints), next to the core's."""
-    taken = {"/health", "/ready", "/metrics", *ENDPOINTS}
+    taken = {"/health", "/ready", "/metrics", *(e.path for e in ENDPOINTS)}
     for policy in runtime.chain.policies:
         for method, path in policy.routes():
             if path in taken or not path.startswith("/"):
@@ -126,11 +120,7 @@ def _guarded(handler: Handler, metrics: Metrics, route: str) -> Handler:
                 extra={"request_id": request_id},
             )
             metrics.internal_errors.labels(route).inc()
-            body = internal_error(request_id).body()
-            headers = {"X-Request-ID": request_id}
-            return web.Response(
-                status=500, body=body, headers=headers, content_type="application/json"
-            )
+            return internal_error(request_id).response({"X-Request-ID": request_id})
 
     return guarded
 
@@ -211,13 +201,11 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    err = GatewayError(
+    return GatewayError(
         404,
-        f"Unknown request URL: {request.method} {request.path}. The gateway serves "
-        "/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models.",
+        f"Unknown request URL: {request.method} {request.path}. The gateway serves {_SERVED}.",
         code="unknown_url",
-    )
-    return web.Response(status=404, body=err.body(), content_type="application/json")
+    ).response()
 
 
 def _dumps(value: object) -> str:

@@ -35,18 +35,22 @@ class ConfigError(Exception):
         super().__init__(f"{source}: invalid configuration\n  " + "\n  ".join(problems))
 
 
-class Strict(BaseModel):
+class PolicySettings(BaseModel):
+    """The base of every settings model, the gateway's own sections and each policy's:
+    unknown keys are errors, and settings do not change once read. Policies import it
+    from the plugin API, `gateway.policy`."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ServerConfig(Strict):
+class ServerConfig(PolicySettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
 
 
-class UpstreamConfig(Strict):
+class UpstreamConfig(PolicySettings):
     connect_timeout: PositiveFloat = 5.0
     # Prompt processing on a CPU can take minutes before the first token.
     first_byte_timeout: PositiveFloat = 300.0
@@ -58,7 +62,7 @@ class UpstreamConfig(Strict):
     max_connections: int = Field(0, ge=0)
 
 
-class ModelConfig(Strict):
+class ModelConfig(PolicySettings):
     upstreams: list[str] = Field(min_length=1)
     api_key: str | None = None
 
@@ -71,7 +75,7 @@ class ModelConfig(Strict):
         return [url.rstrip("/") for url in urls]
 
 
-class LoggingConfig(Strict):
+class LoggingConfig(PolicySettings):
     level: str = "INFO"
     access_log: bool = True
 
@@ -92,7 +96,7 @@ def postgres_url(url: str | None) -> str | None:
     return url
 
 
-class StorageConfig(Strict):
+class StorageConfig(PolicySettings):
     # PostgreSQL for API keys (and usage); without it an embedded SQLite file is used.
     database_url: str | None = None
     data_dir: str = "~/.local/share/llama-gateway"
@@ -131,7 +135,7 @@ class StorageConfig(Strict):
         return self.data_path / SQLITE_FILE
 
 
-class TracingConfig(Strict):
+class TracingConfig(PolicySettings):
     """OpenTelemetry tracing (the `otel` extra), off by default."""
 
     enabled: bool = False
@@ -148,7 +152,7 @@ class TracingConfig(Strict):
         return enabled
 
 
-class GatewayConfig(Strict):
+class GatewayConfig(PolicySettings):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     models: dict[str, ModelConfig] = Field(default_factory=dict)

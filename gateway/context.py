@@ -36,7 +36,7 @@ class Reply:
 @dataclass(slots=True)
 class RequestContext:
     request: web.Request
-    endpoint: str  # "chat.completions", "completions", "embeddings" or "models"
+    endpoint: str  # the name of its endpoint (gateway.endpoints)
     max_body_bytes: int
     started: float = field(default_factory=time.perf_counter)
     request_id: str | None = None

@@ -74,10 +74,6 @@ def _check_name(version: int, recorded: str, name: str) -> None:
         )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
     PgConnection: TypeAlias = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
 
@@ -118,7 +114,7 @@ async def _apply_postgres(conn: PgConnection, migration: Migration) -> bool:
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
             migration.version,
             migration.name,
-            _now(),
+            datetime.now(UTC),
         )
     return True
 
@@ -146,9 +142,10 @@ async def migrate_sqlite(
             # Not executescript(): it commits first, which would split the transaction.
             for statement in split_sqlite(migration.sql):
                 await db.execute(statement)
+            applied_at = datetime.now(UTC).isoformat(timespec="microseconds")
             await db.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, _now().isoformat(timespec="microseconds")),
+                (migration.version, migration.name, applied_at),
             )
             await db.commit()
         except BaseException:

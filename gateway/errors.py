@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
+from aiohttp import web
+from multidict import CIMultiDict
 
 
 class GatewayError(Exception):
@@ -38,6 +40,15 @@ class GatewayError(Exception):
     def as_dict(self) -> dict[str, str | None]:
         return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
 
+    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
+        """This error as the answer: its status, body and headers, then `headers`. Until it
+        is sent, its headers may still change (the policies' `on_response`)."""
+        merged = CIMultiDict(self.headers)
+        if headers:
+            merged.update(headers)
+        merged.setdefault("Content-Type", "application/json")
+        return web.Response(status=self.status, body=self.body(), headers=merged)
+
     def sse_event(self) -> bytes:
         """The same error as a final SSE event, for failures after a stream began."""
         return b"data: " + self.body() + b"\n\n"
@@ -57,11 +68,11 @@ def upstream_failed(message: str, status: int = 502) -> GatewayError:
     return GatewayError(status, message, type="server_error", code="upstream_error")
 
 
-def internal_error(request_id: str | None) -> GatewayError:
+def internal_error(request_id: str | None, status: int = 500) -> GatewayError:
     """A failure of the gateway's own; the request ID lets an operator find its traceback."""
     report = f"request ID {request_id}" if request_id else "time of the failure"
     return GatewayError(
-        500,
+        status,
         f"The gateway failed while handling this request; retry, and report the {report} to"
         " the operator if it persists.",
         type="server_error",

@@ -25,9 +25,9 @@ from typing import Any, ClassVar, NamedTuple
 
 from aiohttp import web
 from multidict import CIMultiDict
-from pydantic import BaseModel, ConfigDict
 
 from gateway.config import GatewayConfig
+from gateway.config import PolicySettings as PolicySettings  # re-exported: the plugin API
 from gateway.context import Reply, RequestContext
 from gateway.metrics import Metrics
 from gateway.resources import Resources
@@ -36,12 +36,6 @@ from gateway.tiers import Tier
 log = logging.getLogger("gateway.policy")
 
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class PolicySettings(BaseModel):
-    """Base of every policy's settings model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,19 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from gateway.config import ConfigError, GatewayConfig, Strict, read_yaml, validation_problems
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    PolicySettings,
+    read_yaml,
+    validation_problems,
+)
 from gateway.tiers import Tier
 
 DEFAULT_POLICIES: list[dict[str, Any]] = [{"type": "request_id"}]
 
 
-class PolicyDocument(Strict):
+class PolicyDocument(PolicySettings):
     tiers: dict[str, Tier] = Field(default_factory=dict)
     policies: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
 

@@ -4,8 +4,10 @@ aiohttp answers a malformed request (a control character in a header, an over-lo
 conflicting framing) itself, before any handler or middleware runs, from
 `RequestHandler.handle_error`, in plain text, and logs it (`log_exception`) as an error with
 a traceback that quotes the raw bytes. Neither those methods nor the way a runner makes its
-connection handlers is public API: this module is the only place that relies on them, and
-tests/gateway/test_protocol.py breaks when aiohttp changes them.
+connection handlers (`AppRunner._make_server`, `Server.__call__` and the server's
+`_kwargs`) is public API, and nothing public replaces them: this module is the only place
+that relies on them, and tests/gateway/test_aiohttp_internals.py breaks when aiohttp
+changes them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from gateway.errors import GatewayError, internal_error
 def protocol_error(status: int, exc: BaseException | None) -> GatewayError:
     """What was wrong with a request aiohttp could not parse; never its raw bytes."""
     if status >= 500:
-        return internal_error(None)
+        return internal_error(None, status)
     if isinstance(exc, LineTooLong):
         message = (
             "A request line or header is longer than the gateway accepts; send shorter headers."
@@ -64,8 +66,7 @@ class _Connection(web_protocol.RequestHandler):
         # aiohttp's own logs the error (through `log_exception`) and refuses once an
         # answer has begun; only the body it would send is replaced.
         plain = super().handle_error(request, status, exc, message)
-        err = protocol_error(plain.status, exc)
-        answer = web.Response(status=plain.status, body=err.body(), content_type="application/json")
+        answer = protocol_error(plain.status, exc).response()
         answer.force_close()
         return answer
 
@@ -94,6 +95,5 @@ class GatewayRunner(web.AppRunner):
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
-            loop=made._loop,
             **made._kwargs,
         )

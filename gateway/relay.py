@@ -25,6 +25,7 @@ from gateway.context import (
     RequestContext,
     serialise_body,
 )
+from gateway.endpoints import GENERATING, MODEL_ENDPOINTS
 from gateway.errors import GatewayError, bad_request, internal_error, upstream_failed
 from gateway.logs import current_request
 from gateway.policy import Chain
@@ -117,17 +118,16 @@ class Relay:
             try:
                 reply = await chain.on_request(ctx)
                 if reply is None:
-                    if ctx.endpoint == "models":
-                        reply = Reply(200, self._models_body(ctx))
-                    else:
+                    if ctx.endpoint in MODEL_ENDPOINTS:
                         return await self._proxy(ctx, chain)
+                    reply = Reply(200, self._models_body(ctx))  # the model list
                 if reply.status >= 400 and ctx.outcome == OK:
                     ctx.outcome = REJECTED
                 return await self._send(ctx, chain, reply)
             except GatewayError as err:
                 ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
                 ctx.error = err.message
-                return await self._send(ctx, chain, Reply(err.status, err.body(), err.headers))
+                return await self._answer(ctx, chain, err.response())
         except Exception as exc:  # answering a GatewayError can fail too
             return await self._internal_error(ctx, chain, exc)
 
@@ -149,12 +149,12 @@ class Relay:
                     await started.write(err.sse_event())
             started.force_close()
             return started
-        headers = CIMultiDict({"Content-Type": "application/json"})
+        response = err.response()
         try:
-            await chain.on_response(ctx, headers)  # the request ID's header, among others
+            await chain.on_response(ctx, response.headers)  # the request ID's, among others
         except Exception as again:  # the hook that failed first, most likely: no second traceback
             log.warning("a policy failed again while answering an internal error: %r", again)
-        return await _finish(ctx, web.Response(status=500, body=err.body(), headers=headers))
+        return await _finish(ctx, response)
 
     def _models_body(self, ctx: RequestContext) -> bytes:
         allowed = ctx.model_allowed
@@ -164,13 +164,17 @@ class Relay:
         return orjson.dumps({"object": "list", "data": visible})
 
     async def _send(self, ctx: RequestContext, chain: Chain, reply: Reply) -> web.StreamResponse:
-        ctx.status = reply.status
-        headers = CIMultiDict(reply.headers)
-        headers["Content-Type"] = reply.content_type
-        await chain.on_response(ctx, headers)
-        return await _finish(
-            ctx, web.Response(status=reply.status, body=reply.body, headers=headers)
-        )
+        response = web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+        response.headers["Content-Type"] = reply.content_type
+        return await self._answer(ctx, chain, response)
+
+    async def _answer(
+        self, ctx: RequestContext, chain: Chain, response: web.Response
+    ) -> web.StreamResponse:
+        """A whole answer of the gateway's or a policy's, once the policies have seen its head."""
+        ctx.status = response.status
+        await chain.on_response(ctx, response.headers)
+        return await _finish(ctx, response)
 
     async def _proxy(self, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
         await ctx.json()
@@ -227,6 +231,9 @@ class Relay:
             protocol = resp.connection.protocol if resp.connection else None
             if protocol is not None:
                 # From now on the wait between two reads is bounded by the idle timeout.
+                # aiohttp has no public way to change it once the head is in: this relies
+                # on its protocol's `read_timeout` and `start_timeout()`, which
+                # tests/gateway/test_aiohttp_internals.py checks.
                 protocol.read_timeout = self.idle_timeout
                 protocol.start_timeout()
             ctx.status = resp.status
@@ -242,7 +249,7 @@ class Relay:
         body = ctx.body
         assert body is not None
         payload = ctx.raw_body
-        if ctx.stream and ctx.endpoint != "embeddings" and not ctx.client_wants_usage:
+        if ctx.stream and ctx.endpoint in GENERATING and not ctx.client_wants_usage:
             # Usage must always be known; the extra event is hidden from this client.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             payload = serialise_body(body)

@@ -49,21 +49,22 @@ async def serve(
             runner, config.server.host, config.server.port, backlog=1024, reuse_port=reuse_port
         )
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
-        ports = [s.getsockname()[1] for s in sockets or []]
+        # The port bound, which port 0 leaves to the system.
+        addresses = runner.addresses
+        port = addresses[0][1] if addresses else config.server.port
         log.info(
             "listening on %s:%s",
             config.server.host,
-            ports[0] if ports else config.server.port,
+            port,
             extra={
                 "host": config.server.host,
-                "port": ports[0] if ports else config.server.port,
+                "port": port,
                 "models": list(config.models),
                 "policies": [p.name for p in app[STATE].runtime.chain.policies],
             },
         )
         if on_listening is not None:
-            on_listening(ports[0] if ports else config.server.port)
+            on_listening(port)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

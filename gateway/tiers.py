@@ -9,21 +9,18 @@ from __future__ import annotations
 import fnmatch
 import re
 from functools import cached_property
-from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.config import Strict
+from gateway.config import PolicySettings
+from gateway.endpoints import MODEL_ENDPOINTS, NAMES, EndpointName
 
-Endpoint = Literal["chat.completions", "completions", "embeddings", "models"]
-ALL_ENDPOINTS: list[Endpoint] = ["chat.completions", "completions", "embeddings", "models"]
-# Every endpoint but the model list names a model in its body.
-MODEL_ENDPOINTS: frozenset[str] = frozenset(ALL_ENDPOINTS) - {"models"}
 _NOTHING = re.compile(r"(?!)")  # matches no string
+_MODEL_FREE = ", ".join(name for name in NAMES if name not in MODEL_ENDPOINTS)
 
 
-class Tier(Strict):
-    endpoints: list[Endpoint] = Field(default_factory=lambda: list(ALL_ENDPOINTS))
+class Tier(PolicySettings):
+    endpoints: list[EndpointName] = Field(default_factory=lambda: list(NAMES))
     # Model names or shell-style patterns ("gemma*"); "*" allows every configured model,
     # an empty list none (then the tier may use no endpoint that takes a model).
     models: list[str] = Field(default_factory=lambda: ["*"])
@@ -40,7 +37,7 @@ class Tier(Strict):
             raise ValueError(
                 f"an empty list allows no model, so {', '.join(using)} would always be "
                 "refused; list model names or patterns ('*' for every model), or limit "
-                "endpoints to [models]"
+                f"endpoints to [{_MODEL_FREE}]"
             )
         return models
 

@@ -11,16 +11,12 @@ import aiohttp
 from yarl import URL
 
 from gateway.config import GatewayConfig
+from gateway.endpoints import ENDPOINTS, MODELS
 from gateway.errors import GatewayError, upstream_unavailable
 
 log = logging.getLogger("gateway.upstreams")
 
 UNKNOWN, HEALTHY, LOADING, DOWN = "unknown", "healthy", "loading", "down"
-UPSTREAM_PATHS = {
-    "chat.completions": "/v1/chat/completions",
-    "completions": "/v1/completions",
-    "embeddings": "/v1/embeddings",
-}
 
 
 @dataclass(slots=True, eq=False)
@@ -40,7 +36,9 @@ class Upstream:
     health_url: URL = field(init=False)
 
     def __post_init__(self) -> None:
-        self.endpoint_urls = {name: URL(self.url + path) for name, path in UPSTREAM_PATHS.items()}
+        self.endpoint_urls = {
+            e.name: URL(self.url + e.upstream_path) for e in ENDPOINTS if e.upstream_path
+        }
         self.health_url = URL(self.url + "/health")
         address = URL(self.url)
         if address.user is not None or address.password is not None:
@@ -88,7 +86,8 @@ class Pool:
         if candidates is None:
             raise GatewayError(
                 404,
-                f"The model '{model}' does not exist; GET /v1/models lists the models you can use.",
+                f"The model '{model}' does not exist; GET {MODELS.path} lists the models you "
+                "can use.",
                 code="model_not_found",
                 param="model",
             )

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.endpoints import ENDPOINTS
 from gateway.errors import GatewayError, bad_request
 
-_REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
+# Per endpoint name: the input field it requires, and of those the chat messages' arrays.
+_REQUIRED = {e.name: e.input_field for e in ENDPOINTS if e.input_field}
+_MESSAGES = {e.name: e.input_field for e in ENDPOINTS if e.chat and e.input_field}
 _INTEGERS = ("seed",)
 # What llama-server reads as the most tokens to generate on chat and completions:
 # `n_predict`, else `max_completion_tokens`, else `max_tokens` (-1 there means "until
@@ -62,9 +65,9 @@ def check_fields(endpoint: str, body: dict[str, Any]) -> None:
         value = body.get(name)
         if value is not None:
             _check_count(name, value)
-    messages = body.get("messages")
-    if endpoint == "chat.completions" and not isinstance(messages, list):
-        raise bad_request("'messages' must be an array of message objects.", param="messages")
+    messages = _MESSAGES.get(endpoint)
+    if messages is not None and not isinstance(body.get(messages), list):
+        raise bad_request(f"'{messages}' must be an array of message objects.", param=messages)
 
 
 def _check_count(name: str, value: Any) -> None:

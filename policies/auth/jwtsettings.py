@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gateway.endpoints import EndpointName
 from gateway.policy import PolicySettings
-from gateway.tiers import Endpoint
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 
@@ -41,7 +41,7 @@ class JwtSettings(PolicySettings):
     # applies: a token alone must not pick its tier (an IdP may let users set claims).
     tiers: dict[str, str] = Field(default_factory=dict)
     # Endpoint -> the scope a token needs for it; endpoints not named need none.
-    required_scopes: dict[Endpoint, str] = Field(default_factory=dict)
+    required_scopes: dict[EndpointName, str] = Field(default_factory=dict)
 
     @field_validator("jwks_url")
     @classmethod

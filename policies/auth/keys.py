@@ -9,7 +9,6 @@ every replica at the next request.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import hmac
 import re
 import secrets
@@ -25,6 +24,7 @@ import aiosqlite
 import asyncpg
 
 from gateway.config import postgres_url
+from gateway.credentials import hash_secret
 from gateway.db import (
     Migration,
     load_migrations,
@@ -51,14 +51,10 @@ def parse_key(presented: str) -> str | None:
     return match[1] if match else None
 
 
-def hash_key(key: str) -> str:
-    """`sha256:<hex>` of the full key: what is stored, and what a static key in YAML gives."""
-    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def key_matches(presented: str, key_hash: str) -> bool:
-    """Constant-time check of a presented key against a stored `hash_key` value."""
-    return hmac.compare_digest(hash_key(presented).encode(), key_hash.encode())
+    """Constant-time check of a presented key against its stored `hash_secret` (of the
+    full key, as a static key in YAML gives it)."""
+    return hmac.compare_digest(hash_secret(presented).encode(), key_hash.encode())
 
 
 def migrations() -> list[Migration]:
@@ -165,9 +161,8 @@ class _SqlKeyStore(ABC):
             raise ValueError("expires_at must be timezone-aware (for example in UTC)")
         for _ in range(_ID_TRIES):
             key_id, plaintext = new_key()
-            key = ApiKey(
-                key_id, owner, tier, datetime.now(UTC), _utc(expires_at), False, hash_key(plaintext)
-            )
+            created, expires = datetime.now(UTC), _utc(expires_at)
+            key = ApiKey(key_id, owner, tier, created, expires, False, hash_secret(plaintext))
             if await self._insert(key):
                 return plaintext, key
         raise RuntimeError(f"no free key id after {_ID_TRIES} tries; try again")

@@ -10,8 +10,6 @@ time and never logged.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,6 +19,8 @@ import asyncpg
 from pydantic import Field
 
 from gateway.context import Reply, RequestContext
+from gateway.credentials import SecretHash, bearer_token, hash_secret, printable_ascii
+from gateway.endpoints import GENERATING, MODEL_ENDPOINTS, MODELS
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier
@@ -36,15 +36,13 @@ from policies.auth.keys import (
     open_store,
     parse_key,
 )
-from policies.auth.network import client_address
+from policies.auth.network import IpNetwork, client_address
 
 log = logging.getLogger("policies.auth")
 
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 class StaticKey(PolicySettings):
-    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    hash: SecretHash
     owner: str = Field(min_length=1)
     tier: str
 
@@ -99,12 +97,10 @@ class AuthPolicy(Policy):
 
     def __init__(self, settings: AuthSettings, env: PolicyEnv) -> None:
         super().__init__(settings, env)
-        self.static = {k.hash.removeprefix("sha256:"): k for k in settings.static_keys}
+        self.static = {k.hash: k for k in settings.static_keys}
         self.verifier = JwtVerifier(settings.jwt) if settings.jwt else None
-        # Endpoint -> the scope a token needs; keyed by str, as ctx.endpoint is.
-        self.scopes: dict[str, str] = dict(
-            settings.jwt.required_scopes.items() if settings.jwt else ()
-        )
+        # Endpoint name -> the scope a token needs.
+        self.scopes: Mapping[str, str] = settings.jwt.required_scopes if settings.jwt else {}
         self.store: KeyStore | None = None
         self.keys: KeyCache | None = None
 
@@ -179,7 +175,7 @@ class AuthPolicy(Policy):
         ctx.model_allowed = tier.allows_model
         if not tier.allows_endpoint(ctx.endpoint):
             raise forbidden(f"Your tier '{caller.tier}' may not use {ctx.request.path}.")
-        if ctx.endpoint != "models":
+        if ctx.endpoint in MODEL_ENDPOINTS:
             await self._check_body(ctx, tier)
 
     async def _check_body(self, ctx: RequestContext, tier: Tier) -> None:
@@ -187,11 +183,11 @@ class AuthPolicy(Policy):
         if ctx.model is not None and not tier.allows_model(ctx.model):
             raise forbidden(
                 f"Your tier '{ctx.tier}' may not use the model '{ctx.model}'; "
-                "GET /v1/models lists the models you can use.",
+                f"GET {MODELS.path} lists the models you can use.",
                 param="model",
             )
         # Every length field llama-server reads is capped, not only the first one named.
-        if tier.max_tokens and ctx.endpoint != "embeddings":
+        if tier.max_tokens and ctx.endpoint in GENERATING:
             ctx.body_changed = cap_lengths(body, tier.max_tokens) or ctx.body_changed
 
     async def _authenticate(self, ctx: RequestContext) -> Caller:
@@ -209,7 +205,7 @@ class AuthPolicy(Policy):
                 raise INVALID
             key = verdict.key
             return Caller(f"key:{key.id}", key.owner, key.tier, key.id)
-        static = self.static.get(hashlib.sha256(token.encode()).hexdigest())
+        static = self.static.get(hash_secret(token))
         if static is not None:
             return Caller(f"static:{static.owner}", static.owner, static.tier)
         if self.verifier is not None and token.count(".") == 2:
@@ -273,18 +269,16 @@ def credential(ctx: RequestContext) -> str | None:
     headers = ctx.request.headers
     auth = headers.get("Authorization")
     if auth is not None:
-        scheme, _, token = auth.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(auth)
+        if token is None:
             raise unauthorized("Send the key as 'Authorization: Bearer <key>'.")
-        return _printable_ascii(token.strip())
+        return _printable_ascii(token)
     api_key = headers.get("api-key")
     return _printable_ascii(api_key.strip()) if api_key else None
 
 
 def _printable_ascii(token: str) -> str:
-    # Keys and JWTs are printable ASCII. aiohttp hands other header bytes over as lone
-    # surrogates (surrogateescape), which no encoder accepts: stop them here.
-    if not (token.isascii() and token.isprintable()):
+    if not printable_ascii(token):
         raise unauthorized(
             "The credential holds bytes no API key or token has; send it as printable ASCII."
         )

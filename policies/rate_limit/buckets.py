@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.endpoints import BY_NAME, ENDPOINTS
 from gateway.validate import CHOICES, LENGTHS, READ_LENGTHS
 from policies.rate_limit.settings import (
     CONCURRENCY,
@@ -28,6 +29,8 @@ from policies.rate_limit.settings import (
 )
 
 MINUTE_MS = 60_000
+# Endpoints whose input is llama-server's `prompt`, which may be a list of prompts.
+_PROMPT_LISTS = frozenset(e.name for e in ENDPOINTS if e.input_field == "prompt")
 # Quotas are "d" (UTC day) and "m" (UTC month): the script finds the window from Redis's clock.
 KINDS = {REQUESTS: "b", TOKENS: "b", CONCURRENCY: "c", QUOTA_DAY: "d", QUOTA_MONTH: "m"}
 QUOTAS = ("d", "m")
@@ -120,18 +123,17 @@ def _text_length(value: Any, *, every_field: bool = False) -> int:
 
 def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     """A cheap estimate: about four characters per token, plus a few per chat message."""
-    if endpoint == "chat.completions":
-        tools = body.get("tools")
-        chars = 0 if tools is None else _text_length(tools, every_field=True)
-        for message in body.get("messages") or []:
-            if isinstance(message, dict):
-                content, calls = message.get("content"), message.get("tool_calls")
-                chars += len(content) if isinstance(content, str) else _text_length(content)
-                chars += 16 if calls is None else 16 + _text_length(calls, every_field=True)
-    elif endpoint == "completions":
-        chars = _text_length(body.get("prompt"))
-    else:
-        chars = _text_length(body.get("input"))
+    spec = BY_NAME[endpoint]
+    value = body.get(spec.input_field) if spec.input_field else None
+    if not spec.chat:
+        return _text_length(value) // 4 + 1
+    tools = body.get("tools")
+    chars = 0 if tools is None else _text_length(tools, every_field=True)
+    for message in value or []:
+        if isinstance(message, dict):
+            content, calls = message.get("content"), message.get("tool_calls")
+            chars += len(content) if isinstance(content, str) else _text_length(content)
+            chars += 16 if calls is None else 16 + _text_length(calls, every_field=True)
     return chars // 4 + 1
 
 
@@ -157,9 +159,9 @@ def completion_tokens(
 
 
 def _prompts(endpoint: str, body: dict[str, Any]) -> int:
-    """How many prompts llama-server answers: a completions prompt that is an array
-    without token ids is one prompt per element (each gets its own answers)."""
-    prompt = body.get("prompt") if endpoint == "completions" else None
+    """How many prompts llama-server answers: a `prompt` that is an array without token
+    ids is one prompt per element (each gets its own answers)."""
+    prompt = body.get("prompt") if endpoint in _PROMPT_LISTS else None
     if isinstance(prompt, list) and not any(isinstance(p, int | float) for p in prompt):
         return max(1, len(prompt))
     return 1

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from gateway.context import REJECTED, UPSTREAM_ERROR, Reply, RequestContext
+from gateway.endpoints import GENERATING, MODEL_ENDPOINTS
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
 from policies.rate_limit.buckets import (
@@ -169,8 +170,8 @@ class RateLimitPolicy(Policy):
         return plan
 
     async def _prepare(self, ctx: RequestContext, plan: Plan) -> Admission:
-        """What this request touches and reserves (GET /v1/models: a request, no tokens)."""
-        if ctx.endpoint == "models":
+        """What this request touches and reserves (the model list: a request, no tokens)."""
+        if ctx.endpoint not in MODEL_ENDPOINTS:
             indexes = [i for i, b in enumerate(plan.buckets) if b.unit == REQUESTS]
             prompt = reserved = 0
         else:
@@ -178,7 +179,7 @@ class RateLimitPolicy(Policy):
             tier = self.env.tiers.get(ctx.tier) if ctx.tier else None
             prompt = prompt_tokens(ctx.endpoint, body)
             answer = 0
-            if ctx.endpoint != "embeddings":
+            if ctx.endpoint in GENERATING:
                 cap = tier.max_tokens if tier else None
                 answer = completion_tokens(
                     ctx.endpoint, body, cap, self.settings.default_max_tokens

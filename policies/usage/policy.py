@@ -9,19 +9,18 @@ writer is shared across policy reloads, so a reload neither loses nor doubles it
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated
 
 import orjson
 from aiohttp import web
 from pydantic import Field
 
 from gateway.context import RequestContext
+from gateway.credentials import SecretHash, bearer_token, hash_secret, printable_ascii
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv, PolicySettings, RouteHandler
 from policies.usage.journal import Journal
@@ -39,16 +38,14 @@ ADMIN_PATH = "/admin/usage"
 class AdminSettings(PolicySettings):
     """Who may read `GET /admin/usage`: bearer tokens given as hashes, or from the environment."""
 
-    key_hashes: list[Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]] = Field(
-        default_factory=list
-    )
+    key_hashes: list[SecretHash] = Field(default_factory=list)
     token_env: str | None = None
 
     def hashes(self) -> list[str]:
-        found = [h.removeprefix("sha256:") for h in self.key_hashes]
+        found = list(self.key_hashes)
         token = os.environ.get(self.token_env) if self.token_env else None
         if token:
-            found.append(hashlib.sha256(token.encode()).hexdigest())
+            found.append(hash_secret(token))
         return found
 
 
@@ -131,15 +128,16 @@ class UsagePolicy(Policy):
             self._check_admin(request)
             query = request.query
             since = parse_time(query.get("since", "24h"), param="since")
-            until = parse_time(query["until"], param="until") if "until" in query else _now()
+            until = (
+                parse_time(query["until"], param="until") if "until" in query else datetime.now(UTC)
+            )
             by = query.get("by") or None
             body = await self._report(since, until, by)
         except ReportError as exc:
-            return _error(
-                GatewayError(400, str(exc), code="invalid_report_parameter", param=exc.param)
-            )
+            err = GatewayError(400, str(exc), code="invalid_report_parameter", param=exc.param)
+            return err.response()
         except GatewayError as err:
-            return _error(err)
+            return err.response()
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     def _check_admin(self, request: web.Request) -> None:
@@ -151,13 +149,11 @@ class UsagePolicy(Policy):
                 type="permission_error",
                 code="permission_denied",
             )
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        # Header bytes that are not UTF-8 arrive as surrogates: no admin token has them.
+        token = bearer_token(request.headers.get("Authorization", ""))
         if (
-            scheme.lower() != "bearer"
-            or not (token.isascii() and token.isprintable())
-            or not _known(hashlib.sha256(token.encode()).hexdigest(), self._admin)
+            token is None
+            or not printable_ascii(token)
+            or not _known(hash_secret(token), self._admin)
         ):
             raise GatewayError(
                 401,
@@ -191,13 +187,3 @@ class UsagePolicy(Policy):
 
 def _known(digest: str, allowed: list[str]) -> bool:
     return any(hmac.compare_digest(digest, one) for one in allowed)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _error(err: GatewayError) -> web.Response:
-    return web.Response(
-        status=err.status, body=err.body(), headers=err.headers, content_type="application/json"
-    )

@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 
 from gateway.app import STATE, create_app
 from gateway.context import Reply, RequestContext
+from gateway.errors import GatewayError
 from gateway.policy import Chain, Policy, RouteHandler
 from gateway.upstreams import HEALTHY
 from policies.request_id import RequestIdPolicy, RequestIdSettings
@@ -286,3 +287,15 @@ async def test_head_answers_like_get_without_a_body(
     assert head.status == got.status
     assert head.headers["Content-Type"] == got.headers["Content-Type"]
     assert await head.read() == b""
+
+
+def test_an_error_answers_with_its_status_body_and_headers_then_the_given_ones() -> None:
+    err = GatewayError(429, "slow down", code="rate_limited", headers={"Retry-After": "3"})
+    response = err.response({"X-Request-ID": "r1"})
+    assert response.status == 429
+    assert response.body == err.body()
+    assert list(response.headers.items()) == [
+        ("Retry-After", "3"),
+        ("X-Request-ID", "r1"),
+        ("Content-Type", "application/json"),
+    ]

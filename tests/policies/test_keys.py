@@ -16,6 +16,7 @@ import aiosqlite
 import asyncpg
 import pytest
 
+from gateway.credentials import hash_secret
 from gateway.db import (
     Migration,
     MigrationError,
@@ -27,7 +28,6 @@ from policies.auth.keys import (
     ApiKey,
     KeyStore,
     Reason,
-    hash_key,
     key_matches,
     migrations,
     open_store,
@@ -122,7 +122,7 @@ async def test_plaintext_key_is_never_stored(store: KeyStore, stores: Stores) ->
     assert key.id in everything
     assert secret not in everything
     assert plaintext not in everything
-    assert hash_key(plaintext) in everything
+    assert hash_secret(plaintext) in everything
 
 
 async def test_wrong_secret_with_right_id_is_a_mismatch(store: KeyStore) -> None:
@@ -272,7 +272,7 @@ def test_migration_file_is_found() -> None:
 
 def test_static_key_hash_is_prefixed_sha256() -> None:
     digest = hashlib.sha256(b"sk-static-key").hexdigest()
-    assert hash_key("sk-static-key") == f"sha256:{digest}"
+    assert hash_secret("sk-static-key") == f"sha256:{digest}"
     assert key_matches("sk-static-key", f"sha256:{digest}")
     assert not key_matches("sk-static-kez", f"sha256:{digest}")
     assert not key_matches("\udcff odd header", f"sha256:{digest}")

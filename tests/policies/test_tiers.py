@@ -69,3 +69,13 @@ async def test_a_tier_with_no_models_lists_none_and_may_use_none(
     resp = await client.post("/v1/chat/completions", json=chat, headers=headers)
     assert resp.status == 403
     assert fake.requests == []
+
+
+def test_an_unknown_endpoint_name_is_refused_with_the_names_there_are() -> None:
+    with pytest.raises(ValidationError) as exc:
+        Tier(endpoints=["chat", "models"])
+    (error,) = exc.value.errors()
+    assert error["loc"] == ("endpoints", 0)
+    assert error["msg"] == (
+        "Input should be 'chat.completions', 'completions', 'embeddings' or 'models'"
+    )

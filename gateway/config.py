@@ -182,7 +182,7 @@ def validation_problems(exc: ValidationError, prefix: Iterable[int | str] = ()) 
         path = error_path([*prefix, *err["loc"]]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling against the README's reference)"
+            message = "unknown key (check the spelling against docs/configuration.md)"
         problems.append(f"{path}: {message}")
     return problems
 

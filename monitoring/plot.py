@@ -1,6 +1,6 @@
 """Plot the dashboard's main panels from a real Prometheus, with the dashboard's own queries.
 
-A development tool for the README's picture (matplotlib is not a gateway dependency):
+A development tool for the picture in docs/operations.md (matplotlib is not a gateway dependency):
 
     python -m tests.monitoring.stack --minutes 5 --plot monitoring/dashboard.png
 

@@ -71,7 +71,7 @@ async def test_invalid_file_keeps_the_old_policy_and_counts_the_failure(
     assert 'llama_gateway_policy_reloads_total{result="ok"} 0.0' in metrics
     failure = next(r for r in caplog.records if r.name == "gateway.reload")
     assert failure.problems == [
-        "policies[0].colour: unknown key (check the spelling against the README's reference)"
+        "policies[0].colour: unknown key (check the spelling against docs/configuration.md)"
     ]  # type: ignore[attr-defined]
 
 

@@ -154,7 +154,7 @@ def test_malformed_http_gets_no_500_and_leaks_nothing(
     check_no_leak(served.lines.since(mark), served.credentials.secrets())
 
 
-# Protocol errors the gateway answers in OpenAI's shape (README, "Errors").
+# Protocol errors the gateway answers in OpenAI's shape (docs/api.md, "Errors").
 JSON_ERRORS = {
     "control char in a header value": post(b"Content-Length: 2", b"X-Note: a\x01b", body=b"{}"),
     "over-long header line": post(b"Content-Length: 2", b"X-Note: " + b"x" * 9000, body=b"{}"),

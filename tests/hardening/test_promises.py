@@ -1,4 +1,4 @@
-"""The README's promises about secrets, errors and lost rows, each as a test named for it,
+"""The documented promises about secrets, errors and lost rows, each as a test named for it,
 against the live gateway (every policy on). The fuzz suites attack the same promises
 with generated inputs; these are the known attacks, kept as they were found."""
 

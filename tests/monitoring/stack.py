@@ -1,7 +1,7 @@
 """A live monitoring stack: a real Prometheus scraping a gateway (`serve --workers 2`) in
 front of the fake llama-server, with traffic of every kind.
 
-Used by the live test, and on its own to plot the dashboard's main panels for the README:
+Used by the live test, and on its own to plot the dashboard's main panels for the docs:
 
     python -m tests.monitoring.stack --minutes 5 --plot monitoring/dashboard.png
 """

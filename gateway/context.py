@@ -58,7 +58,6 @@ class RequestContext:
     outcome: str = OK
     error: str | None = None
     usage: dict[str, Any] | None = None
-    cached: bool = False  # answered from the response cache
     first_byte_at: float | None = None
     # Seconds spent on the upstream call (sending the request to its last byte), when made.
     upstream_seconds: float | None = None

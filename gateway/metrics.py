@@ -35,13 +35,12 @@ DEPENDENCY_ERRORS = (
     ("disk", "retry"),  # the usage journal could not be written: rows wait in memory
 )
 USAGE_DESTINATIONS = ("database", "journal", "replayed", "rejected", "dropped")
-CACHE_RESULTS = ("hit", "miss")
 
 NONE = "none"  # no model named (GET /v1/models), no tier (no auth policy), no status sent
 UNKNOWN = "unknown"  # a model name that is not configured: never a label value of its own
 
-# Seconds. Answers from a CPU llama-server take from milliseconds (embeddings, cache
-# hits) to minutes (long generations).
+# Seconds. Answers from a CPU llama-server take from milliseconds (embeddings, short
+# answers) to minutes (long generations).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1)
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
@@ -135,12 +134,6 @@ class Metrics:
             "in the journal meanwhile.",
         )
         _init(self.usage_records, *((d,) for d in USAGE_DESTINATIONS))
-        self.cache_requests = self._counter(
-            "cache_requests",
-            "Cacheable requests looked up in the response cache, by result (hit, miss).",
-            ("result",),
-        )
-        _init(self.cache_requests, *((r,) for r in CACHE_RESULTS))
 
     def _define_request_metrics(self) -> None:
         self.requests = self._counter(

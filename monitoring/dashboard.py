@@ -167,26 +167,6 @@ POLICIES = (
         (Query(f"sum by (reason) (rate(llama_gateway_auth_failures_total{R}))", "{{reason}}"),),
     ),
     PanelSpec(
-        "Cache hit ratio",
-        "percentunit",
-        (
-            Query(
-                f'sum(rate(llama_gateway_cache_requests_total{{result="hit"}}{R}))'
-                f" / clamp_min(sum(rate(llama_gateway_cache_requests_total{R})), 1e-9)",
-                "hit ratio",
-            ),
-        ),
-        "Share of cacheable requests answered from the response cache (0 without lookups).",
-        stat=True,
-        width=4,
-    ),
-    PanelSpec(
-        "Cache lookups per second",
-        "reqps",
-        (Query(f"sum by (result) (rate(llama_gateway_cache_requests_total{R}))", "{{result}}"),),
-        width=4,
-    ),
-    PanelSpec(
         "Policy reloads (last hour)",
         "short",
         (
@@ -282,7 +262,7 @@ PROCESS = (
 ROWS = (
     ("Traffic", TRAFFIC),
     ("Latency and tokens", LATENCY),
-    ("Policies: rate limits, auth, cache", POLICIES),
+    ("Policies: rate limits, auth", POLICIES),
     ("Upstreams", UPSTREAMS),
     ("Usage pipeline and dependencies", USAGE),
     ("Process resources", PROCESS),

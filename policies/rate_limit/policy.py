@@ -257,8 +257,6 @@ def _settle_extra(admission: Admission, position: int, kind: str) -> int:
 
 def tokens_used(ctx: RequestContext, admission: Admission) -> int:
     """What the request really cost, or the best estimate of it where usage is unknown."""
-    if ctx.cached:
-        return 0  # answered from the cache: a request, but no tokens
     usage = ctx.usage
     if usage is not None:
         total = usage.get("total_tokens")

@@ -147,7 +147,7 @@ class RowBuilder:
             outcome=text(ctx.outcome) or "",  # any outcome the core names, as it is
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cached=ctx.cached,
+            cached=False,  # the column stays for the rows stored; no policy answers from a cache
             streamed=ctx.stream,
             disconnected=disconnected,
             latency_ms=round((finished - ctx.started) * 1000, 3),

@@ -135,8 +135,6 @@ async def test_fixed_label_sets_exist_before_anything_happens(
         assert value(samples, "llama_gateway_dependency_errors_total", **labels) == 0
     for destination in USAGE_DESTINATIONS:
         assert value(samples, "llama_gateway_usage_records_total", destination=destination) == 0
-    for result in ("hit", "miss"):
-        assert value(samples, "llama_gateway_cache_requests_total", result=result) == 0
     assert value(samples, "llama_gateway_usage_queue_depth") == 0
     assert value(samples, "llama_gateway_usage_journal_bytes") == 0
     assert value(samples, "llama_gateway_build_info", version="0.1.0") == 1

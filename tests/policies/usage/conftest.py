@@ -54,7 +54,7 @@ AUTH = {
 
 
 class Scripted(Policy):
-    """Stands in for a rate limit (429) and a response cache (a hit), on request."""
+    """Stands in for a rate limit (429) and a policy answering itself, on request."""
 
     name = "scripted"
 
@@ -62,8 +62,7 @@ class Scripted(Policy):
         action = ctx.request.headers.get("X-Scripted")
         if action == "limit":
             raise GatewayError(429, "Rate limit reached.", code="rate_limit_exceeded")
-        if action == "hit":
-            ctx.cached = True
+        if action == "answer":
             ctx.model = "fake"
             ctx.usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
             return Reply(200, b'{"object": "chat.completion", "choices": []}')

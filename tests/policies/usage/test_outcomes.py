@@ -60,7 +60,7 @@ async def test_every_outcome_leaves_exactly_one_row_with_its_fields(
     assert await send(client, "broken-stream", broken, **KEY) == 200
     assert await send(client, "no-key", CHAT) == 401
     assert await send(client, "limited", CHAT, **KEY, **{"X-Scripted": "limit"}) == 429
-    assert await send(client, "cache-hit", CHAT, **KEY, **{"X-Scripted": "hit"}) == 200
+    assert await send(client, "answered", CHAT, **KEY, **{"X-Scripted": "answer"}) == 200
     assert await send(client, "models", None, **KEY) == 200
     assert await send(client, "unknown-model", {**CHAT, "model": "nope"}, **KEY) == 404
     await hang_up(client, fake)
@@ -93,8 +93,8 @@ async def test_every_outcome_leaves_exactly_one_row_with_its_fields(
     assert (no_key["status"], no_key["outcome"], no_key["principal"]) == (401, "rejected", None)
     assert (no_key["prompt_tokens"], no_key["cost"], no_key["ttft_ms"]) == (0, 0.0, None)
     assert (rows["limited"]["status"], rows["limited"]["tier"]) == (429, "premium")
-    hit = rows["cache-hit"]
-    assert (hit["cached"], hit["upstream"], hit["prompt_tokens"]) == (True, None, 7)
+    answered = rows["answered"]  # no policy answers from a cache: `cached` is false
+    assert (answered["cached"], answered["upstream"], answered["prompt_tokens"]) == (False, None, 7)
     assert (rows["models"]["endpoint"], rows["models"]["status"]) == ("models", 200)
     assert (rows["unknown-model"]["status"], rows["unknown-model"]["model"]) == (404, "nope")
     gone = rows["gone"]

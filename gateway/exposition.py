@@ -29,7 +29,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.metrics import NAMESPACE, Metrics, multiprocess_dir
+from gateway.metrics import Metrics, multiprocess_dir
+from gateway.metricset import NAMESPACE
 from gateway.upstreams import HEALTHY, Pool
 
 log = logging.getLogger("gateway.metrics")

@@ -15,12 +15,11 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.context import DISCONNECTED, INTERNAL_ERROR, RequestContext
+from gateway.metricset import MetricSet
 
-NAMESPACE = "llama_gateway"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 AUTH_REASONS = ("missing", "invalid_key", "invalid_token", "forbidden", "unavailable")
@@ -39,9 +38,7 @@ USAGE_DESTINATIONS = ("database", "journal", "replayed", "rejected", "dropped")
 NONE = "none"  # no model named (GET /v1/models), no tier (no auth policy), no status sent
 UNKNOWN = "unknown"  # a model name that is not configured: never a label value of its own
 
-# Seconds. Answers from a CPU llama-server take from milliseconds (embeddings, short
-# answers) to minutes (long generations).
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Seconds: the gateway's own time, outside the upstream.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1)
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
@@ -51,9 +48,11 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-class Metrics:
+class Metrics(MetricSet):
+    """The application's metrics: the core's own, and those its policies register."""
+
     def __init__(self, models: Iterable[str] = (), tiers: Iterable[str] = ()) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.models = frozenset(models)
         self.tiers: frozenset[str] = frozenset()
         self._series: dict[tuple[str, str, int, str], _Series] = {}
@@ -62,65 +61,43 @@ class Metrics:
         self._define_resource_metrics()
         self.set_tiers(tiers)
 
-    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-        return Counter(f"{NAMESPACE}_{name}", doc, labels, registry=self.registry)
-
-    def _gauge(self, name: str, doc: str, labels: tuple[str, ...] = (), mode: str = "") -> Gauge:
-        # In multi-process mode the gauge's files are summed (or maxed) over live workers.
-        return Gauge(
-            f"{NAMESPACE}_{name}",
-            doc,
-            labels,
-            registry=self.registry,
-            multiprocess_mode=mode or "livesum",  # type: ignore[arg-type]
-        )
-
-    def _histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-        return Histogram(
-            f"{NAMESPACE}_{name}",
-            doc,
-            ("model", "endpoint"),
-            registry=self.registry,
-            buckets=buckets,
-        )
-
     def _define_policy_metrics(self) -> None:
-        self.policy_reloads = self._counter(
+        self.policy_reloads = self.counter(
             "policy_reloads",
             "Policy document reloads by result (ok: swapped in; error: refused, old policy kept).",
             ("result",),
         )
         _init(self.policy_reloads, ("ok",), ("error",))
-        self.auth_failures = self._counter(
+        self.auth_failures = self.counter(
             "auth_failures",
             "Requests refused by the auth policy, by reason "
             "(missing, invalid_key, invalid_token, forbidden, unavailable).",
             ("reason",),
         )
         _init(self.auth_failures, *((r,) for r in AUTH_REASONS))
-        self.rate_limited = self._counter(
+        self.rate_limited = self.counter(
             "rate_limited",
             "Requests refused by the rate-limit policy, by tier and by the limit that refused "
             "them (requests, tokens, concurrency, quota_day, quota_month).",
             ("tier", "limit"),
         )
-        self.dependency_errors = self._counter(
+        self.dependency_errors = self.counter(
             "dependency_errors",
             "Failed calls to a dependency (redis, postgres, sqlite, disk), by dependency and by "
             "what the gateway did about it (fail_open, fail_closed, settle_lost, retry).",
             ("dependency", "action"),
         )
         _init(self.dependency_errors, *DEPENDENCY_ERRORS)
-        self.usage_queue_depth = self._gauge(
+        self.usage_queue_depth = self.gauge(
             "usage_queue_depth",
             "Usage records in memory, not yet in the journal (only while the journal's disk "
             "refuses writes).",
         )
-        self.usage_journal_bytes = self._gauge(
+        self.usage_journal_bytes = self.gauge(
             "usage_journal_bytes",
             "Bytes of the local usage journal the database has not committed yet.",
         )
-        self.usage_records = self._counter(
+        self.usage_records = self.counter(
             "usage_records",
             "Usage records by where they went (journal: every record as its request completes; "
             "database: inserted; replayed: left by an earlier run; rejected: refused by the "
@@ -128,7 +105,7 @@ class Metrics:
             "refused it and memory was full).",
             ("destination",),
         )
-        self.usage_writer_restarts = self._counter(
+        self.usage_writer_restarts = self.counter(
             "usage_writer_restarts",
             "Times the usage writer failed unexpectedly (a bug) and was restarted; records wait "
             "in the journal meanwhile.",
@@ -136,58 +113,60 @@ class Metrics:
         _init(self.usage_records, *((d,) for d in USAGE_DESTINATIONS))
 
     def _define_request_metrics(self) -> None:
-        self.requests = self._counter(
+        self.requests = self.counter(
             "requests",
             "Requests served on the OpenAI endpoints, by model, endpoint, status class "
             "(2xx, 4xx, 5xx; none when the client left before an answer) and tier.",
             ("model", "endpoint", "status", "tier"),
         )
-        self.internal_errors = self._counter(
+        self.internal_errors = self.counter(
             "internal_errors",
             "Requests the gateway itself failed on (answered 500 internal_error), by route.",
             ("route",),
         )
-        self.client_disconnects = self._counter(
+        self.client_disconnects = self.counter(
             "client_disconnects",
             "Requests whose client hung up before the answer was complete.",
             ("model", "endpoint"),
         )
-        self.duration = self._histogram(
+        by_model = ("model", "endpoint")
+        self.duration = self.histogram(
             "request_duration_seconds",
             "Time from receiving a request to the end of its answer.",
-            LATENCY_BUCKETS,
+            by_model,
         )
-        self.ttft = self._histogram(
+        self.ttft = self.histogram(
             "time_to_first_token_seconds",
             "Streamed answers: time from receiving the request to the first event relayed.",
-            LATENCY_BUCKETS,
+            by_model,
         )
-        self.upstream_duration = self._histogram(
+        self.upstream_duration = self.histogram(
             "upstream_duration_seconds",
             "Time spent on the upstream call: from sending the request to its last byte.",
-            LATENCY_BUCKETS,
+            by_model,
         )
-        self.overhead = self._histogram(
+        self.overhead = self.histogram(
             "overhead_seconds",
             "Gateway overhead of requests relayed upstream: total time minus upstream time "
             "(policies, parsing, routing, writing the answer).",
+            by_model,
             OVERHEAD_BUCKETS,
         )
-        self.tokens = self._counter(
+        self.tokens = self.counter(
             "tokens",
             "Tokens reported by the upstream, by model, tier and type (prompt, completion).",
             ("model", "tier", "type"),
         )
 
     def _define_resource_metrics(self) -> None:
-        self.upstream_up = self._gauge(
+        self.upstream_up = self.gauge(
             "upstream_up",
             "1 while an upstream llama-server answers its health probe, 0 while it is down "
             "or loading its model.",
             ("upstream", "model"),
             mode="livemax",
         )
-        self.upstream_in_flight = self._gauge(
+        self.upstream_in_flight = self.gauge(
             "upstream_in_flight",
             "Requests being answered by each upstream right now.",
             ("upstream", "model"),

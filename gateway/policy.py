@@ -45,6 +45,8 @@ class PolicyEnv:
     config: GatewayConfig
     tiers: Mapping[str, Tier]
     resources: Resources
+    # The application's metrics, the same across reloads: a policy registers its own with
+    # `metrics.counter(...)`, `.gauge(...)` or `.histogram(...)` when it is built.
     metrics: Metrics = field(default_factory=Metrics)
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.metrics import Metrics
 from policies.usage.journal import Journal
+from policies.usage.metrics import UsageMetrics
 from policies.usage.record import UsageRow
 from policies.usage.report import GROUPS
 from policies.usage.store import (
@@ -122,7 +123,7 @@ async def feed(writer: UsageWriter, rows: int, queue_size: int) -> float:
 
 async def run(store: UsageStore, args: argparse.Namespace, data_dir: Path) -> None:
     options = WriterOptions(batch_size=args.batch_size, queue_size=args.queue_size)
-    writer = UsageWriter(store, Journal(data_dir), Metrics(), options)
+    writer = UsageWriter(store, Journal(data_dir), UsageMetrics(Metrics()), options)
     await writer.start()
     try:
         await wait_until(lambda: writer.healthy, 0.01)  # connected and migrated

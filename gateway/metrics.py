@@ -1,9 +1,11 @@
-"""Prometheus metrics, in a registry per application (no process-wide globals).
+"""The core's metrics, in a registry per application (no process-wide globals).
 
 Label values come from bounded sets only: configured model and tier names, status
-classes, and fixed reason words. Policies reach the metrics through `PolicyEnv.metrics`.
-Every fixed label set is created at start-up, so its series exist (at 0) before the
-first event and dashboards and alerts have data to work on.
+classes, and fixed reason words. The core defines the metrics of every request, of the
+upstreams, of policy reloads and of failing dependencies; a policy registers its own
+through `PolicyEnv.metrics` (`counter`, `gauge`, `histogram`: see gateway.metricset) and
+creates, at 0, the label sets that must exist from the start, so that dashboards and
+alerts have data to work on before the first event.
 
 The core records each request once, when it is over (`observe`), through children
 resolved once per label combination: a request pays no `labels()` lookup.
@@ -15,25 +17,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.metrics import MetricWrapperBase
-
 from gateway.context import DISCONNECTED, INTERNAL_ERROR, RequestContext
 from gateway.metricset import MetricSet
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-AUTH_REASONS = ("missing", "invalid_key", "invalid_token", "forbidden", "unavailable")
-RATE_LIMITS = ("requests", "tokens", "concurrency", "quota_day", "quota_month")
-# (dependency, what the gateway did about its failure): the combinations that can happen.
-DEPENDENCY_ERRORS = (
-    ("redis", "fail_open"),  # a rate-limit check skipped: the request went through
-    ("redis", "fail_closed"),  # ... or was refused with 503
-    ("redis", "settle_lost"),  # a completion call lost: the reservation stays charged
-    ("postgres", "retry"),  # the journal's rows wait in it for the writer's next try
-    ("sqlite", "retry"),
-    ("disk", "retry"),  # the usage journal could not be written: rows wait in memory
-)
-USAGE_DESTINATIONS = ("database", "journal", "replayed", "rejected", "dropped")
 
 NONE = "none"  # no model named (GET /v1/models), no tier (no auth policy), no status sent
 UNKNOWN = "unknown"  # a model name that is not configured: never a label value of its own
@@ -56,61 +43,28 @@ class Metrics(MetricSet):
         self.models = frozenset(models)
         self.tiers: frozenset[str] = frozenset()
         self._series: dict[tuple[str, str, int, str], _Series] = {}
-        self._define_policy_metrics()
+        self._define_shared_metrics()
         self._define_request_metrics()
         self._define_resource_metrics()
         self.set_tiers(tiers)
 
-    def _define_policy_metrics(self) -> None:
+    def _define_shared_metrics(self) -> None:
         self.policy_reloads = self.counter(
             "policy_reloads",
             "Policy document reloads by result (ok: swapped in; error: refused, old policy kept).",
             ("result",),
         )
-        _init(self.policy_reloads, ("ok",), ("error",))
-        self.auth_failures = self.counter(
-            "auth_failures",
-            "Requests refused by the auth policy, by reason "
-            "(missing, invalid_key, invalid_token, forbidden, unavailable).",
-            ("reason",),
-        )
-        _init(self.auth_failures, *((r,) for r in AUTH_REASONS))
-        self.rate_limited = self.counter(
-            "rate_limited",
-            "Requests refused by the rate-limit policy, by tier and by the limit that refused "
-            "them (requests, tokens, concurrency, quota_day, quota_month).",
-            ("tier", "limit"),
-        )
+        for result in ("ok", "error"):
+            self.policy_reloads.labels(result)
+        # One metric for every dependency any policy calls, so that one alert and one panel
+        # cover them all; each policy creates its own (dependency, action) pairs.
         self.dependency_errors = self.counter(
             "dependency_errors",
-            "Failed calls to a dependency (redis, postgres, sqlite, disk), by dependency and by "
-            "what the gateway did about it (fail_open, fail_closed, settle_lost, retry).",
+            "Failed calls to a dependency (a database, Redis, the disk), by dependency and by "
+            "what the gateway did about it (the action, as the policy that made the call names "
+            "it).",
             ("dependency", "action"),
         )
-        _init(self.dependency_errors, *DEPENDENCY_ERRORS)
-        self.usage_queue_depth = self.gauge(
-            "usage_queue_depth",
-            "Usage records in memory, not yet in the journal (only while the journal's disk "
-            "refuses writes).",
-        )
-        self.usage_journal_bytes = self.gauge(
-            "usage_journal_bytes",
-            "Bytes of the local usage journal the database has not committed yet.",
-        )
-        self.usage_records = self.counter(
-            "usage_records",
-            "Usage records by where they went (journal: every record as its request completes; "
-            "database: inserted; replayed: left by an earlier run; rejected: refused by the "
-            "database for good or not serialisable, set aside; dropped: the journal's disk "
-            "refused it and memory was full).",
-            ("destination",),
-        )
-        self.usage_writer_restarts = self.counter(
-            "usage_writer_restarts",
-            "Times the usage writer failed unexpectedly (a bug) and was restarted; records wait "
-            "in the journal meanwhile.",
-        )
-        _init(self.usage_records, *((d,) for d in USAGE_DESTINATIONS))
 
     def _define_request_metrics(self) -> None:
         self.requests = self.counter(
@@ -175,9 +129,6 @@ class Metrics(MetricSet):
     def set_tiers(self, tiers: Iterable[str]) -> None:
         """The tier names in force (after each policy load): the only tier label values."""
         self.tiers = frozenset(tiers)
-        for tier in self.tiers:
-            for limit in RATE_LIMITS:
-                self.rate_limited.labels(tier, limit)
 
     def observe(self, ctx: RequestContext) -> None:
         """Record one finished request (called once, from the relay)."""
@@ -256,8 +207,3 @@ class _Series:
                 self.prompt_tokens.inc(prompt)
             if type(completion) is int and completion > 0:
                 self.completion_tokens.inc(completion)
-
-
-def _init(metric: MetricWrapperBase, *label_sets: tuple[Any, ...]) -> None:
-    for labels in label_sets:
-        metric.labels(*labels)

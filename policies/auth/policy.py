@@ -36,6 +36,7 @@ from policies.auth.keys import (
     open_store,
     parse_key,
 )
+from policies.auth.metrics import failure_counters
 from policies.auth.network import IpNetwork, client_address
 
 log = logging.getLogger("policies.auth")
@@ -103,6 +104,7 @@ class AuthPolicy(Policy):
         self.scopes: Mapping[str, str] = settings.jwt.required_scopes if settings.jwt else {}
         self.store: KeyStore | None = None
         self.keys: KeyCache | None = None
+        self.failures = failure_counters(env.metrics)
 
     @classmethod
     def problems(cls, settings: AuthSettings, env: PolicyEnv) -> list[str]:
@@ -161,7 +163,7 @@ class AuthPolicy(Policy):
         except GatewayError as err:
             reason = _failure_reason(err)
             if reason is not None:  # not a bad body (400, 413): that is no auth failure
-                self.env.metrics.auth_failures.labels(reason).inc()
+                self.failures[reason].inc()
             raise
         return None
 

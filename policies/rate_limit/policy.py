@@ -32,18 +32,17 @@ from policies.rate_limit.buckets import (
     prompt_tokens,
 )
 from policies.rate_limit.headers import refusal, set_headers
+from policies.rate_limit.metrics import FAIL_CLOSED, FAIL_OPEN, SETTLE_LOST, RateLimitMetrics
 from policies.rate_limit.settings import (
     REQUESTS,
     Limits,
     RateLimitSettings,
-    TierLimits,
 )
 from policies.rate_limit.slots import Held, Keeper
 from policies.rate_limit.store import ADMIT, SETTLE, Backend, Unavailable, open_client
 
 log = logging.getLogger("policies.rate_limit")
 
-DEFAULT_TIER = "default"  # the metric label of requests without a tier
 _PLAN_CACHE = 10_000
 
 
@@ -79,17 +78,8 @@ class RateLimitPolicy(Policy):
         self._member = f"{secrets.token_hex(8)}:"
         self._counter = itertools.count(1)
         self._ttl_ms = int(settings.concurrency_ttl_seconds * 1000)
-        self._action = "fail_open" if settings.failure_mode == "open" else "fail_closed"
-        metrics = env.metrics
-        # Every series exists from the start, at 0.
-        for tier, limits in [*settings.tiers.items(), (DEFAULT_TIER, settings.default)]:
-            scopes: list[Limits] = [limits] if limits is not None else []
-            if isinstance(limits, TierLimits):
-                scopes += [s for s in (limits.per_user, limits.whole_tier) if s is not None]
-            for unit in {unit for scope in scopes for unit, _ in scope.configured()}:
-                metrics.rate_limited.labels(tier, unit)
-        for action in ("fail_open", "fail_closed"):
-            metrics.dependency_errors.labels("redis", action)
+        self._action = FAIL_OPEN if settings.failure_mode == "open" else FAIL_CLOSED
+        self.metrics = RateLimitMetrics(env.metrics, settings, env.tiers)
 
     @classmethod
     def problems(cls, settings: RateLimitSettings, env: PolicyEnv) -> list[str]:
@@ -147,7 +137,7 @@ class RateLimitPolicy(Policy):
             admission.admitted = False
             position = result[1] - 1
             bucket = plan.buckets[admission.indexes[position]]
-            self.env.metrics.rate_limited.labels(ctx.tier or DEFAULT_TIER, bucket.unit).inc()
+            self.metrics.refusal(ctx.tier, bucket.unit)
             raise refusal(bucket, ctx.tier, admission.costs[position], result[2])
         self._hold_slots(admission)
         return None
@@ -195,8 +185,8 @@ class RateLimitPolicy(Policy):
         return Admission(plan, indexes, keys, costs, prompt, reserved, member, [])
 
     def _unavailable(self, exc: Unavailable) -> Reply | None:
-        self.env.metrics.dependency_errors.labels("redis", self._action).inc()
-        if self._action == "fail_open":
+        self.metrics.redis_failed(self._action)
+        if self._action == FAIL_OPEN:
             return None
         raise GatewayError(
             503,
@@ -244,7 +234,7 @@ class RateLimitPolicy(Policy):
         except Unavailable:
             # The reservation stands (buckets refill anyway) and the in-flight slot
             # frees itself after concurrency_ttl_seconds.
-            self.env.metrics.dependency_errors.labels("redis", "settle_lost").inc()
+            self.metrics.redis_failed(SETTLE_LOST)
 
 
 def _settle_extra(admission: Admission, position: int, kind: str) -> int:

@@ -24,6 +24,7 @@ from gateway.credentials import SecretHash, bearer_token, hash_secret, printable
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv, PolicySettings, RouteHandler
 from policies.usage.journal import Journal
+from policies.usage.metrics import UsageMetrics
 from policies.usage.record import Price, RowBuilder
 from policies.usage.report import ReportError, as_json, parse_time
 from policies.usage.store import PostgresUsageStore, open_usage_store
@@ -83,6 +84,7 @@ class UsagePolicy(Policy):
         super().__init__(settings, env)
         self.rows = RowBuilder(settings.prices)
         self.writer: UsageWriter | None = None
+        self.metrics = UsageMetrics(env.metrics)  # at build time: its series exist from the start
         self._admin = settings.admin.hashes() if settings.admin else []
 
     @classmethod
@@ -99,7 +101,7 @@ class UsagePolicy(Policy):
 
         async def create() -> UsageWriter:
             store = open_usage_store(storage.database_url, storage.sqlite_path)
-            writer = UsageWriter(store, Journal(storage.data_path), self.env.metrics, options)
+            writer = UsageWriter(store, Journal(storage.data_path), self.metrics, options)
             await writer.start()
             return writer
 

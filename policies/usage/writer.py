@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential_jitter
 
-from gateway.metrics import Metrics
 from policies.usage.journal import Journal, any_line, append_rejected, row_line
+from policies.usage.metrics import DISK, UsageMetrics
 from policies.usage.record import UsageRow
 from policies.usage.store import UsageStore, is_permanent
 
@@ -51,7 +51,7 @@ class WriterOptions:
 
 class UsageWriter:
     def __init__(
-        self, store: UsageStore, journal: Journal, metrics: Metrics, options: WriterOptions
+        self, store: UsageStore, journal: Journal, metrics: UsageMetrics, options: WriterOptions
     ) -> None:
         self.store = store
         self.journal = journal
@@ -71,8 +71,8 @@ class UsageWriter:
             max=options.retry_max_seconds,
             jitter=options.retry_initial_seconds,
         )
-        metrics.usage_queue_depth.set_function(lambda: len(self._lines))
-        metrics.usage_journal_bytes.set_function(lambda: journal.pending_bytes)
+        metrics.queue_depth.set_function(lambda: len(self._lines))
+        metrics.journal_bytes.set_function(lambda: journal.pending_bytes)
 
     def queued(self) -> int:
         """Rows not yet in the database: in memory or in the journal."""
@@ -91,7 +91,7 @@ class UsageWriter:
             if self._retry is None:
                 self._flush()  # a burst within one turn: write it now
             if len(lines) >= self.options.queue_size:  # the disk refuses: memory is full
-                self.metrics.usage_records.labels("dropped").inc()
+                self.metrics.records["dropped"].inc()
                 return
         lines.append(line)
         if len(lines) == 1 and self._retry is None:
@@ -110,7 +110,7 @@ class UsageWriter:
         if self._disk_failing:
             log.info("usage journal %s writable again", self.journal.path)
             self._disk_failing = False
-        self.metrics.usage_records.labels("journal").inc(len(lines))
+        self.metrics.records["journal"].inc(len(lines))
         lines.clear()
         if self.journal.rows >= self.options.batch_size:
             self._wake.set()
@@ -125,7 +125,7 @@ class UsageWriter:
                 self.options.queue_size,
             )
             self._disk_failing = True
-        self.metrics.dependency_errors.labels("disk", "retry").inc()
+        self.metrics.retries[DISK].inc()
         if self._retry is None:
             loop = asyncio.get_running_loop()
             self._retry = loop.call_later(self.options.flush_seconds, self._flush_again)
@@ -135,7 +135,7 @@ class UsageWriter:
         self._flush()
 
     def _set_aside(self, lines: list[bytes]) -> None:
-        self.metrics.usage_records.labels("rejected").inc(len(lines))
+        self.metrics.records["rejected"].inc(len(lines))
         if len(self._rejected) < self.options.queue_size:
             self._rejected.extend(lines)
             self._wake.set()
@@ -154,7 +154,7 @@ class UsageWriter:
             except Exception:
                 failures += 1
                 self.restarts += 1
-                self.metrics.usage_writer_restarts.inc()
+                self.metrics.writer_restarts.inc()
                 log.exception("the usage writer failed; restarting it (failure %d)", failures)
                 await asyncio.sleep(self._pause(failures))
 
@@ -212,7 +212,7 @@ class UsageWriter:
                 exc_info=exc is not None and not isinstance(exc, self.store.errors),
             )
         self.healthy = False
-        self.metrics.dependency_errors.labels(self.store.dependency, "retry").inc()
+        self.metrics.retries[self.store.dependency].inc()
 
     async def _drain(self, *, compact: bool = True) -> None:
         """Connect, then move the journal into the database, oldest rows first, up to
@@ -234,7 +234,7 @@ class UsageWriter:
                 self._set_aside(bad)
             await self._insert(rows)
             journal.commit(after, len(rows) + len(bad))
-            self.metrics.usage_records.labels(destination).inc(len(rows))
+            self.metrics.records[destination].inc(len(rows))
         if not self.healthy:
             log.info("usage database reachable; rows go in as they come")
             self.healthy = True
@@ -302,7 +302,7 @@ class UsageWriter:
         try:
             self._flush()  # rows of requests that completed during the drain
             if self._lines:
-                self.metrics.usage_records.labels("dropped").inc(len(self._lines))
+                self.metrics.records["dropped"].inc(len(self._lines))
                 log.error("usage: %d records dropped at shutdown: no journal", len(self._lines))
             await self._sync(now=True)
         finally:

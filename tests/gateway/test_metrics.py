@@ -11,7 +11,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import STATE, create_app
-from gateway.metrics import AUTH_REASONS, DEPENDENCY_ERRORS, RATE_LIMITS, USAGE_DESTINATIONS
+from policies.auth.metrics import REASONS
+from policies.rate_limit.metrics import ACTIONS, LIMITS
+from policies.usage.metrics import DEPENDENCIES, DESTINATIONS
 from tests.conftest import GatewayFactory, gateway_config
 from tests.fake_llama import FakeLlama
 
@@ -124,20 +126,45 @@ async def test_a_client_hanging_up_is_counted(
     assert samples[key] == 1
 
 
-async def test_fixed_label_sets_exist_before_anything_happens(
+async def test_the_core_metrics_fixed_label_sets_exist_before_anything_happens(
     gateway: TestClient[Any, Any],
 ) -> None:
     samples = await scrape(gateway)
-    for reason in AUTH_REASONS:
+    for result in ("ok", "error"):
+        assert value(samples, "llama_gateway_policy_reloads_total", result=result) == 0
+    assert value(samples, "llama_gateway_build_info", version="0.1.0") == 1
+
+
+async def test_each_policys_fixed_label_sets_exist_at_start_up(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    client = await make_gateway(
+        storage={"data_dir": str(tmp_path / "data")},
+        tiers={"gold": {}, "tin": {}},
+        policies=[
+            {"type": "request_id"},
+            {"type": "usage"},
+            {"type": "auth", "api_keys": False, "anonymous": {"tier": "tin"}},
+            {"type": "rate_limit", "default": {"requests_per_minute": 5}},
+        ],
+    )
+    samples = await scrape(client)
+    for reason in REASONS:
         assert value(samples, "llama_gateway_auth_failures_total", reason=reason) == 0
-    for dependency, action in DEPENDENCY_ERRORS:
+    for tier in ("gold", "tin"):
+        for limit in LIMITS:
+            assert value(samples, "llama_gateway_rate_limited_total", tier=tier, limit=limit) == 0
+    limited = {"tier": "default", "limit": "requests"}  # requests without a tier
+    assert value(samples, "llama_gateway_rate_limited_total", **limited) == 0
+    pairs = [("redis", action) for action in ACTIONS] + [(d, "retry") for d in DEPENDENCIES]
+    for dependency, action in pairs:
         labels = {"dependency": dependency, "action": action}
         assert value(samples, "llama_gateway_dependency_errors_total", **labels) == 0
-    for destination in USAGE_DESTINATIONS:
+    for destination in DESTINATIONS:
         assert value(samples, "llama_gateway_usage_records_total", destination=destination) == 0
     assert value(samples, "llama_gateway_usage_queue_depth") == 0
     assert value(samples, "llama_gateway_usage_journal_bytes") == 0
-    assert value(samples, "llama_gateway_build_info", version="0.1.0") == 1
+    assert value(samples, "llama_gateway_usage_writer_restarts_total") == 0
 
 
 async def test_upstream_health_and_in_flight_are_read_at_scrape_time(
@@ -199,20 +226,21 @@ async def test_tier_labels_come_from_the_configured_tiers(make_gateway: GatewayF
     refused = {**ok, "model": "none", "status": "4xx", "tier": "none"}  # body never read
     assert value(samples, "llama_gateway_requests_total", **refused) == 1
     assert value(samples, "llama_gateway_auth_failures_total", reason="missing") == 1
-    for tier in ("gold", "tin"):
-        for limit in RATE_LIMITS:
-            assert value(samples, "llama_gateway_rate_limited_total", tier=tier, limit=limit) == 0
 
 
 async def test_a_reloaded_policy_document_brings_its_tier_names(
     aiohttp_client: Any, fake_url: str, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text("tiers: {bronze: {}}\npolicies: [{type: request_id}]\n")
+    policy.write_text("tiers: {bronze: {}}\npolicies: [{type: rate_limit}]\n")
     config = gateway_config(fake_url, policy_file=str(policy), policy_reload_seconds=3600)
     client = await aiohttp_client(create_app(config, config_path=tmp_path / "gateway.yaml"))
-    policy.write_text("tiers: {silver: {}}\npolicies: [{type: request_id}]\n")
+    samples = await scrape(client)
+    for limit in LIMITS:
+        assert value(samples, "llama_gateway_rate_limited_total", tier="bronze", limit=limit) == 0
+    policy.write_text("tiers: {silver: {}}\npolicies: [{type: rate_limit}]\n")
     assert await client.app[STATE].runtime.reload("test")
     samples = await scrape(client)
-    assert value(samples, "llama_gateway_rate_limited_total", tier="silver", limit="tokens") == 0
+    for limit in LIMITS:
+        assert value(samples, "llama_gateway_rate_limited_total", tier="silver", limit=limit) == 0
     assert client.app[STATE].runtime.metrics.tiers == {"silver"}

@@ -13,10 +13,19 @@ from gateway.app import STATE, create_app
 from gateway.metrics import Metrics
 from gateway.metricset import NAMESPACE, MetricConflict
 from gateway.policy import Policy, PolicyEnv
+from gateway.resources import Resources
 from tests.conftest import gateway_config
 
+ROOT = Path(__file__).resolve().parents[2]
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 AUTH = "policies: [{type: auth, api_keys: false}]\n"
+# Every policy of this project, each with what makes it register all of its metrics.
+PROJECT_POLICIES: list[dict[str, Any]] = [
+    {"type": "request_id"},
+    {"type": "usage"},
+    {"type": "auth", "api_keys": False},
+    {"type": "rate_limit", "default": {"requests_per_minute": 1}},
+]
 
 
 class Clash(Policy):
@@ -33,6 +42,18 @@ class Clash(Policy):
 def clash(monkeypatch: pytest.MonkeyPatch) -> None:
     known = {**registry.available(), "clash": Clash}
     monkeypatch.setattr(registry, "available", lambda: known)
+
+
+def family_names(metrics: Metrics) -> set[str]:
+    return {family.name for family in metrics.registry.collect()}
+
+
+def policy_metric_names(tmp_path: Path) -> set[str]:
+    """The metrics the project's policies register, found by building them."""
+    config = gateway_config("http://127.0.0.1:9", storage={"data_dir": str(tmp_path)})
+    metrics = Metrics()
+    registry.build_chain(PROJECT_POLICIES, PolicyEnv(config, {}, Resources(), metrics))
+    return family_names(metrics) - family_names(Metrics())
 
 
 def test_asking_twice_gives_the_same_metric() -> None:
@@ -123,3 +144,19 @@ def test_a_policy_redefining_a_metric_stops_the_start(
     policies = [{"type": "auth", "api_keys": False}, {"type": "clash"}]
     with pytest.raises(MetricConflict, match="llama_gateway_auth_failures is defined twice"):
         create_app(gateway_config(fake_url, policies=policies))
+
+
+def test_the_core_names_no_policy_metric(tmp_path: Path) -> None:
+    names = policy_metric_names(tmp_path)
+    assert f"{NAMESPACE}_auth_failures" in names  # the policies were built
+    sources = {path: path.read_text() for path in (ROOT / "gateway").rglob("*.py")}
+    for name in names:
+        short = name.removeprefix(f"{NAMESPACE}_")
+        assert not [p.name for p, text in sources.items() if short in text], short
+
+
+async def test_without_policies_no_policy_metric_is_exposed(
+    gateway: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    text = await (await gateway.get("/metrics")).text()
+    assert not [name for name in policy_metric_names(tmp_path) if name in text]

@@ -13,6 +13,7 @@ import gateway.private
 from gateway.db import open_sqlite
 from gateway.metrics import Metrics
 from policies.usage.journal import Journal, append_rejected
+from policies.usage.metrics import UsageMetrics
 from policies.usage.store import SqliteUsageStore
 from policies.usage.writer import UsageWriter
 from tests.policies.usage.conftest import eventually
@@ -34,7 +35,7 @@ def mode(path: Path) -> int:
 async def test_the_data_directory_and_every_file_in_it_are_private(tmp_path: Path) -> None:
     data = tmp_path / "data"
     store = SqliteUsageStore(data / "gateway.db")
-    usage = UsageWriter(store, Journal(data), Metrics(), FAST)
+    usage = UsageWriter(store, Journal(data), UsageMetrics(Metrics()), FAST)
     await usage.start()
     usage.submit(row(1))
     usage.submit(row(2, subject="\ud800"))  # set aside: the rejected file exists too

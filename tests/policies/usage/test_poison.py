@@ -115,7 +115,7 @@ async def test_a_writer_that_fails_unexpectedly_is_restarted(
 
     await eventually(stored)
     assert usage.restarts == 1
-    assert usage.metrics.usage_writer_restarts._value.get() == 1
+    assert usage.metrics.registry.get_sample_value("llama_gateway_usage_writer_restarts_total") == 1
     await usage.close()
 
 

@@ -13,6 +13,7 @@ import pytest
 from gateway.local import free_port
 from gateway.metrics import Metrics
 from policies.usage.journal import Journal
+from policies.usage.metrics import UsageMetrics
 from policies.usage.record import UsageRow
 from policies.usage.store import PostgresUsageStore, SqliteUsageStore, UsageStore
 from policies.usage.writer import UsageWriter, WriterOptions
@@ -31,10 +32,10 @@ FAST = WriterOptions(
 
 def writer(store: UsageStore, tmp_path: Path, **options: float) -> UsageWriter:
     chosen = WriterOptions(**{**FAST.__dict__, **options})
-    return UsageWriter(store, Journal(tmp_path / "data"), Metrics(), chosen)
+    return UsageWriter(store, Journal(tmp_path / "data"), UsageMetrics(Metrics()), chosen)
 
 
-def sample(metrics: Metrics, destination: str) -> float:
+def sample(metrics: UsageMetrics, destination: str) -> float:
     value = metrics.registry.get_sample_value(
         "llama_gateway_usage_records_total", {"destination": destination}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -31,12 +32,20 @@ class Workers:
 
 @pytest.fixture
 async def workers(fake_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    async with serving(fake_url, tmp_path) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serving(fake_url: str, tmp_path: Path, *options: str) -> AsyncIterator[Workers]:
+    """`serve --workers 2` in front of the fake llama-server, until the block ends."""
     metrics_dir = tmp_path / "metrics"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway.cli",
         "serve",
+        *options,
         "--port",
         "0",
         "--workers",
@@ -66,11 +75,15 @@ async def workers(fake_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
 
 
 def requests_total(text: str) -> float:
+    return sample_sum(text, "llama_gateway_requests_total")
+
+
+def sample_sum(text: str, name: str, **labels: str) -> float:
     return sum(
         s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if s.name == "llama_gateway_requests_total"
+        if s.name == name and labels.items() <= s.labels.items()
     )
 
 
@@ -87,15 +100,20 @@ def per_process_requests(metrics_dir: Path, tmp_path: Path) -> list[float]:
     return counts
 
 
+async def chats(session: aiohttp.ClientSession, url: str, status: int) -> None:
+    """REQUESTS chat requests, each answered with `status`."""
+    for _ in range(REQUESTS):
+        async with session.post(url + "/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == status
+
+
 async def test_metrics_add_up_the_requests_of_every_worker(
     workers: Workers, tmp_path: Path
 ) -> None:
     # A new connection per request: the kernel spreads connections, not requests.
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(REQUESTS):
-            async with session.post(workers.url + "/v1/chat/completions", json=CHAT) as resp:
-                assert resp.status == 200
+        await chats(session, workers.url, 200)
         async with session.get(workers.url + "/metrics") as resp:
             text = await resp.text()
     counts = per_process_requests(workers.metrics_dir, tmp_path)
@@ -104,6 +122,21 @@ async def test_metrics_add_up_the_requests_of_every_worker(
     assert requests_total(text) == REQUESTS
     assert "llama_gateway_workers 2.0" in text
     assert 'process_resident_memory_bytes{worker="1"}' in text
+
+
+async def test_a_policys_counter_adds_up_over_the_workers(fake_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("policies: [{type: auth, api_keys: false}]\n")
+    async with (
+        serving(fake_url, tmp_path, "--config", str(config)) as workers,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+    ):
+        await chats(session, workers.url, 401)
+        async with session.get(workers.url + "/metrics") as resp:
+            text = await resp.text()
+    failures = "llama_gateway_auth_failures_total"
+    assert sample_sum(text, failures, reason="missing") == REQUESTS
+    assert f'{failures}{{reason="invalid_key"}} 0.0' in text  # created at 0 by every worker
 
 
 async def test_a_worker_that_dies_is_replaced(workers: Workers) -> None:

@@ -35,7 +35,7 @@ from gateway.upstreams import HEALTHY, Pool
 
 log = logging.getLogger("gateway.metrics")
 
-# How often a worker publishes its upstreams' state for the others to add up.
+# How often a worker publishes its upstreams' state and tracked gauges for the others.
 PUBLISH_SECONDS = 1.0
 
 
@@ -49,9 +49,11 @@ def publish_pool(metrics: Metrics, pool: Pool) -> None:
 
 
 async def publish_forever(metrics: Metrics, pool: Pool) -> None:
-    """Multi-process mode: keep this worker's share of the upstream gauges fresh."""
+    """Multi-process mode: keep this worker's share of the upstream gauges, and of the
+    gauges policies track, fresh."""
     while True:
         publish_pool(metrics, pool)
+        metrics.refresh()
         await asyncio.sleep(PUBLISH_SECONDS)
 
 
@@ -119,6 +121,7 @@ class MetricsEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         publish_pool(self.metrics, self.pool)
+        self.metrics.refresh()
         if self.directory is None:
             body = generate_latest(self.registry)
         else:  # reads one file per worker and metric type: keep it off the event loop

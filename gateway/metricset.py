@@ -8,12 +8,13 @@ different definition of a name is a `MetricConflict`, never prometheus_client's
 
 Every metric is a prometheus_client one, so it works the same in one process and with
 several workers (`PROMETHEUS_MULTIPROC_DIR`: samples in files, added up at scrape time;
-a gauge's `mode` says how).
+a gauge's `mode` says how). A gauge that reads its value from a function is `track`ed:
+prometheus_client's own `set_function` is read only by the process it runs in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
@@ -68,6 +69,7 @@ class MetricSet:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._defined: dict[str, tuple[_Definition, MetricWrapperBase]] = {}
+        self._tracked: dict[Gauge, Callable[[], float]] = {}
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
         """The counter `llama_gateway_<name>`, exposed as `llama_gateway_<name>_total`."""
@@ -121,3 +123,15 @@ class MetricSet:
             ) from exc
         self._defined[full] = (wanted, made)
         return made
+
+    def track(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Keep `gauge` (one without labels) at `read()`: read at every scrape of this
+        process and, with several workers, copied to the shared samples every second
+        (`refresh`), so that a scrape of any worker adds it up too."""
+        gauge.set_function(read)
+        self._tracked[gauge] = read
+
+    def refresh(self) -> None:
+        """Copy every tracked gauge's value into its samples (the publisher calls it)."""
+        for gauge, read in self._tracked.items():
+            gauge.set(read())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.metrics import Metrics
 from policies.usage.store import PostgresUsageStore, SqliteUsageStore
 
@@ -15,6 +17,7 @@ RETRY = "retry"
 class UsageMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self.registry = metrics.registry  # where the samples are read
+        self._metrics = metrics
         self.queue_depth = metrics.gauge(
             "usage_queue_depth",
             "Usage records in memory, not yet in the journal (only while the journal's disk "
@@ -40,3 +43,8 @@ class UsageMetrics:
         )
         errors = metrics.dependency_errors
         self.retries = {dependency: errors.labels(dependency, RETRY) for dependency in DEPENDENCIES}
+
+    def follow(self, queue_depth: Callable[[], int], journal_bytes: Callable[[], int]) -> None:
+        """The gauges' values, read from the writer (in each worker, with several)."""
+        self._metrics.track(self.queue_depth, queue_depth)
+        self._metrics.track(self.journal_bytes, journal_bytes)

@@ -71,8 +71,7 @@ class UsageWriter:
             max=options.retry_max_seconds,
             jitter=options.retry_initial_seconds,
         )
-        metrics.queue_depth.set_function(lambda: len(self._lines))
-        metrics.journal_bytes.set_function(lambda: journal.pending_bytes)
+        metrics.follow(lambda: len(self._lines), lambda: journal.pending_bytes)
 
     def queued(self) -> int:
         """Rows not yet in the database: in memory or in the journal."""

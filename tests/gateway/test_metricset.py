@@ -160,3 +160,13 @@ async def test_without_policies_no_policy_metric_is_exposed(
 ) -> None:
     text = await (await gateway.get("/metrics")).text()
     assert not [name for name in policy_metric_names(tmp_path) if name in text]
+
+
+def test_a_tracked_gauge_reads_its_function_at_every_scrape() -> None:
+    metrics = Metrics()
+    level = [3]
+    metrics.track(metrics.gauge("level", "Level."), lambda: level[0])
+    assert metrics.registry.get_sample_value(f"{NAMESPACE}_level") == 3
+    level[0] = 5
+    metrics.refresh()
+    assert metrics.registry.get_sample_value(f"{NAMESPACE}_level") == 5

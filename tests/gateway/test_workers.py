@@ -139,6 +139,38 @@ async def test_a_policys_counter_adds_up_over_the_workers(fake_url: str, tmp_pat
     assert f'{failures}{{reason="invalid_key"}} 0.0' in text  # created at 0 by every worker
 
 
+async def test_a_tracked_gauge_adds_up_over_the_workers(fake_url: str, tmp_path: Path) -> None:
+    """The usage journal's bytes, while no database takes them, from both workers."""
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"storage: {{data_dir: {data}, database_url: 'postgresql://nobody@127.0.0.1:9/none'}}\n"
+        "policies: [{type: usage}]\n"
+    )
+    async with (
+        serving(fake_url, tmp_path, "--config", str(config)) as workers,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+    ):
+        await chats(session, workers.url, 200)
+        # A row reaches the journal once its answer is sent; each worker publishes its
+        # share of the gauge every second.
+        for _ in range(100):
+            rows, written = journal_rows_and_bytes(data)
+            async with session.get(workers.url + "/metrics") as resp:
+                gauge = sample_sum(await resp.text(), "llama_gateway_usage_journal_bytes")
+            if rows == REQUESTS and gauge == written:
+                break
+            await asyncio.sleep(0.1)
+    assert len(list(data.glob("usage-journal-*.jsonl"))) == 2  # one per worker
+    assert rows == REQUESTS
+    assert gauge == written
+
+
+def journal_rows_and_bytes(data: Path) -> tuple[int, int]:
+    contents = [path.read_bytes() for path in data.glob("usage-journal-*.jsonl")]
+    return sum(text.count(b"\n") for text in contents), sum(len(text) for text in contents)
+
+
 async def test_a_worker_that_dies_is_replaced(workers: Workers) -> None:
     pid_file = workers.metrics_dir / "worker_0.pid"
     first = int(pid_file.read_text())

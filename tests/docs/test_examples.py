@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from gateway.metrics import Metrics
 from gateway.policy import Chain, PolicyEnv
 from gateway.resources import Resources
 from tests.conftest import gateway_config
@@ -30,29 +31,38 @@ def section_code(heading: str) -> dict[str, Any]:
     return namespace
 
 
-async def chat_through_example(aiohttp_client: Any, fake_url: str, **settings: Any) -> Any:
+async def chat_through_example(
+    aiohttp_client: Any, fake_url: str, **settings: Any
+) -> tuple[Any, Metrics]:
     """One chat request through a gateway whose chain is the example policy alone."""
     cls = section_code("A complete example")["MaintenancePolicy"]
     config = gateway_config(fake_url)
-    policy = cls(cls.Settings.model_validate(settings), PolicyEnv(config, {}, Resources()))
+    env = PolicyEnv(config, {}, Resources())
+    policy = cls(cls.Settings.model_validate(settings), env)
     client: TestClient[Any, Any] = await aiohttp_client(create_app(config, Chain([policy])))
-    return await client.post("/v1/chat/completions", json=CHAT)
+    return await client.post("/v1/chat/completions", json=CHAT), env.metrics
 
 
-async def test_the_example_policy_answers_503_while_enabled(
+def refused(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("llama_gateway_maintenance_refused_total")
+
+
+async def test_the_example_policy_answers_503_while_enabled_and_counts_it(
     aiohttp_client: Any, fake_url: str
 ) -> None:
-    resp = await chat_through_example(aiohttp_client, fake_url, enabled=True)
+    resp, metrics = await chat_through_example(aiohttp_client, fake_url, enabled=True)
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "60"
     assert (await resp.json())["error"]["code"] == "maintenance"
+    assert refused(metrics) == 1
 
 
 async def test_the_example_policy_lets_requests_through_while_disabled(
     aiohttp_client: Any, fake_url: str
 ) -> None:
-    resp = await chat_through_example(aiohttp_client, fake_url, enabled=False)
+    resp, metrics = await chat_through_example(aiohttp_client, fake_url, enabled=False)
     assert resp.status == 200
+    assert refused(metrics) == 0
 
 
 def test_the_example_command_prints_the_tiers(

@@ -69,14 +69,13 @@ def create_app(
     for endpoint in ENDPOINTS:
         add = app.router.add_post if endpoint.method == "POST" else app.router.add_get
         add(endpoint.path, _endpoint(endpoint.name))
-    _mount_policy_routes(app, runtime)
+    _mount_policy_routes(app, runtime, taken={*core, *(e.path for e in ENDPOINTS)})
     app.router.add_route("*", "/{tail:.*}", _guarded(not_found, metrics, "unknown"))
     return app
 
 
-def _mount_policy_routes(app: web.Application, runtime: PolicyRuntime) -> None:
+def _mount_policy_routes(app: web.Application, runtime: PolicyRuntime, taken: set[str]) -> None:
     """Routes that policies serve themselves (admin endpoints), next to the core's."""
-    taken = {"/health", "/ready", "/metrics", *(e.path for e in ENDPOINTS)}
     for policy in runtime.chain.policies:
         for method, path in policy.routes():
             if path in taken or not path.startswith("/"):

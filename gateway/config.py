@@ -100,7 +100,7 @@ class StorageConfig(PolicySettings):
     # PostgreSQL for API keys (and usage); without it an embedded SQLite file is used.
     database_url: str | None = None
     data_dir: str = "~/.local/share/llama-gateway"
-    # Redis for rate limits (and the cache); without it they are kept in process.
+    # Redis for rate limits; without it they are kept in process.
     redis_url: str | None = None
     # Every Redis call is bounded by this, connecting included; then the policy's
     # failure mode decides.

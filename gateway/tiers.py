@@ -1,7 +1,10 @@
 """Tiers: which endpoints and models a caller may use, its max_tokens cap and its priority.
 
 Tiers are named in the policy document; an auth policy gives each request a tier and
-other policies key their own per-tier settings (limits, cache TTLs) by the tier's name.
+other policies key their own per-tier settings (rate limits, for one) by the tier's name.
+Tiers belong to the core, not to the auth policy that assigns them: the policy document
+defines them, the core labels its request metrics by tier, and `priority` is for the
+upstream pool, which orders requests waiting for its slots.
 """
 
 from __future__ import annotations

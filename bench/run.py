@@ -1,6 +1,6 @@
 """Benchmark llama-gateway against a fake llama-server: direct vs through the gateway.
 
-Starts `tests/fake_llama.py`, a bare aiohttp relay for reference and the gateway (default
+Starts `tests/support/fake_llama.py`, a bare aiohttp relay for reference and the gateway (default
 configuration with access logs, and a quiet variant without), drives load with wrk, then
 measures the latency each adds at a fixed low rate with a paced client. Run it on an idle
 machine: `python bench/run.py` (`--quick` for a smoke test).
@@ -118,7 +118,9 @@ def start(name: str, cmd: list[str], url: str, probe: str, logdir: Path) -> Serv
     log = logdir / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if k != "LLAMA_GATEWAY_CONFIG"}
     with log.open("wb") as out:  # logs go to a file: a full pipe would stall the server
-        proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=out, env=env, cwd=ROOT, start_new_session=True
+        )
     server = Server(proc, url)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
@@ -149,7 +151,8 @@ def servers(args: argparse.Namespace, logdir: Path) -> Iterator[dict[str, Server
     try:
         port = free_port()
         upstream = f"http://127.0.0.1:{port}"
-        fake = [sys.executable, str(ROOT / "tests" / "fake_llama.py"), "--port", str(port)]
+        # Run as a module from the top of the repository, as the tests import it.
+        fake = [sys.executable, "-m", "tests.support.fake_llama", "--port", str(port)]
         started["direct"] = start("direct", fake, upstream, "/health", logdir)
         bport = free_port()
         bare = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), upstream, str(bport)]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig, parse_config
-from tests.fake_llama import FakeLlama
-
-GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import PG_URL, GatewayFactory, gateway_config
 
 
 @pytest.fixture
@@ -24,17 +21,6 @@ def fake() -> FakeLlama:
 async def fake_url(fake: FakeLlama, aiohttp_server: Any) -> str:
     server: TestServer = await aiohttp_server(fake.app())
     return str(server.make_url("")).rstrip("/")
-
-
-def gateway_config(upstream_url: str, **sections: Any) -> GatewayConfig:
-    raw: dict[str, Any] = {
-        "models": {"fake": {"upstreams": [upstream_url]}},
-        "upstream": {"health_interval_seconds": 0.05, "first_byte_timeout": 5, "idle_timeout": 5},
-        "logging": {"level": "DEBUG"},
-    }
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_config(raw)
 
 
 @pytest.fixture
@@ -50,9 +36,6 @@ def make_gateway(aiohttp_client: Any, fake_url: str) -> GatewayFactory:
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
     return await make_gateway()
-
-
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ from gateway.app import create_app
 from gateway.metrics import Metrics
 from gateway.policy import Chain, PolicyEnv
 from gateway.resources import Resources
-from tests.conftest import gateway_config
+from tests.support.gateways import CHAT, gateway_config
 
 PAGE = Path(__file__).parents[2] / "docs" / "writing-a-policy.md"
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def section_code(heading: str) -> dict[str, Any]:

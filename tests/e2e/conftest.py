@@ -12,11 +12,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import openai
-import orjson
 import pytest
 
 from gateway.local import (
@@ -26,17 +23,7 @@ from gateway.local import (
     llama_servers,
     model_file,
 )
-
-GATEWAY_START_TIMEOUT = 30.0
-LOG_TAIL_LINES = 40
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"(no log at {path}: {exc.strerror})"
-    return f"--- last lines of {path} ---\n" + "\n".join(text.splitlines()[-lines:])
+from tests.support.processes import GATEWAY_START_TIMEOUT, Gateway, listening_port, log_tail
 
 
 def require_llama_server() -> None:
@@ -70,33 +57,6 @@ def llama_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
 @pytest.fixture(scope="session")
 def chat_url(llama_urls: dict[str, str]) -> str:
     return llama_urls[CHAT_MODEL]
-
-
-@dataclass
-class Gateway:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(
-                f"the gateway exited with code {self.proc.returncode}\n{log_tail(self.log)}",
-                pytrace=False,
-            )
-
-
-def listening_port(log: Path) -> int | None:
-    """The port from the gateway's JSON "listening on host:port" log line, once written."""
-    with contextlib.suppress(OSError):
-        for line in log.read_bytes().splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):
-                record = orjson.loads(line)
-                if isinstance(record, dict) and str(record.get("msg", "")).startswith(
-                    "listening on"
-                ):
-                    return int(record["port"])
-    return None
 
 
 @pytest.fixture(scope="session")

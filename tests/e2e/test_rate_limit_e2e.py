@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from gateway.local import CHAT_MODEL
-from tests.e2e.conftest import GATEWAY_START_TIMEOUT, listening_port, log_tail
-from tests.policies.rate_limit_helpers import SHARED_REDIS, drop_keys, unique_prefix
+from tests.support.processes import GATEWAY_START_TIMEOUT, listening_port, log_tail
+from tests.support.rate_limits import SHARED_REDIS, drop_keys, unique_prefix
 
 pytestmark = pytest.mark.e2e
 

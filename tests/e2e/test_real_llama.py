@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from gateway.local import CHAT_MODEL, EMBED_MODEL
-from tests.e2e.conftest import Gateway, log_tail
+from tests.support.processes import Gateway, log_tail
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from gateway.local import CHAT_MODEL, EMBED_MODEL
-from tests.e2e.conftest import GATEWAY_START_TIMEOUT, listening_port, log_tail
-from tests.policies.usage.conftest import pg_rows, usage_settings, wait_for_rows
+from tests.support.processes import GATEWAY_START_TIMEOUT, listening_port, log_tail
+from tests.support.usage import pg_rows, usage_settings, wait_for_rows
 
 pytestmark = pytest.mark.e2e
 

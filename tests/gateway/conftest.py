@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.protocol import GatewayRunner
-from tests.conftest import gateway_config
+from tests.support.gateways import gateway_config
 
 
 @pytest.fixture

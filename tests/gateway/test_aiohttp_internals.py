@@ -21,8 +21,8 @@ from aiohttp import client_proto, web_protocol
 from gateway import sse
 from gateway.app import create_app
 from gateway.protocol import GatewayRunner
-from tests.conftest import GatewayFactory, gateway_config
-from tests.gateway.test_protocol import exchange
+from tests.support.gateways import GatewayFactory, gateway_config
+from tests.support.raw_http import exchange
 
 STREAM = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 UNPARSEABLE = b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Ke\x01y: value\r\n\r\n"

@@ -20,12 +20,9 @@ from gateway.errors import GatewayError
 from gateway.policy import Chain, Policy, RouteHandler
 from gateway.upstreams import HEALTHY
 from policies.request_id import RequestIdPolicy, RequestIdSettings
-from tests.conftest import gateway_config
-from tests.fake_llama import FakeLlama
-from tests.gateway.test_metrics import scrape, value
-from tests.gateway.test_policy_chain import ENV
-
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, ENV, gateway_config
+from tests.support.metrics import scrape, value
 
 
 def deep_body(depth: int, **fields: object) -> bytes:

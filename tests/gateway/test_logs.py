@@ -15,7 +15,7 @@ import pytest
 
 from gateway.app import STATE
 from gateway.logs import AIOHTTP_LOGGERS, JsonFormatter, redact, setup_logging
-from tests.gateway.test_server import start_gateway
+from tests.support.processes import start_gateway
 
 KEY = f"sk-gw_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
 JWT = "eyJ" + ".".join(secrets.token_urlsafe(n) for n in (20, 40, 32))

@@ -3,38 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import STATE, create_app
 from policies.auth.metrics import REASONS
 from policies.rate_limit.metrics import ACTIONS, LIMITS
 from policies.usage.metrics import DEPENDENCIES, DESTINATIONS
-from tests.conftest import GatewayFactory, gateway_config
-from tests.fake_llama import FakeLlama
+from tests.support.auth import sha256
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, GatewayFactory, gateway_config
+from tests.support.metrics import scrape, value
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**CHAT, "stream": True}
 KEY = "metrics-test-static-key-0123456789"
-
-
-async def scrape(client: TestClient[Any, Any]) -> dict[tuple[str, frozenset[Any]], float]:
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    assert resp.headers["Content-Type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(await resp.text()):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples: dict[tuple[str, frozenset[Any]], float], name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 def names(samples: dict[tuple[str, frozenset[Any]], float]) -> set[str]:
@@ -209,7 +193,7 @@ async def test_tier_labels_come_from_the_configured_tiers(make_gateway: GatewayF
                 "api_keys": False,
                 "static_keys": [
                     {
-                        "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest(),
+                        "hash": sha256(KEY),
                         "owner": "ops",
                         "tier": "gold",
                     }

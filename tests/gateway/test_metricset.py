@@ -14,10 +14,9 @@ from gateway.metrics import Metrics
 from gateway.metricset import NAMESPACE, MetricConflict
 from gateway.policy import Policy, PolicyEnv
 from gateway.resources import Resources
-from tests.conftest import gateway_config
+from tests.support.gateways import CHAT, gateway_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 AUTH = "policies: [{type: auth, api_keys: false}]\n"
 # Every policy of this project, each with what makes it register all of its metrics.
 PROJECT_POLICIES: list[dict[str, Any]] = [

@@ -10,12 +10,8 @@ from multidict import CIMultiDict
 from gateway.app import STATE, create_app
 from gateway.context import Reply, RequestContext
 from gateway.errors import GatewayError
-from gateway.policy import Chain, Policy, PolicyEnv, describe
-from gateway.resources import Resources
-from tests.conftest import gateway_config
-
-ENV = PolicyEnv(gateway_config("http://127.0.0.1:9"), {}, Resources())
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+from gateway.policy import Chain, Policy, describe
+from tests.support.gateways import CHAT, ENV, gateway_config
 
 
 class Recorder(Policy):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import orjson
@@ -10,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from gateway.protocol import GatewayRunner
+from tests.support.raw_http import exchange
 
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
 BODY = b'{"model": "fake", "messages": []}'
@@ -25,19 +25,6 @@ MALFORMED = {
     "header line without a colon": HEAD + b"NoColonHere\r\n",
     "bad request line": b"POST /v1 /x HTTP/1.1\r\nHost: gateway\r\n",
 }
-
-
-async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send `raw`, read until the gateway closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 30)  # EOF: the gateway closed cleanly
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body
 
 
 @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())

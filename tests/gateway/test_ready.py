@@ -10,11 +10,8 @@ import pytest
 
 from gateway import policy as policy_module
 from gateway.app import create_app
-from gateway.policy import Chain, Check, Policy, PolicyEnv
-from gateway.resources import Resources
-from tests.conftest import gateway_config
-
-ENV = PolicyEnv(gateway_config("http://127.0.0.1:9"), {}, Resources())
+from gateway.policy import Chain, Check, Policy
+from tests.support.gateways import ENV, gateway_config
 
 
 class Reports(Policy):

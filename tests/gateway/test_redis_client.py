@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.redis_client import RedisClient, ReplyError, Unreachable
-from tests.policies.rate_limit_helpers import (
+from tests.support.rate_limits import (
     SHARED_REDIS,
     PrivateRedis,
     free_port,

@@ -8,10 +8,8 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, GatewayFactory
 
 
 async def test_chat_completion_is_relayed_with_usage(gateway: TestClient[Any, Any]) -> None:

@@ -11,9 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE, create_app
 from gateway.runtime import PolicyRuntime
-from tests.conftest import gateway_config
+from tests.support.gateways import CHAT, gateway_config
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 VALID_A = "policies:\n  - {type: request_id, header: X-Trace-A}\n"
 VALID_B = "policies:\n  - {type: request_id, header: X-Trace-B}\n"
 INVALID = "policies:\n  - {type: request_id, header: X-Trace-C, colour: red}\n"

@@ -4,48 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from gateway import sse
+from tests.support.processes import GatewayProcess, start_gateway
 
 STREAM = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-
-
-class GatewayProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc = proc
-        self.url = f"http://127.0.0.1:{port}"
-
-
-async def start_gateway(fake_url: str, tmp_path: Path, grace: float, extra: str) -> GatewayProcess:
-    config = tmp_path / "gateway.yaml"
-    config.write_text(f"server: {{shutdown_grace_seconds: {grace}}}\n{extra}")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        "0",
-        "--upstream",
-        f"fake={fake_url}",
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    while line := await asyncio.wait_for(proc.stderr.readline(), 30):
-        record = orjson.loads(line)
-        if record["msg"].startswith("listening"):
-            return GatewayProcess(proc, record["port"])
-    raise AssertionError(f"gateway exited with {await proc.wait()} before listening")
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from gateway.app import STATE, create_app
 from gateway.context import DISCONNECTED, OK, RequestContext
 from gateway.policy import Chain, Policy, PolicyEnv
 from gateway.resources import Resources
-from tests.conftest import GatewayFactory, gateway_config
-from tests.fake_llama import FakeLlama
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory, gateway_config
 
 STREAM = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 

@@ -13,10 +13,9 @@ from gateway.app import STATE
 from gateway.config import ConfigError, GatewayConfig, TracingConfig
 from gateway.relay import Relay
 from gateway.tracing import Tracing
-from tests.conftest import GatewayFactory, gateway_config
-from tests.fake_llama import FakeLlama
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, GatewayFactory, gateway_config
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 

@@ -9,10 +9,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE, create_app
 from gateway.upstreams import DOWN, HEALTHY, LOADING, Pool, Upstream
-from tests.conftest import gateway_config
-from tests.fake_llama import FakeLlama
-
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, gateway_config
 
 
 def pool_of(*in_flight: int) -> Pool:

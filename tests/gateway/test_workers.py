@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+from tests.support.gateways import CHAT
+
 REQUESTS = 40
 
 

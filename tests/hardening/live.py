@@ -13,7 +13,6 @@ exactly as a hostile client would.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -33,8 +32,9 @@ from gateway.config import StorageConfig, parse_config
 from gateway.logs import setup_logging
 from gateway.protocol import GatewayRunner
 from policies.auth.keys import open_store
-from tests.fake_llama import FakeLlama
-from tests.policies.rate_limit_helpers import SHARED_REDIS, drop_keys, unique_prefix
+from tests.support.auth import sha256
+from tests.support.fake_llama import FakeLlama
+from tests.support.rate_limits import SHARED_REDIS, drop_keys, unique_prefix
 
 T = TypeVar("T")
 
@@ -59,10 +59,6 @@ LIMITS = {
     },
     "premium": {"requests_per_minute": 10**9, "tokens_per_minute": 10**12},
 }
-
-
-def sha256(value: str) -> str:
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def make_jwt(secret: str = JWT_SECRET, **claims: Any) -> str:

@@ -25,9 +25,9 @@ from tests.hardening.checks import check_no_leak
 from tests.hardening.credentials import FORGED, HOSTILE_VALID, VALID
 from tests.hardening.live import ADMIN_TOKEN, LiveGateway
 from tests.hardening.wire import Header
+from tests.support.gateways import CHAT
 
 JSON: Header = (b"Content-Type", b"application/json")
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 paths = st.sampled_from(list(s.ENDPOINTS))
 valid = st.sampled_from(list(VALID))
 

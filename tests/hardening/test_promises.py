@@ -15,8 +15,8 @@ from tests.hardening.attack import still_serving
 from tests.hardening.checks import check_error_shape, check_no_leak
 from tests.hardening.live import ADMIN_TOKEN, LiveGateway, make_jwt
 from tests.hardening.wire import Answer, Header, exchange, request, send_raw
+from tests.support.gateways import CHAT
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 JSON: Header = (b"Content-Type", b"application/json")
 
 

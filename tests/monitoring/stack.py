@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -30,13 +29,14 @@ import yaml
 from aiohttp import web
 
 from gateway.registry import available
-from tests.fake_llama import FakeLlama
+from tests.support.auth import sha256
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "monitoring" / "alerts.yml"
 PREMIUM_KEY = "live-stack-premium-key-0123456789"
 FREE_KEY = "live-stack-free-key-0123456789"
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
 # Policies that other branches add: turned on here as soon as they are installed, so that
 # their metrics carry real traffic. Their settings are the lead's to adjust.
@@ -69,7 +69,7 @@ def free_port() -> int:
 
 def key_entry(key: str, owner: str, tier: str) -> dict[str, str]:
     return {
-        "hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest(),
+        "hash": sha256(key),
         "owner": owner,
         "tier": tier,
     }

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.policies.rate_limit_helpers import SHARED_REDIS, drop_keys, unique_prefix
+from tests.support.rate_limits import SHARED_REDIS, drop_keys, unique_prefix
 
 
 @pytest.fixture

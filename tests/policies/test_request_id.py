@@ -12,10 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE
 from gateway.logs import JsonFormatter
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, GatewayFactory
 
 
 async def test_sane_client_id_is_echoed_and_sent_upstream(

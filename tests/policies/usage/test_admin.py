@@ -17,15 +17,9 @@ from hypothesis import strategies as st
 from gateway.app import STATE, create_app
 from gateway.local import free_port
 from policies.usage.report import ReportError, parse_time
-from tests.conftest import gateway_config
-from tests.policies.usage.conftest import (
-    ADMIN_TOKEN,
-    CHAT,
-    UsageGateway,
-    eventually,
-    sha256,
-    usage_settings,
-)
+from tests.support.gateways import CHAT, gateway_config
+from tests.support.usage import ADMIN_TOKEN, UsageGateway, sha256, usage_settings
+from tests.support.waiting import eventually
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

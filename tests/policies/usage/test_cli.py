@@ -11,7 +11,7 @@ import pytest
 
 from gateway.cli import main
 from policies.usage.store import SqliteUsageStore
-from tests.policies.usage.test_report import ROWS
+from tests.support.usage import ROWS
 
 
 def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str = "") -> Path:

@@ -16,9 +16,8 @@ from policies.usage.journal import Journal, append_rejected
 from policies.usage.metrics import UsageMetrics
 from policies.usage.store import SqliteUsageStore
 from policies.usage.writer import UsageWriter
-from tests.policies.usage.conftest import eventually
-from tests.policies.usage.test_report import row
-from tests.policies.usage.test_writer import FAST
+from tests.support.usage import FAST, row
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(autouse=True)

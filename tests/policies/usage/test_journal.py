@@ -13,7 +13,7 @@ import pytest
 
 from policies.usage.journal import COMPACT_BYTES, Journal, row_line
 from policies.usage.record import UsageRow
-from tests.policies.usage.test_report import row
+from tests.support.usage import row
 
 
 def put(journal: Journal, rows: list[UsageRow]) -> None:

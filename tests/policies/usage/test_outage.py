@@ -7,16 +7,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.policies.usage.conftest import (
-    CHAT,
-    UsageGateway,
-    eventually,
-    pg_rows,
-    usage_settings,
-    wait_for_rows,
-    writer_of,
-)
-from tests.tcp_proxy import TcpProxy
+from tests.support.gateways import CHAT
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.usage import UsageGateway, pg_rows, usage_settings, wait_for_rows, writer_of
+from tests.support.waiting import eventually
 
 
 async def send_many(client: TestClient[Any, Any], ids: range, parallel: int = 10) -> None:

@@ -10,19 +10,19 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE
 from policies.usage.policy import UsagePolicy
-from tests.fake_llama import FakeLlama
-from tests.policies.usage.conftest import (
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT
+from tests.support.usage import (
     AUTH,
-    CHAT,
     STATIC_KEY,
     STREAM,
     UsageGateway,
-    eventually,
     pg_rows,
     usage_settings,
     wait_for_rows,
     writer_of,
 )
+from tests.support.waiting import eventually
 
 KEY = {"Authorization": f"Bearer {STATIC_KEY}"}
 

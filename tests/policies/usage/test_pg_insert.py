@@ -13,8 +13,7 @@ import pytest
 
 from policies.usage.record import UsageRow, utc
 from policies.usage.store import PostgresUsageStore
-from tests.policies.usage.conftest import pg_rows
-from tests.policies.usage.test_report import row
+from tests.support.usage import pg_rows, row
 
 MICROSECOND = timedelta(microseconds=1)
 

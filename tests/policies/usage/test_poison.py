@@ -14,9 +14,8 @@ from gateway.context import RequestContext
 from policies.usage.journal import Journal, row_line
 from policies.usage.record import REPLACEMENT, RowBuilder
 from policies.usage.store import PostgresUsageStore, SqliteUsageStore
-from tests.policies.usage.conftest import eventually, pg_rows, wait_for_rows
-from tests.policies.usage.test_report import row
-from tests.policies.usage.test_writer import count, sample, writer
+from tests.support.usage import count, pg_rows, row, sample, wait_for_rows, writer
+from tests.support.waiting import eventually
 
 
 def test_text_no_database_or_encoder_takes_is_replaced_when_the_row_is_built() -> None:

@@ -12,14 +12,10 @@ from typing import Any
 import aiohttp
 
 from gateway.local import free_port
-from tests.gateway.test_server import GatewayProcess, start_gateway
-from tests.policies.usage.conftest import (
-    CHAT,
-    eventually,
-    pg_rows,
-    usage_settings,
-    wait_for_rows,
-)
+from tests.support.gateways import CHAT
+from tests.support.processes import GatewayProcess, start_gateway
+from tests.support.usage import pg_rows, usage_settings, wait_for_rows
+from tests.support.waiting import eventually
 
 
 def usage_yaml(database_url: str, data_dir: Path, **settings: Any) -> str:

@@ -6,11 +6,9 @@ import statistics
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from policies.usage.record import UsageRow
 from policies.usage.report import ReportError, ReportRow, format_table, parse_time
 from policies.usage.store import (
     PostgresUsageStore,
@@ -18,61 +16,7 @@ from policies.usage.store import (
     StoreUnavailable,
     UsageStore,
 )
-
-NOW = datetime.now(UTC)
-
-
-def row(n: int, **fields: Any) -> UsageRow:
-    started = (NOW - timedelta(minutes=10)).timestamp() + n
-    values: dict[str, Any] = {
-        "id": f"id-{n}",
-        "request_id": f"req-{n}",
-        "started_at": started,
-        "finished_at": started + 0.5,
-        "principal": "key:aaa",
-        "key_id": "aaa",
-        "subject": "alice",
-        "tier": "free",
-        "model": "m1",
-        "endpoint": "chat.completions",
-        "upstream": "http://u",
-        "status": 200,
-        "outcome": "ok",
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "cached": False,
-        "streamed": False,
-        "disconnected": False,
-        "latency_ms": float(n),
-        "ttft_ms": 1.0,
-        "cost": 0.25,
-    }
-    values.update(fields)
-    return UsageRow(**values)
-
-
-# m1: 20 rows by alice with latencies 1..20, one an upstream error mid-stream;
-# m2: 7 rows by bob (no key: a JWT caller), two refused with 429;
-# plus one old row outside every range asked below.
-ROWS = [
-    *(row(n, outcome="upstream_error" if n == 3 else "ok") for n in range(1, 21)),
-    *(
-        row(
-            100 + n,
-            model="m2",
-            subject="bob",
-            key_id=None,
-            principal="jwt:bob",
-            tier="premium",
-            latency_ms=[3.5, 8.0, 1.25, 40.0, 2.0, 9.0, 7.0][n],
-            status=429 if n < 2 else 200,
-            outcome="rejected" if n < 2 else "ok",
-            cost=1.0,
-        )
-        for n in range(7)
-    ),
-    row(999, started_at=(NOW - timedelta(days=3)).timestamp(), model="old"),
-]
+from tests.support.usage import NOW, ROWS, row
 
 
 @pytest.fixture

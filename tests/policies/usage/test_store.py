@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from policies.usage.store import SqliteUsageStore
-from tests.policies.usage.test_report import row
+from tests.support.usage import row
 
 
 async def test_an_insert_cancelled_while_its_transaction_begins_leaves_none_open(

@@ -11,40 +11,11 @@ import orjson
 import pytest
 
 from gateway.local import free_port
-from gateway.metrics import Metrics
 from policies.usage.journal import Journal
-from policies.usage.metrics import UsageMetrics
 from policies.usage.record import UsageRow
-from policies.usage.store import PostgresUsageStore, SqliteUsageStore, UsageStore
-from policies.usage.writer import UsageWriter, WriterOptions
-from tests.policies.usage.conftest import eventually, pg_rows, wait_for_rows
-from tests.policies.usage.test_report import row
-
-FAST = WriterOptions(
-    batch_size=10,
-    flush_seconds=0.05,
-    write_timeout_seconds=2,
-    shutdown_seconds=5,
-    retry_initial_seconds=0.05,
-    retry_max_seconds=0.2,
-)
-
-
-def writer(store: UsageStore, tmp_path: Path, **options: float) -> UsageWriter:
-    chosen = WriterOptions(**{**FAST.__dict__, **options})
-    return UsageWriter(store, Journal(tmp_path / "data"), UsageMetrics(Metrics()), chosen)
-
-
-def sample(metrics: UsageMetrics, destination: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "llama_gateway_usage_records_total", {"destination": destination}
-    )
-    return value or 0.0
-
-
-async def count(store: SqliteUsageStore) -> int:
-    rows = await store._db().execute_fetchall("SELECT count(*) FROM usage_records")
-    return int(next(iter(rows))[0])
+from policies.usage.store import PostgresUsageStore, SqliteUsageStore
+from tests.support.usage import count, pg_rows, row, sample, wait_for_rows, writer
+from tests.support.waiting import eventually
 
 
 async def test_a_burst_beyond_the_memory_cap_goes_to_the_journal_at_once(tmp_path: Path) -> None:

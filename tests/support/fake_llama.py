@@ -13,7 +13,7 @@ request body may carry `"fake": {...}` (the gateway passes unknown fields throug
 - `usage`: "separate" (default, only with include_usage), "always" (mid-2025 builds),
   "in_final" (old builds: usage inside the finishing chunk)
 
-Run it alone: `python tests/fake_llama.py --port 9000`.
+Run it alone: `python -m tests.support.fake_llama --port 9000` (from the top of the repository).
 """
 
 from __future__ import annotations

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-from tests.policies.rate_limit_helpers import (
-    CHAT,
-    SHARED_REDIS,
-    limit_policy,
-)
-
-# A generous bound: these tests are about exact limits, not timeouts, on a busy machine.
-STORAGE = {"redis_url": SHARED_REDIS, "redis_timeout_seconds": 2}
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory
+from tests.support.rate_limits import CHAT, STORAGE, limit_policy, quota_used
+from tests.support.waiting import eventually
 
 
 async def limited(make_gateway: GatewayFactory, prefix: str, **default: Any) -> Any:
     """A gateway whose callers (no auth: keyed by client address) get `default` limits."""
     return await make_gateway(storage=STORAGE, policies=[limit_policy(prefix, default=default)])
-
-
-def quota_used(store: redis.Redis, prefix: str, unit: str = "quota_day") -> int:
-    """Tokens charged to the caller's quota in the window its hash holds."""
-    keys = list(store.scan_iter(match=f"{prefix}:*:{unit}"))
-    assert len(keys) == 1, keys
-    return int(store.hget(keys[0], "v") or 0)
 
 
 async def test_answer_carries_openai_rate_limit_headers(
@@ -99,7 +85,7 @@ async def test_request_reserving_more_tokens_than_left_is_refused(
     client = await limited(make_gateway, prefix, tokens_per_minute=1_000)
     slow = {**CHAT, "max_tokens": 600, "fake": {"first_byte_delay": 0.5}}
     first = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
-    await until(lambda: fake.in_flight == 1)  # admitted: its reservation is held
+    await eventually(lambda: fake.in_flight == 1)  # admitted: its reservation is held
     resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 600})
     assert (await first).status == 200
     assert resp.status == 429
@@ -150,16 +136,9 @@ async def test_disconnected_stream_is_charged_what_was_sent(
     assert prompt_estimate < used < prompt_estimate + 40
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait, bounded, until `condition` holds (completion work runs after the answer)."""
-    async with asyncio.timeout(5):
-        while not condition():  # noqa: ASYNC110 - state in another process or task
-            await asyncio.sleep(0.005)
-
-
 async def settled(store: redis.Redis, prefix: str, below: int) -> None:
     """Wait until completion has given back (most of) the reservation."""
-    await until(lambda: quota_used(store, prefix) < below)
+    await eventually(lambda: quota_used(store, prefix) < below)
 
 
 async def test_upstream_error_answer_carries_rate_limit_headers(
@@ -189,7 +168,7 @@ async def test_embeddings_reserve_only_the_prompt(
     assert resp.status == 200
     # 400 characters: about 100 tokens reserved, where a chat would add max_tokens.
     assert 9_895 <= int(resp.headers["x-ratelimit-remaining-tokens"]) <= 9_900
-    await until(lambda: quota_used(store, prefix) == 4)  # then the fake's real usage
+    await eventually(lambda: quota_used(store, prefix) == 4)  # then the fake's real usage
 
 
 @pytest.mark.parametrize(
@@ -226,11 +205,11 @@ async def test_quota_window_follows_redis_time_not_the_gateway_clock(
     client = await limited(make_gateway, prefix, tokens_per_day=5_000, tokens_per_month=9_000)
     day_end = redis_day_end(store)
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
-    await until(lambda: quota_used(store, prefix) == 8)  # the fake's usage
+    await eventually(lambda: quota_used(store, prefix) == 8)  # the fake's usage
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + skew_days * 86_400)
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
-    await until(lambda: quota_used(store, prefix) == 16)
+    await eventually(lambda: quota_used(store, prefix) == 16)
     if redis_day_end(store) != day_end:
         pytest.skip("the UTC day ended during the test")
     # Both requests were charged to the day and month Redis is in, whatever the
@@ -268,7 +247,7 @@ async def test_request_larger_than_the_bucket_is_charged_all_it_used(
     big = {**CHAT, "max_tokens": 3_000, "fake": {"chunks": 3_000}}
     assert (await client.post("/v1/chat/completions", json=big)).status == 200
     (key,) = store.scan_iter(match=f"{prefix}:*:tokens")
-    await until(lambda: float(store.hget(key, "v") or 0) < -1_000)
+    await eventually(lambda: float(store.hget(key, "v") or 0) < -1_000)
     resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1})
     assert resp.status == 429
     # 2,005 tokens of debt plus this request's 8, at 1,000 a minute.

@@ -15,8 +15,8 @@ from gateway.app import STATE
 from policies.auth.keycache import KeyCache
 from policies.auth.keys import ApiKey, KeyStore, SqliteKeyStore, open_store
 from policies.auth.policy import AuthPolicy
-from tests.conftest import GatewayFactory
-from tests.policies.auth_helpers import CHAT, SECRET, TIERS, auth_settings
+from tests.support.auth import SECRET, TIERS, auth_settings
+from tests.support.gateways import CHAT, GatewayFactory
 
 Get = Callable[[SqliteKeyStore, str], Awaitable[ApiKey | None]]
 

@@ -3,7 +3,6 @@ another kind of credential can also carry."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import StorageConfig
 from policies.auth.keys import open_store
-from tests.conftest import GatewayFactory
-from tests.policies.rate_limit_helpers import CHAT, limit_policy
-from tests.policies.test_rate_limit import STORAGE
+from tests.support.auth import sha256
+from tests.support.gateways import GatewayFactory
+from tests.support.rate_limits import CHAT, STORAGE, limit_policy
 
 SECRET = "s" * 40
 STATIC = "static-key-of-alice-0123456789"
@@ -39,7 +38,7 @@ async def api_keys(data_dir: Path, *owners: str) -> list[str]:
 async def per_user_gateway(
     make_gateway: GatewayFactory, prefix: str, data_dir: Path
 ) -> TestClient[Any, Any]:
-    static = {"hash": "sha256:" + hashlib.sha256(STATIC.encode()).hexdigest()}
+    static = {"hash": sha256(STATIC)}
     return await make_gateway(
         storage={**STORAGE, "data_dir": str(data_dir)},
         tiers={"free": {}},

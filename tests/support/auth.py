@@ -11,7 +11,15 @@ import jwt
 import orjson
 from aiohttp.test_utils import TestClient
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+from tests.support.gateways import CHAT
+
+
+def sha256(value: str) -> str:
+    """How settings name a secret (`sha256:<hex>`), computed as an admin would with
+    sha256sum: independently of the gateway's own code."""
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
 SECRET = "hs256-secret-for-the-auth-tests-" + "x" * 16
 STATIC = "static-key-for-the-ops-team-0123456789"
 TIERS = {
@@ -35,7 +43,7 @@ def auth_settings(**overrides: Any) -> dict[str, Any]:
         "type": "auth",
         "static_keys": [
             {
-                "hash": "sha256:" + hashlib.sha256(STATIC.encode()).hexdigest(),
+                "hash": sha256(STATIC),
                 "owner": "ops",
                 "tier": "premium",
             }

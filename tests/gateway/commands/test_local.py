@@ -19,7 +19,7 @@ import pytest
 from gateway.cli import main
 from gateway.local import CHAT_MODEL, EMBED_MODEL
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 # `local` as installed, but with llama_servers() yielding the fake upstream's URL.
 LOCAL = """

@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from policies.auth.keys import open_store
 from policies.auth.text import sanitised
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-from tests.policies.auth_helpers import CHAT, SECRET, TIERS, auth_settings, raw_post, token
+from tests.support.auth import SECRET, TIERS, auth_settings, raw_post, token
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, GatewayFactory
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.local import free_port
-from tests.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 
 AUTH = [{"type": "auth", "api_keys": True}]

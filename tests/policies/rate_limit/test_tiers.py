@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from typing import Any
 
 import pytest
@@ -14,27 +13,18 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import ConfigError
-from tests.conftest import GatewayFactory, gateway_config
-from tests.fake_llama import FakeLlama
-from tests.policies.rate_limit_helpers import (
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory, gateway_config
+from tests.support.rate_limits import (
     CHAT,
+    STORAGE,
+    TIERS,
+    auth,
     limit_policy,
+    quota_used,
+    static_keys,
 )
-from tests.policies.test_rate_limit import STORAGE, quota_used, until
-
-KEYS = {"alice-1": "alice", "alice-2": "alice", "bob-1": "bob"}
-TIERS = {"free": {"max_tokens": 20}, "premium": {}}
-
-
-def static_keys(tier: str = "free") -> list[dict[str, str]]:
-    return [
-        {"hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest(), "owner": owner, "tier": tier}
-        for key, owner in KEYS.items()
-    ]
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(params=["redis", "embedded"])
@@ -123,7 +113,7 @@ async def test_concurrency_limit_refuses_beyond_in_flight_count(
         asyncio.ensure_future(chat(client, "alice-1", fake={"first_byte_delay": 0.5}))
         for _ in range(2)
     ]
-    await until(lambda: fake.in_flight == 2)
+    await eventually(lambda: fake.in_flight == 2)
     refused = await chat(client, "alice-1")
     assert [(await s).status for s in slow] == [200, 200]
     assert refused.status == 429
@@ -143,7 +133,7 @@ async def test_client_leaving_before_the_answer_is_charged_the_reservation(
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(0.3):
             await client.post("/v1/chat/completions", json=slow, headers=auth("alice-1"))
-    await until(lambda: in_flight(store, prefix) == 0)
+    await eventually(lambda: in_flight(store, prefix) == 0)
     # Whatever was generated before the client left is unknowable: the tier's
     # max_tokens (20) plus the prompt estimate stays charged.
     assert quota_used(store, prefix) == 20 + (len("hello there") + 16) // 4 + 1
@@ -162,7 +152,7 @@ async def test_in_flight_slots_are_released_on_every_outcome(
     await gone.content.readany()
     gone.close()
 
-    await until(lambda: in_flight(store, prefix) == 0)
+    await eventually(lambda: in_flight(store, prefix) == 0)
     # All ten slots are free again.
     answers = await asyncio.gather(*(chat(client, "alice-1") for _ in range(10)))
     assert [a.status for a in answers] == [200] * 10
@@ -187,7 +177,7 @@ async def test_daily_quota_gives_insufficient_quota(
     assert (await chat(client, "alice-1")).status == 200
     await asyncio.sleep(0)
     slow = asyncio.ensure_future(chat(client, "alice-1", fake={"first_byte_delay": 0.3}))
-    await until(lambda: fake.in_flight == 1)
+    await eventually(lambda: fake.in_flight == 1)
     refused = await chat(client, "alice-1")
     assert (await slow).status == 200
     assert refused.status == 429
@@ -272,7 +262,7 @@ async def test_request_running_longer_than_the_slot_expiry_keeps_its_slot(
     # A stream whose events come slowly runs for three times the slot's expiry...
     slow = {"stream": True, "fake": {"chunks": 9, "delay": 0.5}}
     running = asyncio.ensure_future(chat(client, "alice-1", **slow))
-    await until(lambda: fake.in_flight == 1)
+    await eventually(lambda: fake.in_flight == 1)
     await asyncio.sleep(3)
     # ...and holds its slot all along.
     refused = await chat(client, "alice-1")

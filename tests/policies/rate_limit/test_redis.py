@@ -20,10 +20,10 @@ import yaml
 from aiohttp.test_utils import TestClient
 
 from policies.rate_limit.store import TOUCH
-from tests.conftest import GatewayFactory
-from tests.e2e.conftest import listening_port, log_tail
-from tests.fake_llama import FakeLlama
-from tests.policies.rate_limit_helpers import (
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory
+from tests.support.processes import listening_port, log_tail
+from tests.support.rate_limits import (
     CHAT,
     SHARED_REDIS,
     PrivateRedis,

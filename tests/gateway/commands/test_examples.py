@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 SHIPPED = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("compose/*.yaml")])
 KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 

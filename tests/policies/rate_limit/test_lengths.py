@@ -10,11 +10,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.validate import INT32_MAX, LENGTHS, READ_LENGTHS
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-from tests.policies.rate_limit_helpers import CHAT, limit_policy
-from tests.policies.test_rate_limit import STORAGE
-from tests.policies.test_rate_limit_tiers import TIERS, auth, static_keys
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory
+from tests.support.rate_limits import CHAT, STORAGE, TIERS, auth, limit_policy, static_keys
 
 CAP = TIERS["free"]["max_tokens"]
 PROMPT = {"model": "fake", "prompt": "hello there"}

@@ -9,9 +9,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.cli import main
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-from tests.policies.auth_helpers import CHAT, SECRET, TIERS, auth_settings, token
+from tests.support.auth import SECRET, TIERS, auth_settings, token
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, GatewayFactory
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from tests.support.auth import sha256
+
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -151,3 +153,28 @@ class ReplyGate:
             pass  # the client is gone
         finally:
             writer.close()
+
+
+# A generous bound: these tests are about exact limits, not timeouts, on a busy machine.
+STORAGE = {"redis_url": SHARED_REDIS, "redis_timeout_seconds": 2}
+
+
+def quota_used(store: redis.Redis, prefix: str, unit: str = "quota_day") -> int:
+    """Tokens charged to the caller's quota in the window its hash holds."""
+    keys = list(store.scan_iter(match=f"{prefix}:*:{unit}"))
+    assert len(keys) == 1, keys
+    return int(store.hget(keys[0], "v") or 0)
+
+
+KEYS = {"alice-1": "alice", "alice-2": "alice", "bob-1": "bob"}
+
+
+TIERS = {"free": {"max_tokens": 20}, "premium": {}}
+
+
+def static_keys(tier: str = "free") -> list[dict[str, str]]:
+    return [{"hash": sha256(key), "owner": owner, "tier": tier} for key, owner in KEYS.items()]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

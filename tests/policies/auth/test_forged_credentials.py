@@ -29,9 +29,9 @@ from jwt.algorithms import RSAAlgorithm
 
 from gateway.config import StorageConfig
 from policies.auth.keys import open_store
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-from tests.policies.auth_helpers import SECRET, STATIC, TIERS, auth_settings, raw_reply, token
+from tests.support.auth import SECRET, STATIC, TIERS, auth_settings, raw_reply, token
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory
 
 RsaKey = rsa.RSAPrivateKey
 

@@ -9,14 +9,10 @@ import asyncio
 import pytest
 import redis
 
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
-from tests.policies.rate_limit_helpers import (
-    CHAT,
-    ReplyGate,
-    limit_policy,
-)
-from tests.policies.test_rate_limit import until
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory
+from tests.support.rate_limits import CHAT, ReplyGate, limit_policy
+from tests.support.waiting import eventually
 
 
 def in_flight(store: redis.Redis, prefix: str) -> int:
@@ -32,11 +28,11 @@ async def test_client_hanging_up_during_admission_frees_its_slot(
         client = await make_gateway(storage=storage, policies=[policy])
         gate.open.clear()  # the admission runs; its caller waits for the answer
         request = asyncio.ensure_future(client.post("/v1/chat/completions", json=CHAT))
-        await until(lambda: in_flight(store, prefix) == 1)
+        await eventually(lambda: in_flight(store, prefix) == 1)
         request.cancel()  # the client hangs up
         await asyncio.gather(request, return_exceptions=True)
         gate.open.set()
-        await until(lambda: in_flight(store, prefix) == 0)
+        await eventually(lambda: in_flight(store, prefix) == 0)
 
 
 async def test_admission_answered_too_late_frees_its_slot(
@@ -55,10 +51,10 @@ async def test_admission_answered_too_late_frees_its_slot(
         gate.open.clear()
         slow = {**CHAT, "fake": {"first_byte_delay": 0.3}}
         request = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
-        await until(lambda: fake.in_flight == 1)  # no answer in time: let through
+        await eventually(lambda: fake.in_flight == 1)  # no answer in time: let through
         assert in_flight(store, prefix) == 1  # yet the admission ran
         gate.open.set()
         resp = await request
         assert resp.status == 200
         assert "x-ratelimit-remaining-requests" not in resp.headers
-        await until(lambda: in_flight(store, prefix) == 0)
+        await eventually(lambda: in_flight(store, prefix) == 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,9 @@ from pydantic import ValidationError
 
 from gateway.cli import main
 from gateway.tiers import Tier
-from tests.conftest import GatewayFactory
-from tests.fake_llama import FakeLlama
+from tests.support.auth import sha256
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import GatewayFactory
 
 STATIC = "static-key-for-the-tier-tests-0123456789"
 
@@ -53,7 +53,7 @@ def test_check_config_names_the_tier_whose_model_list_is_empty(
 async def test_a_tier_with_no_models_lists_none_and_may_use_none(
     make_gateway: GatewayFactory, fake: FakeLlama, tmp_path: Path
 ) -> None:
-    static = {"hash": "sha256:" + hashlib.sha256(STATIC.encode()).hexdigest(), "owner": "o"}
+    static = {"hash": sha256(STATIC), "owner": "o"}
     client = await make_gateway(
         storage={"data_dir": str(tmp_path)},
         tiers={"listing": {"endpoints": ["models"], "models": []}},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app
 from policies.auth.keys import KeyStore, open_store
-from tests.conftest import gateway_config
-from tests.fake_llama import FakeLlama
-from tests.tcp_proxy import TcpProxy
+from tests.support.auth import sha256
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import CHAT, gateway_config
+from tests.support.tcp_proxy import TcpProxy
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 SECRET = "s" * 40
 STATIC = "static-key-for-the-ops-team-0123456789"
 TIERS = {
@@ -35,7 +34,7 @@ def auth_config(fake_url: str, pg_url: str, **auth: Any) -> Any:
         "type": "auth",
         "static_keys": [
             {
-                "hash": "sha256:" + hashlib.sha256(STATIC.encode()).hexdigest(),
+                "hash": sha256(STATIC),
                 "owner": "ops",
                 "tier": "premium",
             }

@@ -12,25 +12,11 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
 from policies.auth.jwt import JwtSettings, JwtVerifier
+from tests.support.tokens import public_jwk
 
 SAFETY_SECONDS = 30  # only so that a broken build fails instead of hanging; never reached
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
-    return {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid}
 
 
 def signed(key: rsa.RSAPrivateKey, kid: str) -> str:
@@ -65,7 +51,7 @@ class SlowIdp:
 
 @pytest.fixture
 async def idp(aiohttp_server: Any, rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[SlowIdp]:
-    served = SlowIdp([jwk(rsa_key, "k1")])
+    served = SlowIdp([public_jwk(rsa_key, "k1")])
     app = web.Application()
     app.router.add_get("/jwks.json", served.handle)
     server = await aiohttp_server(app)
@@ -100,12 +86,14 @@ async def test_stale_keys_are_served_while_a_slow_refresh_runs_in_the_background
 
 
 async def test_requests_with_an_unknown_kid_share_one_bounded_refresh(
-    idp: SlowIdp, rsa_key: rsa.RSAPrivateKey, new_key: rsa.RSAPrivateKey
+    idp: SlowIdp, rsa_key: rsa.RSAPrivateKey, other_rsa_key: rsa.RSAPrivateKey
 ) -> None:
     verifier = await started(idp, jwks_min_refetch_seconds=0)
-    idp.keys = [jwk(rsa_key, "k1"), jwk(new_key, "k2")]  # the IdP rotates
+    idp.keys = [public_jwk(rsa_key, "k1"), public_jwk(other_rsa_key, "k2")]  # the IdP rotates
     try:
-        waiting = [asyncio.create_task(verifier.verify(signed(new_key, "k2"))) for _ in range(5)]
+        waiting = [
+            asyncio.create_task(verifier.verify(signed(other_rsa_key, "k2"))) for _ in range(5)
+        ]
         await asyncio.wait_for(idp.waiting.wait(), SAFETY_SECONDS)
         known = await verifier.verify(signed(rsa_key, "k1"))  # a known kid does not wait
         assert known.subject == "alice"

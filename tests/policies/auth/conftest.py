@@ -1,8 +1,11 @@
 """Fixtures of the auth policy's tests: signing keys, made once a session since an RSA key
-takes a while to generate, and forged credentials presented to a gateway."""
+takes a while to generate; forged credentials presented to a gateway; key stores on both
+databases."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from tests.support.auth import SECRET, raw_reply
 from tests.support.fake_llama import FakeLlama
 from tests.support.forged import Attacker, Case, Present, RsaKey, RsaKeys, material, start
 from tests.support.gateways import GatewayFactory
+from tests.support.key_stores import Stores
 
 
 def new_rsa_key() -> rsa.RSAPrivateKey:
@@ -85,3 +89,21 @@ def present(
             assert b"\r\nWWW-Authenticate: Bearer" in head
 
     return presented
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each database a key store keeps its keys in: a fresh PostgreSQL schema, or SQLite."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return None
+
+
+@pytest.fixture
+async def stores(database_url: str | None, tmp_path: Path) -> AsyncIterator[Stores]:
+    made = Stores(database_url, tmp_path / "nested" / "gateway.db")
+    try:
+        yield made
+    finally:
+        await asyncio.gather(*(store.close() for store in made.opened))

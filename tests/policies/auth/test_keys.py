@@ -2,101 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
-import aiosqlite
-import asyncpg
 import pytest
 
 from gateway.credentials import hash_secret
-from gateway.db import (
-    Migration,
-    MigrationError,
-    migrate_postgres,
-    migrate_sqlite,
-    open_sqlite,
-)
-from policies.auth.keys import (
-    ApiKey,
-    KeyStore,
-    Reason,
-    key_matches,
-    migrations,
-    open_store,
-    parse_key,
-)
-
-PG_URL = os.environ.get("LLAMA_GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@dataclass
-class Stores:
-    """Opens stores on one database (a fresh PostgreSQL schema or SQLite file)."""
-
-    url: str | None
-    path: Path
-    opened: list[KeyStore] = field(default_factory=list)
-
-    def new(self) -> KeyStore:
-        store = open_store(self.url, self.path)
-        self.opened.append(store)
-        return store
-
-    async def started(self) -> KeyStore:
-        store = self.new()
-        await store.start()
-        return store
-
-    async def query(self, sql: str) -> list[tuple[Any, ...]]:
-        if self.url is None:
-            async with aiosqlite.connect(self.path) as db:
-                return [tuple(row) for row in await db.execute_fetchall(sql)]
-        conn = await asyncpg.connect(self.url)
-        try:
-            return [tuple(row) for row in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-
-    async def migrate(self, wanted: list[Migration]) -> list[Migration]:
-        if self.url is None:
-            db = await open_sqlite(self.path)
-            try:
-                return await migrate_sqlite(db, wanted)
-            finally:
-                await db.close()
-        conn = await asyncpg.connect(self.url)
-        try:
-            return await migrate_postgres(conn, wanted)
-        finally:
-            await conn.close()
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    path = tmp_path / "nested" / "gateway.db"
-    if request.param == "sqlite":
-        made = Stores(None, path)
-        yield made
-        await asyncio.gather(*(store.close() for store in made.opened))
-        return
-    schema = f"test_keys_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_URL)
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    made = Stores(f"{PG_URL}?search_path={schema}", path)
-    try:
-        yield made
-    finally:
-        await asyncio.gather(*(store.close() for store in made.opened))
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
+from policies.auth.keys import ApiKey, KeyStore, Reason, key_matches, open_store, parse_key
+from tests.support.key_stores import Stores
 
 
 @pytest.fixture
@@ -227,47 +141,6 @@ async def test_revocation_on_one_replica_is_seen_by_another(stores: Stores) -> N
     assert (await two.verify(plaintext)).ok
     assert await two.revoke(key.id)
     assert (await one.verify(plaintext)).reason == Reason.REVOKED
-
-
-async def test_starting_again_applies_no_migration_twice(stores: Stores) -> None:
-    first = await stores.started()
-    plaintext, _ = await first.create("alice", "free", None)
-    await first.close()
-    second = await stores.started()
-    assert (await second.verify(plaintext)).ok
-    assert await stores.migrate(migrations()) == []
-    assert await stores.query("SELECT version, name FROM schema_migrations") == [(1, "api_keys")]
-
-
-async def test_concurrent_starts_do_not_fail(stores: Stores) -> None:
-    started = [stores.new() for _ in range(4)]
-    # return_exceptions: every start finishes (and its store gets closed) even if one fails.
-    results = await asyncio.gather(*(store.start() for store in started), return_exceptions=True)
-    assert results == [None] * 4
-    assert await stores.query("SELECT version, name FROM schema_migrations") == [(1, "api_keys")]
-    plaintext, _ = await started[0].create("alice", "free", None)
-    assert all([(await store.verify(plaintext)).ok for store in started])
-
-
-async def test_failed_migration_leaves_nothing_behind(stores: Stores) -> None:
-    await stores.migrate(migrations())
-    broken = Migration(900, "broken", "CREATE TABLE half_done (x integer);\nCREATE TABLE (;\n")
-    with pytest.raises(Exception, match="syntax"):
-        await stores.migrate([broken])
-    assert await stores.query("SELECT version FROM schema_migrations") == [(1,)]
-    with pytest.raises(Exception, match="half_done"):
-        await stores.query("SELECT * FROM half_done")
-
-
-async def test_a_different_migration_under_a_used_version_is_an_error(stores: Stores) -> None:
-    await stores.migrate(migrations())
-    with pytest.raises(MigrationError, match="unused version"):
-        await stores.migrate([Migration(1, "usage", "SELECT 1")])
-
-
-def test_migration_file_is_found() -> None:
-    assert [(m.version, m.name) for m in migrations()] == [(1, "api_keys")]
-    assert "CREATE TABLE api_keys" in migrations()[0].sql
 
 
 def test_static_key_hash_is_prefixed_sha256() -> None:

@@ -1,8 +1,9 @@
-"""Fixtures of the gateway's tests."""
+"""Fixtures of the gateway's tests: a gateway on a port of its own, and `serve --workers 2`."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -10,6 +11,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.protocol import GatewayRunner
 from tests.support.gateways import gateway_config
+from tests.support.processes import Workers, serving_workers
 
 
 @pytest.fixture
@@ -23,3 +25,10 @@ async def port(fake_url: str) -> AsyncIterator[int]:
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def workers(fake_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    """`serve --workers 2` in front of the fake llama-server."""
+    async with serving_workers(fake_url, tmp_path) as running:
+        yield running

@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+
+LOG_LINE_SECONDS = 60  # per line: only so that a broken build fails instead of hanging
+
+
+async def serve(*argv: str, env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
+    """`gateway.cli serve` with `argv` as a process of its own, its JSON log on a pipe."""
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway.cli", "serve", *argv),
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def logged(proc: asyncio.subprocess.Process, logger: str, text: str) -> dict[str, Any]:
+    """The first record of `logger` with `text` in its message; fails if the gateway exits
+    before it."""
+    assert proc.stderr is not None
+    while line := await asyncio.wait_for(proc.stderr.readline(), LOG_LINE_SECONDS):
+        record: dict[str, Any] = orjson.loads(line)
+        if record["logger"] == logger and text in record["msg"]:
+            return record
+    raise AssertionError(f"the gateway exited with {await proc.wait()} before {text!r}")
 
 
 class GatewayProcess:
@@ -22,25 +48,49 @@ class GatewayProcess:
 async def start_gateway(fake_url: str, tmp_path: Path, grace: float, extra: str) -> GatewayProcess:
     config = tmp_path / "gateway.yaml"
     config.write_text(f"server: {{shutdown_grace_seconds: {grace}}}\n{extra}")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        "0",
-        "--upstream",
-        f"fake={fake_url}",
-        stderr=asyncio.subprocess.PIPE,
+    proc = await serve("--config", str(config), "--port", "0", "--upstream", f"fake={fake_url}")
+    record = await logged(proc, "gateway.server", "listening on")
+    return GatewayProcess(proc, record["port"])
+
+
+async def serve_two_workers(
+    upstream_url: str, *options: str, metrics_dir: Path | None, port: str = "0", **env: str
+) -> asyncio.subprocess.Process:
+    """`serve --workers 2` in front of `upstream_url`, keeping its metrics in `metrics_dir`
+    (None: in a directory it makes for the run), with `env` added to its environment."""
+    environ = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if metrics_dir is not None:
+        environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return await serve(
+        *options,
+        *("--port", port, "--workers", "2", "--upstream", f"fake={upstream_url}"),
+        env={**environ, **env},
     )
+
+
+class Workers:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, metrics_dir: Path) -> None:
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+        self.metrics_dir = metrics_dir
+
+
+@contextlib.asynccontextmanager
+async def serving_workers(fake_url: str, tmp_path: Path, *options: str) -> AsyncIterator[Workers]:
+    """`serve --workers 2` in front of the fake llama-server, until the block ends."""
+    metrics_dir = tmp_path / "metrics"
+    proc = await serve_two_workers(fake_url, *options, metrics_dir=metrics_dir)
+    record = await logged(proc, "gateway.workers", "listening on")
     assert proc.stderr is not None
-    while line := await asyncio.wait_for(proc.stderr.readline(), 30):
-        record = orjson.loads(line)
-        if record["msg"].startswith("listening"):
-            return GatewayProcess(proc, record["port"])
-    raise AssertionError(f"gateway exited with {await proc.wait()} before listening")
+    # Keep reading its log so that a full pipe never stalls it.
+    drain = asyncio.create_task(proc.stderr.read())
+    try:
+        yield Workers(proc, record["port"], metrics_dir)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 30)
+        await asyncio.wait_for(drain, 30)  # at end of file: every worker has exited too
 
 
 GATEWAY_START_TIMEOUT = 30.0

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config import StorageConfig
 from policies.auth.keys import open_store
-from tests.support.auth import TIERS, auth_settings
+from tests.support.auth import auth_settings
 from tests.support.gateways import GatewayFactory
 from tests.support.tokens import public_jwk
 
@@ -82,9 +82,10 @@ async def material(data: Path, rsa_keys: RsaKeys, attacker_url: str) -> Material
 
 
 async def start(
-    make_gateway: GatewayFactory, data: Path, kind: str, rsa_keys: RsaKeys
+    auth_gateway: GatewayFactory, data: Path, kind: str, rsa_keys: RsaKeys
 ) -> TestClient[Any, Any]:
-    """The gateway `kind` names (`hs` or `rs`), its data in `data`."""
+    """The gateway `kind` names (`hs` or `rs`), started by `auth_gateway` with its data (and
+    the JWKS file) in `data`."""
     if kind == "hs":
         jwt_settings: dict[str, Any] = {"tiers": {"premium": "premium", "free": "free"}}
         settings = auth_settings(jwt=jwt_settings)
@@ -100,4 +101,4 @@ async def start(
             "audience": "gw",
             "issuer": "idp",
         }
-    return await make_gateway(storage={"data_dir": str(data)}, tiers=TIERS, policies=[settings])
+    return await auth_gateway(settings)

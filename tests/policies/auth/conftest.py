@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.support.auth import SECRET, raw_reply
+from tests.support.auth import SECRET, TIERS, raw_reply
 from tests.support.fake_llama import FakeLlama
 from tests.support.forged import Attacker, Case, Present, RsaKey, RsaKeys, material, start
 from tests.support.gateways import GatewayFactory
@@ -40,6 +41,22 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+@pytest.fixture
+def auth_gateway(
+    make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> GatewayFactory:
+    """Starts a gateway with the tiers of the auth tests and the policies it is given, its
+    data in tmp_path, the HS256 secret of auth_settings() in its environment."""
+    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
+
+    async def started(*policies: dict[str, Any]) -> TestClient[Any, Any]:
+        return await make_gateway(
+            storage={"data_dir": str(tmp_path)}, tiers=TIERS, policies=list(policies)
+        )
+
+    return started
+
+
 @pytest.fixture(scope="session")
 def rsa_keys(rsa_key: RsaKey, other_rsa_key: RsaKey) -> RsaKeys:
     return rsa_key, other_rsa_key, new_rsa_key()
@@ -57,20 +74,18 @@ async def attacker(aiohttp_server: Any) -> tuple[Attacker, str]:
 
 @pytest.fixture
 def present(
-    make_gateway: GatewayFactory,
+    auth_gateway: GatewayFactory,
     fake: FakeLlama,
     tmp_path: Path,
     rsa_keys: RsaKeys,
     attacker: tuple[Attacker, str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Present:
     """Presents a case's forged header lines to the gateway it names and checks the answer:
     the case's status, nothing fetched that a token pointed to, the upstream reached by what
     is let in alone, and a refusal in the OpenAI error shape."""
-    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
 
     async def presented(case: Case) -> None:
-        gateway = await start(make_gateway, tmp_path, case.gateway, rsa_keys)
+        gateway = await start(auth_gateway, tmp_path, case.gateway, rsa_keys)
         forged = case.headers(await material(tmp_path, rsa_keys, attacker[1]))
         status, head, body = await raw_reply(gateway, "/v1/chat/completions", forged)
         assert status == case.status

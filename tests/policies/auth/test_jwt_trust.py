@@ -9,23 +9,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.cli import main
-from tests.support.auth import SECRET, TIERS, auth_settings, token
+from tests.support.auth import SECRET, auth_settings, token
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import CHAT, GatewayFactory
 
 
 @pytest.fixture
-def start(
-    make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> GatewayFactory:
-    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
-
+def start(auth_gateway: GatewayFactory) -> GatewayFactory:
     async def started(**settings: Any) -> TestClient[Any, Any]:
-        return await make_gateway(
-            storage={"data_dir": str(tmp_path)},
-            tiers=TIERS,
-            policies=[{"type": "request_id"}, auth_settings(api_keys=False, **settings)],
-        )
+        return await auth_gateway({"type": "request_id"}, auth_settings(api_keys=False, **settings))
 
     return started
 

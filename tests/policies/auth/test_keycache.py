@@ -15,7 +15,7 @@ from gateway.app import STATE
 from policies.auth.keycache import KeyCache
 from policies.auth.keys import ApiKey, KeyStore, SqliteKeyStore, open_store
 from policies.auth.policy import AuthPolicy
-from tests.support.auth import SECRET, TIERS, auth_settings
+from tests.support.auth import auth_settings
 from tests.support.gateways import CHAT, GatewayFactory
 
 Get = Callable[[SqliteKeyStore, str], Awaitable[ApiKey | None]]
@@ -41,15 +41,8 @@ def queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.fixture
-async def gateway(
-    make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> TestClient[Any, Any]:
-    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
-    return await make_gateway(
-        storage={"data_dir": str(tmp_path)},
-        tiers=TIERS,
-        policies=[auth_settings(cache_seconds=5)],
-    )
+async def gateway(auth_gateway: GatewayFactory) -> TestClient[Any, Any]:
+    return await auth_gateway(auth_settings(cache_seconds=5))
 
 
 @pytest.fixture
@@ -98,14 +91,9 @@ async def test_a_flood_of_made_up_keys_does_not_evict_a_real_one(
 
 
 async def test_a_revoked_key_is_refused_once_its_cached_record_expires(
-    make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    auth_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
-    client = await make_gateway(
-        storage={"data_dir": str(tmp_path)},
-        tiers=TIERS,
-        policies=[auth_settings(cache_seconds=0.2)],
-    )
+    client = await auth_gateway(auth_settings(cache_seconds=0.2))
     store = open_store(None, tmp_path / "gateway.db")
     await store.start()
     try:

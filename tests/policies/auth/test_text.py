@@ -12,21 +12,14 @@ from aiohttp.test_utils import TestClient
 
 from policies.auth.keys import open_store
 from policies.auth.text import sanitised
-from tests.support.auth import SECRET, TIERS, auth_settings, raw_post, token
+from tests.support.auth import auth_settings, raw_post, token
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import CHAT, GatewayFactory
 
 
 @pytest.fixture
-async def gateway(
-    make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> TestClient[Any, Any]:
-    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
-    return await make_gateway(
-        storage={"data_dir": str(tmp_path)},
-        tiers=TIERS,
-        policies=[{"type": "request_id"}, auth_settings(default_tier="free")],
-    )
+async def gateway(auth_gateway: GatewayFactory) -> TestClient[Any, Any]:
+    return await auth_gateway({"type": "request_id"}, auth_settings(default_tier="free"))
 
 
 def assert_unauthorized(status: int, body: Any) -> None:

@@ -1,6 +1,6 @@
 """Fixtures of the auth policy's tests: signing keys, made once a session since an RSA key
-takes a while to generate; forged credentials presented to a gateway; key stores on both
-databases."""
+takes a while to generate; the gateway of the auth tests, and forged credentials presented
+to it; key stores on both databases."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+@pytest.fixture(scope="session")
+def rsa_keys(rsa_key: RsaKey, other_rsa_key: RsaKey) -> RsaKeys:
+    return rsa_key, other_rsa_key, new_rsa_key()
+
+
 @pytest.fixture
 def auth_gateway(
     make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -55,11 +60,6 @@ def auth_gateway(
         )
 
     return started
-
-
-@pytest.fixture(scope="session")
-def rsa_keys(rsa_key: RsaKey, other_rsa_key: RsaKey) -> RsaKeys:
-    return rsa_key, other_rsa_key, new_rsa_key()
 
 
 @pytest.fixture

@@ -22,9 +22,10 @@ def hash_secret(secret: str) -> str:
 
 
 def bearer_token(authorization: str) -> str | None:
-    """The token of an `Authorization: Bearer <token>` value (the scheme in any case);
-    None when the value names another scheme or no token."""
-    scheme, _, token = authorization.strip().partition(" ")
+    """The token of an `Authorization: Bearer <token>` value (the scheme in any case, the
+    token stripped); None when the value names another scheme or no token. The value is
+    taken as it is: a caller that forgives space around it strips it first."""
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     return token if token and scheme.lower() == "bearer" else None
 

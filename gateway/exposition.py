@@ -144,4 +144,8 @@ class _Forward(Collector):
 def write_worker_pid(index: int) -> None:
     directory = multiprocess_dir()
     if directory is not None:
-        worker_pid_file(Path(directory), index).write_text(str(os.getpid()))
+        # Written whole, then renamed: a reader never sees an empty or partial file.
+        path = worker_pid_file(Path(directory), index)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(str(os.getpid()))
+        os.replace(partial, path)

@@ -60,9 +60,8 @@ class Metrics(MetricSet):
         # cover them all; each policy creates its own (dependency, action) pairs.
         self.dependency_errors = self.counter(
             "dependency_errors",
-            "Failed calls to a dependency (a database, Redis, the disk), by dependency and by "
-            "what the gateway did about it (the action, as the policy that made the call names "
-            "it).",
+            "Failed calls to a dependency (redis, postgres, sqlite, disk), by dependency and by "
+            "what the gateway did about it (fail_open, fail_closed, settle_lost, retry).",
             ("dependency", "action"),
         )
 

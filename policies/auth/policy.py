@@ -271,7 +271,7 @@ def credential(ctx: RequestContext) -> str | None:
     headers = ctx.request.headers
     auth = headers.get("Authorization")
     if auth is not None:
-        token = bearer_token(auth)
+        token = bearer_token(auth.strip())
         if token is None:
             raise unauthorized("Send the key as 'Authorization: Bearer <key>'.")
         return _printable_ascii(token)

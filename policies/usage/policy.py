@@ -91,8 +91,14 @@ class UsagePolicy(Policy):
     def problems(cls, settings: UsageSettings, env: PolicyEnv) -> list[str]:
         found = []
         admin = settings.admin
-        if admin is not None and admin.token_env and not os.environ.get(admin.token_env):
+        token = os.environ.get(admin.token_env) if admin and admin.token_env else None
+        if admin is not None and admin.token_env and not token:
             found.append(f"admin.token_env: environment variable {admin.token_env} is not set")
+        elif admin is not None and token and not printable_ascii(token):
+            found.append(
+                f"admin.token_env: the token in {admin.token_env} is not printable ASCII, so "
+                "no request could present it; use letters, digits and punctuation"
+            )
         return found
 
     async def start(self) -> None:

@@ -14,8 +14,12 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import registry
 from gateway.app import STATE, create_app
+from gateway.config import ConfigError
 from gateway.local import free_port
+from gateway.policy import PolicyEnv
+from gateway.resources import Resources
 from policies.usage.report import ReportError, parse_time
 from tests.support.gateways import CHAT, gateway_config
 from tests.support.usage import ADMIN_TOKEN, UsageGateway, sha256, usage_settings
@@ -87,6 +91,20 @@ async def test_an_admin_token_can_come_from_the_environment(
     client = await usage_gateway({"type": "request_id"}, settings)
     status, _ = await report(client, Authorization="Bearer token-from-the-environment")
     assert status == 200
+
+
+def test_an_admin_token_no_request_could_present_is_a_configuration_problem(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("USAGE_ADMIN_TOKEN", "caf\u00e9-token")
+    config = gateway_config("http://127.0.0.1:9")
+    settings = usage_settings(admin={"token_env": "USAGE_ADMIN_TOKEN"})
+    with pytest.raises(ConfigError) as raised:
+        registry.build_chain([settings], PolicyEnv(config, {}, Resources()))
+    assert raised.value.problems == [
+        "policies[0].admin.token_env: the token in USAGE_ADMIN_TOKEN is not printable ASCII, "
+        "so no request could present it; use letters, digits and punctuation"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -181,8 +199,11 @@ async def raw_get(client: TestClient[Any, Any], header: bytes) -> tuple[int, Any
         b"Authorization: Bearer \xff\xfe" + ADMIN_TOKEN.encode(),
         b"Authorization: Bearer caf\xc3\xa9",
         b"api-key: \xff" + ADMIN_TOKEN.encode(),
+        # Only the token is stripped: a no-break space before the scheme is no scheme.
+        b"Authorization: \xc2\xa0Bearer " + ADMIN_TOKEN.encode(),
+        b"Authorization: Bearer ",
     ],
-    ids=["non-utf-8", "non-ascii", "api-key"],
+    ids=["non-utf-8", "non-ascii", "api-key", "no-break space first", "no token"],
 )
 async def test_a_token_with_bytes_no_token_has_is_a_401(
     usage_gateway: UsageGateway, header: bytes

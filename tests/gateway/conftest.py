@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.protocol import GatewayRunner
-from tests.support.gateways import gateway_config
+from tests.support.gateways import GatewayFactory, gateway_config
 from tests.support.processes import Workers, serving_workers
 
 
@@ -25,6 +27,22 @@ async def port(fake_url: str) -> AsyncIterator[int]:
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def every_policy(make_gateway: GatewayFactory, tmp_path: Path) -> TestClient[Any, Any]:
+    """A gateway with every policy of the project on: tiers gold and tin (anonymous
+    callers), embedded stores."""
+    return await make_gateway(
+        storage={"data_dir": str(tmp_path / "data")},
+        tiers={"gold": {}, "tin": {}},
+        policies=[
+            {"type": "request_id"},
+            {"type": "usage"},
+            {"type": "auth", "api_keys": False, "anonymous": {"tier": "tin"}},
+            {"type": "rate_limit", "default": {"requests_per_minute": 5}},
+        ],
+    )
 
 
 @pytest.fixture

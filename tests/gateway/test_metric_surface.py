@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
-from tests.support.gateways import GatewayFactory
+from aiohttp.test_utils import TestClient
 
 SURFACE = Path(__file__).with_name("metric_surface.txt")
 
@@ -29,18 +30,9 @@ def surface(exposition: str, upstream: str) -> str:
 
 
 async def test_the_metrics_operators_rely_on_are_unchanged(
-    make_gateway: GatewayFactory, fake_url: str, tmp_path: Path
+    every_policy: TestClient[Any, Any], fake_url: str
 ) -> None:
-    client = await make_gateway(
-        storage={"data_dir": str(tmp_path / "data")},
-        tiers={"gold": {}, "tin": {}},
-        policies=[
-            {"type": "request_id"},
-            {"type": "usage"},
-            {"type": "auth", "api_keys": False, "anonymous": {"tier": "tin"}},
-            {"type": "rate_limit", "default": {"requests_per_minute": 5}},
-        ],
-    )
+    client = every_policy
     resp = await client.get("/metrics")
     found = surface(await resp.text(), fake_url)
     if os.environ.get("LLAMA_GATEWAY_WRITE_SURFACE") == "1":

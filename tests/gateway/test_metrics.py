@@ -120,18 +120,9 @@ async def test_the_core_metrics_fixed_label_sets_exist_before_anything_happens(
 
 
 async def test_each_policys_fixed_label_sets_exist_at_start_up(
-    make_gateway: GatewayFactory, tmp_path: Path
+    every_policy: TestClient[Any, Any],
 ) -> None:
-    client = await make_gateway(
-        storage={"data_dir": str(tmp_path / "data")},
-        tiers={"gold": {}, "tin": {}},
-        policies=[
-            {"type": "request_id"},
-            {"type": "usage"},
-            {"type": "auth", "api_keys": False, "anonymous": {"tier": "tin"}},
-            {"type": "rate_limit", "default": {"requests_per_minute": 5}},
-        ],
-    )
+    client = every_policy
     samples = await scrape(client)
     for reason in REASONS:
         assert value(samples, "llama_gateway_auth_failures_total", reason=reason) == 0

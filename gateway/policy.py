@@ -76,10 +76,12 @@ class Policy:
         return []
 
     async def start(self) -> None:
-        """Open connections and start background work (called once at start-up)."""
+        """Open connections and start background work; called once, at start-up or, for
+        a reload's new chain, before it is swapped in."""
 
     async def close(self) -> None:
-        """Flush and release what `start` opened (called once at shutdown)."""
+        """Flush and release what `start` opened; called once, when this chain is retired
+        after a reload and idle, or at shutdown."""
 
     def routes(self) -> Mapping[tuple[str, str], RouteHandler]:
         """Extra HTTP routes, `(method, path) -> handler`, served outside the chain.

@@ -4,7 +4,8 @@ Tiers are named in the policy document; an auth policy gives each request a tier
 other policies key their own per-tier settings (rate limits, for one) by the tier's name.
 Tiers belong to the core, not to the auth policy that assigns them: the policy document
 defines them, the core labels its request metrics by tier, and `priority` is for the
-upstream pool, which orders requests waiting for its slots.
+upstream pool, to order requests waiting for its slots once it queues them (it does not
+yet: `priority` is validated and unused).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Tier(PolicySettings):
     models: list[str] = Field(default_factory=lambda: ["*"])
     # Requests asking for more (or not saying) are capped to this many tokens.
     max_tokens: int | None = Field(None, gt=0)
-    # Higher is served first when upstream slots are scarce.
+    # Higher is to be served first once the upstream pool queues requests; unused so far.
     priority: int = 0
 
     @field_validator("models")

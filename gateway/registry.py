@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.config import ConfigError, validation_problems
+from gateway.metricset import MetricConflict
 from gateway.policy import Chain, Policy, PolicyEnv
 
 GROUP = "llama_gateway.policies"
@@ -62,7 +63,10 @@ def build_chain(
         found = [f"policies[{i}].{p}" for p in cls.problems(validated, env)]
         problems.extend(found)
         if not found and not problems:
-            policies.append(cls(validated, env))
+            try:
+                policies.append(cls(validated, env))
+            except MetricConflict as exc:  # two policies asking for one name differently
+                problems.append(f"policies[{i}] ({name}): {exc}")
     if problems:
         raise ConfigError(source, problems)
     return Chain(policies)

@@ -2,7 +2,7 @@
 
 A development tool for the picture in docs/operations.md (matplotlib is not a gateway dependency):
 
-    python -m tests.monitoring.stack --minutes 5 --plot monitoring/dashboard.png
+    python -m tests.monitoring.stack --minutes 4 --plot monitoring/dashboard.png
 
 starts Prometheus, a gateway and traffic, then calls `plot_dashboard`.
 """

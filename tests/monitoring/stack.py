@@ -3,7 +3,7 @@ front of the fake llama-server, with traffic of every kind.
 
 Used by the live test, and on its own to plot the dashboard's main panels for the docs:
 
-    python -m tests.monitoring.stack --minutes 5 --plot monitoring/dashboard.png
+    python -m tests.monitoring.stack --minutes 4 --plot monitoring/dashboard.png
 """
 
 from __future__ import annotations

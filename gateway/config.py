@@ -274,20 +274,25 @@ def with_overrides(
     if port is not None:
         server["port"] = port
     merged["server"] = server
-    flag_models: dict[str, list[str]] = {}
-    for item in upstreams:
-        model, sep, url = item.partition("=")
-        if not sep or not model or not url:
-            raise ConfigError(
-                "--upstream", [f"{item!r}: expected MODEL=URL, e.g. chat=http://127.0.0.1:8081"]
-            )
-        flag_models.setdefault(model, []).append(url)
+    flag_models = _upstreams_by_model(upstreams)
     if flag_models:
         models = dict(merged.get("models") or {})
         for model, urls in flag_models.items():
             models[model] = {**(models.get(model) or {}), "upstreams": urls}
         merged["models"] = models
     return merged
+
+
+def _upstreams_by_model(upstreams: Iterable[str]) -> dict[str, list[str]]:
+    by_model: dict[str, list[str]] = {}
+    for item in upstreams:
+        model, sep, url = item.partition("=")
+        if not sep or not model or not url:
+            raise ConfigError(
+                "--upstream", [f"{item!r}: expected MODEL=URL, e.g. chat=http://127.0.0.1:8081"]
+            )
+        by_model.setdefault(model, []).append(url)
+    return by_model
 
 
 def config_path(explicit: str | None) -> Path | None:

@@ -44,7 +44,9 @@ class Metrics(MetricSet):
         self.tiers: frozenset[str] = frozenset()
         self._series: dict[tuple[str, str, int, str], _Series] = {}
         self._define_shared_metrics()
-        self._define_request_metrics()
+        self._define_outcome_metrics()
+        self._define_timing_metrics()
+        self._define_token_metrics()
         self._define_resource_metrics()
         self.set_tiers(tiers)
 
@@ -65,7 +67,7 @@ class Metrics(MetricSet):
             ("dependency", "action"),
         )
 
-    def _define_request_metrics(self) -> None:
+    def _define_outcome_metrics(self) -> None:
         self.requests = self.counter(
             "requests",
             "Requests served on the OpenAI endpoints, by model, endpoint, status class "
@@ -82,6 +84,8 @@ class Metrics(MetricSet):
             "Requests whose client hung up before the answer was complete.",
             ("model", "endpoint"),
         )
+
+    def _define_timing_metrics(self) -> None:
         by_model = ("model", "endpoint")
         self.duration = self.histogram(
             "request_duration_seconds",
@@ -105,6 +109,8 @@ class Metrics(MetricSet):
             by_model,
             OVERHEAD_BUCKETS,
         )
+
+    def _define_token_metrics(self) -> None:
         self.tokens = self.counter(
             "tokens",
             "Tokens reported by the upstream, by model, tier and type (prompt, completion).",

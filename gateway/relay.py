@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import time
 
@@ -23,22 +22,19 @@ from gateway.context import (
     UPSTREAM_ERROR,
     Reply,
     RequestContext,
-    serialise_body,
 )
-from gateway.endpoints import GENERATING, MODEL_ENDPOINTS
+from gateway.endpoints import MODEL_ENDPOINTS
 from gateway.errors import GatewayError, bad_request, internal_error, upstream_failed
 from gateway.logs import current_request
+from gateway.outbound import unanswered, upstream_headers, upstream_payload
 from gateway.policy import Chain
 from gateway.runtime import PolicyRuntime
 from gateway.sse import body_usage, upstream_message
 from gateway.streaming import relay_stream
 from gateway.tracing import Tracing
-from gateway.upstreams import DOWN, Pool, Upstream
+from gateway.upstreams import Pool, Upstream
 
 log = logging.getLogger("gateway.relay")
-
-
-LARGE_BODY = 1024 * 1024
 
 
 class Relay:
@@ -199,34 +195,13 @@ class Relay:
         self, ctx: RequestContext, chain: Chain, upstream: Upstream
     ) -> web.StreamResponse:
         url = upstream.endpoint_urls[ctx.endpoint]
-        headers = {"Content-Type": "application/json", **ctx.upstream_headers}
-        if upstream.api_key:
-            headers["Authorization"] = f"Bearer {upstream.api_key}"
-        # W3C trace context: the caller's trace (or this request's span) goes on upstream.
-        incoming = ctx.request.headers
-        if self.tracing is not None:
-            self.tracing.upstream_headers(ctx, headers)
-        elif "traceparent" in incoming and "traceparent" not in headers:
-            headers["traceparent"] = incoming["traceparent"]
-            if "tracestate" in incoming:
-                headers["tracestate"] = incoming["tracestate"]
+        headers = upstream_headers(ctx, upstream, self.tracing)
         try:
             resp = await self.session.post(
-                url, data=self._payload(ctx), headers=headers, timeout=self.timeout
+                url, data=upstream_payload(ctx), headers=headers, timeout=self.timeout
             )
-        except aiohttp.ClientConnectorError as exc:
-            upstream.mark(DOWN, f"connect failed: {exc}")
-            raise upstream_failed(
-                f"Could not connect to the upstream for '{ctx.model}'; retry shortly."
-            ) from exc
-        except TimeoutError as exc:
-            raise upstream_failed(
-                f"The upstream did not answer within {self.first_byte_timeout:g} s.", 504
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise upstream_failed(
-                f"The upstream failed before answering: {exc.__class__.__name__}."
-            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise unanswered(ctx, upstream, exc, self.first_byte_timeout) from exc
         try:
             protocol = resp.connection.protocol if resp.connection else None
             if protocol is not None:
@@ -244,19 +219,6 @@ class Relay:
             # Releasing a half-read answer closes its connection (a complete one goes back
             # to the pool): that is how llama-server learns the client is gone.
             resp.release()
-
-    def _payload(self, ctx: RequestContext) -> bytes | io.BytesIO:
-        body = ctx.body
-        assert body is not None
-        payload = ctx.raw_body
-        if ctx.stream and ctx.endpoint in GENERATING and not ctx.client_wants_usage:
-            # Usage must always be known; the extra event is hidden from this client.
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            payload = serialise_body(body)
-        elif ctx.body_changed:
-            payload = serialise_body(body)
-        # aiohttp sends big bodies in pieces only from a file-like object.
-        return io.BytesIO(payload) if len(payload) > LARGE_BODY else payload
 
     async def _relay_body(
         self, ctx: RequestContext, chain: Chain, resp: aiohttp.ClientResponse

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.app import STATE, create_app
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ServerConfig
 from gateway.protocol import GatewayRunner
 
 log = logging.getLogger("gateway.server")
@@ -40,37 +40,13 @@ async def serve(
         shutdown_timeout=config.server.shutdown_grace_seconds,
     )
     await runner.setup()
-    # Everything allocated so far lives as long as the process: keep the collector off it,
-    # and collect the young generation less often (7-15% less CPU per request measured).
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    _tune_garbage_collector()
     try:
-        site = web.TCPSite(
-            runner, config.server.host, config.server.port, backlog=1024, reuse_port=reuse_port
-        )
-        await site.start()
-        # The port bound, which port 0 leaves to the system.
-        addresses = runner.addresses
-        port = addresses[0][1] if addresses else config.server.port
-        log.info(
-            "listening on %s:%s",
-            config.server.host,
-            port,
-            extra={
-                "host": config.server.host,
-                "port": port,
-                "models": list(config.models),
-                "policies": [p.name for p in app[STATE].runtime.chain.policies],
-            },
-        )
+        port = await _listen(runner, config.server, reuse_port)
+        _log_listening(config, app, port)
         if on_listening is not None:
             on_listening(port)
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, app[STATE].runtime.reload_soon, "SIGHUP")
-        await stop.wait()
+        await _until_stopped(app, stop or asyncio.Event())
         log.info(
             "shutting down: draining in-flight requests",
             extra={"grace_seconds": config.server.shutdown_grace_seconds},
@@ -79,3 +55,41 @@ async def serve(
     finally:
         await runner.cleanup()
         log.info("stopped")
+
+
+def _tune_garbage_collector() -> None:
+    """Everything allocated so far lives as long as the process: keep the collector off it,
+    and collect the young generation less often (7-15% less CPU per request measured)."""
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
+async def _listen(runner: GatewayRunner, server: ServerConfig, reuse_port: bool) -> int:
+    """Start accepting connections; the port bound, which port 0 leaves to the system."""
+    site = web.TCPSite(runner, server.host, server.port, backlog=1024, reuse_port=reuse_port)
+    await site.start()
+    addresses = runner.addresses
+    return addresses[0][1] if addresses else server.port
+
+
+def _log_listening(config: GatewayConfig, app: web.Application, port: int) -> None:
+    log.info(
+        "listening on %s:%s",
+        config.server.host,
+        port,
+        extra={
+            "host": config.server.host,
+            "port": port,
+            "models": list(config.models),
+            "policies": [p.name for p in app[STATE].runtime.chain.policies],
+        },
+    )
+
+
+async def _until_stopped(app: web.Application, stop: asyncio.Event) -> None:
+    """Wait for `stop`, which SIGTERM and SIGINT set; SIGHUP reloads the policies meanwhile."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[STATE].runtime.reload_soon, "SIGHUP")
+    await stop.wait()

@@ -23,18 +23,18 @@ log = logging.getLogger("gateway.streaming")
 
 # What a broken upstream looks like while its answer is being read.
 UPSTREAM_BROKEN = (aiohttp.ClientError, TimeoutError)
+# The head of every relayed stream, before the policies' `on_response` adds to its copy.
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 async def relay_stream(
     ctx: RequestContext, resp: aiohttp.ClientResponse, chain: Chain
 ) -> web.StreamResponse:
-    headers = CIMultiDict(
-        {
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    headers = CIMultiDict(STREAM_HEADERS)
     await chain.on_response(ctx, headers)
     out = web.StreamResponse(status=resp.status, headers=headers)
     ctx.response = out

@@ -19,7 +19,8 @@ from policies.usage.journal import Journal
 from policies.usage.metrics import UsageMetrics
 from policies.usage.policy import UsagePolicy
 from policies.usage.record import UsageRow
-from policies.usage.store import SqliteUsageStore, UsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import UsageStore
 from policies.usage.writer import UsageWriter, WriterOptions
 from tests.support.auth import sha256
 from tests.support.gateways import CHAT

@@ -13,7 +13,8 @@ import pytest
 from gateway.local import free_port
 from policies.usage.journal import Journal
 from policies.usage.record import UsageRow
-from policies.usage.store import PostgresUsageStore, SqliteUsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import PostgresUsageStore
 from tests.support.usage import count, pg_rows, row, sample, wait_for_rows, writer
 from tests.support.waiting import eventually
 

@@ -1,19 +1,13 @@
-"""The background writer: each row goes to the local journal as its request completes,
-and from the journal to the database in batches.
+"""The background writer: each row goes to the local journal as its request completes
+(`policies/usage/intake.py`), and from the journal to the database in batches.
 
-- `submit` (the request path) serialises the row and keeps it for the end of the event
-  loop's turn, when the turn's rows go to the journal in one `write()`: from then on a
-  crash of the process cannot take them. Rows wait in memory only for that turn, or
-  while the journal's disk refuses writes: at most `queue_size` of them, beyond which
-  new rows are dropped and counted (blocking the event loop on a failing disk would stop
-  every request, and the memory is what is left to lose).
-- one task reads the journal from the front (`batch_size` rows at a time, woken by a
-  full batch or every `flush_seconds`), inserts, and commits the journal's front once
-  the database has the rows; it fsyncs the journal every `flush_seconds`. While the
-  database fails it retries with exponential backoff and jitter (tenacity). A batch the
-  database refuses for good is split in halves until the refused rows are alone; those
-  are set aside in `usage-rejected.jsonl` and counted. The task is supervised: an
-  unexpected error is logged, counted and the task restarted after a backoff.
+One task reads the journal from the front (`batch_size` rows at a time, woken by a full
+batch or every `flush_seconds`), inserts, and commits the journal's front once the
+database has the rows; it fsyncs the journal every `flush_seconds`. While the database
+fails it retries with exponential backoff and jitter (tenacity). A batch the database
+refuses for good is split in halves until the refused rows are alone; those are set
+aside in `usage-rejected.jsonl` and counted. The task is supervised: an unexpected error
+is logged, counted and the task restarted after a backoff.
 
 Closing (SIGTERM) writes what is in memory to the journal and drains the journal into
 the database within `shutdown_seconds`; what the database does not take stays in the
@@ -30,8 +24,9 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential_jitter
 
-from policies.usage.journal import Journal, any_line, append_rejected, row_line
-from policies.usage.metrics import DISK, UsageMetrics
+from policies.usage.intake import Intake
+from policies.usage.journal import Journal, any_line, append_rejected
+from policies.usage.metrics import UsageMetrics
 from policies.usage.record import UsageRow
 from policies.usage.store import UsageStore, is_permanent
 
@@ -59,11 +54,15 @@ class UsageWriter:
         self.options = options
         self.healthy = False  # the database took the last batch
         self.restarts = 0  # times the writer's task failed unexpectedly
-        self._lines: list[bytes] = []  # serialised rows not yet in the journal
-        self._rejected: list[bytes] = []  # rows no database takes, for the rejected file
-        self._retry: asyncio.TimerHandle | None = None
-        self._disk_failing = False
         self._wake = asyncio.Event()
+        self.intake = Intake(
+            journal,
+            metrics,
+            self._wake.set,
+            queue_size=options.queue_size,
+            batch_size=options.batch_size,
+            retry_seconds=options.flush_seconds,
+        )
         self._synced_at = 0.0  # event-loop time of the last fsync
         self._task: asyncio.Task[None] | None = None
         self._backoff = wait_exponential_jitter(
@@ -71,73 +70,15 @@ class UsageWriter:
             max=options.retry_max_seconds,
             jitter=options.retry_initial_seconds,
         )
-        metrics.follow(lambda: len(self._lines), lambda: journal.pending_bytes)
+        metrics.follow(lambda: len(self.intake.lines), lambda: journal.pending_bytes)
 
     def queued(self) -> int:
         """Rows not yet in the database: in memory or in the journal."""
-        return len(self._lines) + self.journal.rows
+        return len(self.intake.lines) + self.journal.rows
 
     def submit(self, row: UsageRow) -> None:
         """Called on the request path: no I/O, no await."""
-        try:
-            line = row_line(row)
-        except TypeError as exc:  # e.g. a token count beyond 64 bits from the upstream
-            log.error("usage record %s cannot be serialised (%s); set aside", row.id, exc)
-            self._set_aside([any_line(row)])
-            return
-        lines = self._lines
-        if len(lines) >= self.options.queue_size:
-            if self._retry is None:
-                self._flush()  # a burst within one turn: write it now
-            if len(lines) >= self.options.queue_size:  # the disk refuses: memory is full
-                self.metrics.records["dropped"].inc()
-                return
-        lines.append(line)
-        if len(lines) == 1 and self._retry is None:
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """This turn's rows to the journal: one write, no fsync (event loop)."""
-        lines = self._lines
-        if not lines or self.journal.closed:
-            return  # before start, or after close (which counts what is left as dropped)
-        try:
-            self.journal.append(b"".join(lines), len(lines))
-        except OSError as exc:
-            self._disk_failed(exc)
-            return
-        if self._disk_failing:
-            log.info("usage journal %s writable again", self.journal.path)
-            self._disk_failing = False
-        self.metrics.records["journal"].inc(len(lines))
-        lines.clear()
-        if self.journal.rows >= self.options.batch_size:
-            self._wake.set()
-
-    def _disk_failed(self, exc: OSError) -> None:
-        if not self._disk_failing:
-            log.error(
-                "usage journal %s cannot be written (%s); up to %d rows wait in memory, "
-                "later ones are dropped",
-                self.journal.path,
-                exc,
-                self.options.queue_size,
-            )
-            self._disk_failing = True
-        self.metrics.retries[DISK].inc()
-        if self._retry is None:
-            loop = asyncio.get_running_loop()
-            self._retry = loop.call_later(self.options.flush_seconds, self._flush_again)
-
-    def _flush_again(self) -> None:
-        self._retry = None
-        self._flush()
-
-    def _set_aside(self, lines: list[bytes]) -> None:
-        self.metrics.records["rejected"].inc(len(lines))
-        if len(self._rejected) < self.options.queue_size:
-            self._rejected.extend(lines)
-            self._wake.set()
+        self.intake.submit(row)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.journal.open)
@@ -164,7 +105,8 @@ class UsageWriter:
     async def _run(self) -> None:
         first = True  # connect (and migrate) and replay what an earlier run left, at once
         while True:
-            if not first and self.journal.rows < self.options.batch_size and not self._rejected:
+            waiting = self.journal.rows < self.options.batch_size and not self.intake.rejected
+            if not first and waiting:
                 # A full batch wakes the writer; a partial one waits at most this long.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.options.flush_seconds):
@@ -184,8 +126,8 @@ class UsageWriter:
     async def _sync(self, *, now: bool = False) -> None:
         """The rows set aside to their file; the journal fsynced once per `flush_seconds`
         (not per batch: a busy gateway would pay an fsync every few hundred rows)."""
-        if self._rejected:
-            lines, self._rejected = self._rejected, []
+        if self.intake.rejected:
+            lines, self.intake.rejected = self.intake.rejected, []
             await asyncio.to_thread(append_rejected, self.journal.directory, lines)
         clock = asyncio.get_running_loop().time()
         if now or clock >= self._synced_at + self.options.flush_seconds:
@@ -230,7 +172,7 @@ class UsageWriter:
                 break  # cannot happen unless the file was edited under the gateway
             if bad:
                 log.error("usage journal %s: %d unreadable lines set aside", journal.path, len(bad))
-                self._set_aside(bad)
+                self.intake.set_aside(bad)
             await self._insert(rows)
             journal.commit(after, len(rows) + len(bad))
             self.metrics.records[destination].inc(len(rows))
@@ -253,7 +195,7 @@ class UsageWriter:
                 raise  # the rows stay in the journal; the retry logs why
             if len(rows) == 1:
                 log.error("usage record %s refused by the database: %s", rows[0].id, exc)
-                self._set_aside([any_line(rows[0])])
+                self.intake.set_aside([any_line(rows[0])])
                 return
             half = len(rows) // 2
             await self._insert(rows[:half])
@@ -270,9 +212,8 @@ class UsageWriter:
     async def close(self) -> None:
         """Memory -> journal, then journal -> database within `shutdown_seconds`."""
         await _stop(self._task)
-        if self._retry is not None:
-            self._retry.cancel()
-        self._flush()
+        self.intake.stop_retrying()
+        self.intake.flush()
         try:
             async with asyncio.timeout(self.options.shutdown_seconds):
                 # No compaction: one the writer's task began may still be copying in its
@@ -299,10 +240,10 @@ class UsageWriter:
 
     async def _last_words(self) -> None:
         try:
-            self._flush()  # rows of requests that completed during the drain
-            if self._lines:
-                self.metrics.records["dropped"].inc(len(self._lines))
-                log.error("usage: %d records dropped at shutdown: no journal", len(self._lines))
+            self.intake.flush()  # rows of requests that completed during the drain
+            if lines := self.intake.lines:
+                self.metrics.records["dropped"].inc(len(lines))
+                log.error("usage: %d records dropped at shutdown: no journal", len(lines))
             await self._sync(now=True)
         finally:
             self.journal.close()

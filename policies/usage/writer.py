@@ -9,9 +9,12 @@ refuses for good is split in halves until the refused rows are alone; those are 
 aside in `usage-rejected.jsonl` and counted. The task is supervised: an unexpected error
 is logged, counted and the task restarted after a backoff.
 
-Closing (SIGTERM) writes what is in memory to the journal and drains the journal into
-the database within `shutdown_seconds`; what the database does not take stays in the
-journal for the next start.
+Closing (SIGTERM) asks the task to stop where it waits (for rows, or to retry), and
+cancels it only if it has not within `write_timeout_seconds` (a statement that hangs): a
+task cancelled in the middle of a statement or a thread's work leaves it running. Then
+it writes what is in memory to the journal and drains the journal into the database
+within `shutdown_seconds`; what the database does not take stays in the journal for the
+next start.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from policies.usage.record import UsageRow
 from policies.usage.store import UsageStore, is_permanent
 
 log = logging.getLogger("policies.usage.writer")
+
+
+class _Stopped(Exception):
+    """close() asked the writer to stop while it waited to retry."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class UsageWriter:
         self.healthy = False  # the database took the last batch
         self.restarts = 0  # times the writer's task failed unexpectedly
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()  # close() asks the writer's task to stop
         self.intake = Intake(
             journal,
             metrics,
@@ -91,18 +99,29 @@ class UsageWriter:
         while True:
             try:
                 await self._run()
+                return  # asked to stop
             except Exception:
                 failures += 1
                 self.restarts += 1
                 self.metrics.writer_restarts.inc()
                 log.exception("the usage writer failed; restarting it (failure %d)", failures)
-                await asyncio.sleep(self._pause(failures))
+                if await self._rest(self._pause(failures)):
+                    return
 
     def _pause(self, failures: int) -> float:
         initial = self.options.retry_initial_seconds
         return float(min(self.options.retry_max_seconds, initial * 2 ** min(failures, 32)))
 
+    async def _rest(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if close() asks the writer to stop: whether it did."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
     async def _run(self) -> None:
+        """Until close() asks: wait for rows, then drain them, retrying while the database
+        fails. Returns at a wait; close() drains what is left."""
         first = True  # connect (and migrate) and replay what an earlier run left, at once
         while True:
             waiting = self.journal.rows < self.options.batch_size and not self.intake.rejected
@@ -111,16 +130,21 @@ class UsageWriter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.options.flush_seconds):
                         await self._wake.wait()
+            if self._stopping.is_set():
+                return
             self._wake.clear()
             await self._sync()
-            async for attempt in AsyncRetrying(
-                wait=self._backoff,
-                retry=retry_if_exception(lambda exc: not is_permanent(exc, self.store)),
-                before_sleep=self._retrying,
-                sleep=self._sleep_syncing,
-            ):
-                with attempt:
-                    await self._drain()
+            try:
+                async for attempt in AsyncRetrying(
+                    wait=self._backoff,
+                    retry=retry_if_exception(lambda exc: not is_permanent(exc, self.store)),
+                    before_sleep=self._retrying,
+                    sleep=self._sleep_syncing,
+                ):
+                    with attempt:
+                        await self._drain()
+            except _Stopped:
+                return
             first = False
 
     async def _sync(self, *, now: bool = False) -> None:
@@ -135,11 +159,13 @@ class UsageWriter:
             await asyncio.to_thread(self.journal.sync)
 
     async def _sleep_syncing(self, seconds: float) -> None:
-        """Wait between retries, still fsyncing the journal every `flush_seconds`."""
+        """Wait between retries, still fsyncing the journal every `flush_seconds`; close()
+        ends the wait, and the retries."""
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
         while (left := until - loop.time()) > 0:
-            await asyncio.sleep(min(left, self.options.flush_seconds))
+            if await self._rest(min(left, self.options.flush_seconds)):
+                raise _Stopped
             await self._sync()
 
     def _retrying(self, state: RetryCallState) -> None:
@@ -155,32 +181,39 @@ class UsageWriter:
         self.healthy = False
         self.metrics.retries[self.store.dependency].inc()
 
-    async def _drain(self, *, compact: bool = True) -> None:
+    async def _drain(self, *, final: bool = False) -> None:
         """Connect, then move the journal into the database, oldest rows first, up to
-        what it held when called."""
+        what it held when called. The writer's task stops between batches once close()
+        asks, and compacts the journal; close()'s own drain (`final`) does neither."""
         async with asyncio.timeout(self.options.write_timeout_seconds):
             await self.store.connect()
-        journal = self.journal
-        left = journal.rows  # a count, not an offset: the file starts over once emptied
-        while left > 0:
-            # Rows an earlier run left count as replayed, the others as written.
-            destination = "replayed" if journal.earlier else "database"
-            take = min(left, self.options.batch_size)
-            rows, bad, after = await asyncio.to_thread(journal.read, take, journal.size)
-            left -= len(rows) + len(bad)
-            if not rows and not bad:
-                break  # cannot happen unless the file was edited under the gateway
-            if bad:
-                log.error("usage journal %s: %d unreadable lines set aside", journal.path, len(bad))
-                self.intake.set_aside(bad)
-            await self._insert(rows)
-            journal.commit(after, len(rows) + len(bad))
-            self.metrics.records[destination].inc(len(rows))
+        left = self.journal.rows  # a count, not an offset: the file starts over once emptied
+        while left > 0 and (final or not self._stopping.is_set()):
+            moved = await self._move(min(left, self.options.batch_size))
+            if not moved:
+                break
+            left -= moved
         if not self.healthy:
             log.info("usage database reachable; rows go in as they come")
             self.healthy = True
-        if compact and journal.worth_compacting():
+        if not final and not self._stopping.is_set() and self.journal.worth_compacting():
             await self._compact()
+
+    async def _move(self, take: int) -> int:
+        """One batch from the front of the journal into the database; the lines read."""
+        journal = self.journal
+        # Rows an earlier run left count as replayed, the others as written.
+        destination = "replayed" if journal.earlier else "database"
+        rows, bad, after = await asyncio.to_thread(journal.read, take, journal.size)
+        if not rows and not bad:
+            return 0  # cannot happen unless the file was edited under the gateway
+        if bad:
+            log.error("usage journal %s: %d unreadable lines set aside", journal.path, len(bad))
+            self.intake.set_aside(bad)
+        await self._insert(rows)
+        journal.commit(after, len(rows) + len(bad))
+        self.metrics.records[destination].inc(len(rows))
+        return len(rows) + len(bad)
 
     async def _insert(self, rows: list[UsageRow]) -> None:
         """Insert a batch; one the database refuses for good is halved until the rows it
@@ -210,15 +243,16 @@ class UsageWriter:
             log.warning("usage journal %s: compaction failed (%s); later", self.journal.path, exc)
 
     async def close(self) -> None:
-        """Memory -> journal, then journal -> database within `shutdown_seconds`."""
-        await _stop(self._task)
+        """The writer's task stopped, then memory -> journal, then journal -> database
+        within `shutdown_seconds`."""
+        await self._stop()
         self.intake.stop_retrying()
         self.intake.flush()
         try:
             async with asyncio.timeout(self.options.shutdown_seconds):
-                # No compaction: one the writer's task began may still be copying in its
-                # thread (cancelling the task does not stop it), into the same file.
-                await self._drain(compact=False)
+                # No compaction: one a cancelled task began may still be copying in its
+                # thread, into the same file.
+                await self._drain(final=True)
         except TimeoutError:
             log.warning(
                 "usage flush took longer than %g s; the rest stays in the journal %s",
@@ -249,10 +283,18 @@ class UsageWriter:
             self.journal.close()
             await self.store.close()
 
-
-async def _stop(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async def _stop(self) -> None:
+        """Ask the writer's task to stop at its next wait, and cancel it if it has not
+        within `write_timeout_seconds`, the longest one statement of it may take."""
+        self._stopping.set()
+        self._wake.set()
+        task = self._task
+        if task is None:
+            return
+        patience = min(self.options.write_timeout_seconds, self.options.shutdown_seconds)
+        done, _ = await asyncio.wait({task}, timeout=patience)
+        if not done:
+            log.warning("the usage writer did not stop within %g s; cancelling it", patience)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

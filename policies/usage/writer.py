@@ -1,13 +1,11 @@
 """The background writer: each row goes to the local journal as its request completes
 (`policies/usage/intake.py`), and from the journal to the database in batches.
 
-One task reads the journal from the front (`batch_size` rows at a time, woken by a full
-batch or every `flush_seconds`), inserts, and commits the journal's front once the
-database has the rows; it fsyncs the journal every `flush_seconds`. While the database
-fails it retries with exponential backoff and jitter (tenacity). A batch the database
-refuses for good is split in halves until the refused rows are alone; those are set
-aside in `usage-rejected.jsonl` and counted. The task is supervised: an unexpected error
-is logged, counted and the task restarted after a backoff.
+One task moves the journal into the database in batches (`policies/usage/batches.py`),
+woken by a full batch or every `flush_seconds`; it fsyncs the journal every
+`flush_seconds`. While the database fails it retries with exponential backoff and jitter
+(tenacity). The task is supervised: an unexpected error is logged, counted and the task
+restarted after a backoff.
 
 Closing (SIGTERM) asks the task to stop where it waits (for rows, or to retry), and
 cancels it only if it has not within `write_timeout_seconds` (a statement that hangs): a
@@ -27,8 +25,9 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential_jitter
 
+from policies.usage.batches import Batches
 from policies.usage.intake import Intake
-from policies.usage.journal import Journal, any_line, append_rejected
+from policies.usage.journal import Journal, append_rejected
 from policies.usage.metrics import UsageMetrics
 from policies.usage.record import UsageRow
 from policies.usage.store import UsageStore, is_permanent
@@ -70,6 +69,14 @@ class UsageWriter:
             queue_size=options.queue_size,
             batch_size=options.batch_size,
             retry_seconds=options.flush_seconds,
+        )
+        self.batches = Batches(
+            store,
+            journal,
+            self.intake,
+            metrics,
+            batch_size=options.batch_size,
+            write_timeout_seconds=options.write_timeout_seconds,
         )
         self._synced_at = 0.0  # event-loop time of the last fsync
         self._task: asyncio.Task[None] | None = None
@@ -187,60 +194,13 @@ class UsageWriter:
         asks, and compacts the journal; close()'s own drain (`final`) does neither."""
         async with asyncio.timeout(self.options.write_timeout_seconds):
             await self.store.connect()
-        left = self.journal.rows  # a count, not an offset: the file starts over once emptied
-        while left > 0 and (final or not self._stopping.is_set()):
-            moved = await self._move(min(left, self.options.batch_size))
-            if not moved:
-                break
-            left -= moved
+        stop = (lambda: False) if final else self._stopping.is_set
+        await self.batches.move(self.journal.rows, stop)
         if not self.healthy:
             log.info("usage database reachable; rows go in as they come")
             self.healthy = True
         if not final and not self._stopping.is_set() and self.journal.worth_compacting():
-            await self._compact()
-
-    async def _move(self, take: int) -> int:
-        """One batch from the front of the journal into the database; the lines read."""
-        journal = self.journal
-        # Rows an earlier run left count as replayed, the others as written.
-        destination = "replayed" if journal.earlier else "database"
-        rows, bad, after = await asyncio.to_thread(journal.read, take, journal.size)
-        if not rows and not bad:
-            return 0  # cannot happen unless the file was edited under the gateway
-        if bad:
-            log.error("usage journal %s: %d unreadable lines set aside", journal.path, len(bad))
-            self.intake.set_aside(bad)
-        await self._insert(rows)
-        journal.commit(after, len(rows) + len(bad))
-        self.metrics.records[destination].inc(len(rows))
-        return len(rows) + len(bad)
-
-    async def _insert(self, rows: list[UsageRow]) -> None:
-        """Insert a batch; one the database refuses for good is halved until the rows it
-        refuses are alone, and those are set aside (one bad row keeps no good one out)."""
-        if not rows:
-            return
-        try:
-            async with asyncio.timeout(self.options.write_timeout_seconds):
-                await self.store.insert(rows)
-        except Exception as exc:
-            if not is_permanent(exc, self.store):
-                raise  # the rows stay in the journal; the retry logs why
-            if len(rows) == 1:
-                log.error("usage record %s refused by the database: %s", rows[0].id, exc)
-                self.intake.set_aside([any_line(rows[0])])
-                return
-            half = len(rows) // 2
-            await self._insert(rows[:half])
-            await self._insert(rows[half:])
-
-    async def _compact(self) -> None:
-        end = self.journal.size
-        try:
-            tmp = await asyncio.to_thread(self.journal.copy_tail, end)
-            self.journal.swap(tmp, end)
-        except OSError as exc:
-            log.warning("usage journal %s: compaction failed (%s); later", self.journal.path, exc)
+            await self.batches.compact()
 
     async def close(self) -> None:
         """The writer's task stopped, then memory -> journal, then journal -> database

@@ -7,12 +7,12 @@ woken by a full batch or every `flush_seconds`; it fsyncs the journal every
 (tenacity). The task is supervised: an unexpected error is logged, counted and the task
 restarted after a backoff.
 
-Closing (SIGTERM) asks the task to stop where it waits (for rows, or to retry), and
-cancels it only if it has not within `write_timeout_seconds` (a statement that hangs): a
-task cancelled in the middle of a statement or a thread's work leaves it running. Then
-it writes what is in memory to the journal and drains the journal into the database
-within `shutdown_seconds`; what the database does not take stays in the journal for the
-next start.
+Closing (SIGTERM) asks the task to stop where it waits (for rows, or to retry) or
+between two batches, and cancels it only if it has not within `write_timeout_seconds`
+(a statement that hangs): a task cancelled in the middle of a statement or of a thread's
+work leaves that running. Then it writes what is in memory to the journal and drains the
+journal into the database within `shutdown_seconds`; what the database does not take
+stays in the journal for the next start.
 """
 
 from __future__ import annotations

@@ -185,5 +185,8 @@ def sample(metrics: UsageMetrics, destination: str) -> float:
 
 
 async def count(store: SqliteUsageStore) -> int:
-    rows = await store._db().execute_fetchall("SELECT count(*) FROM usage_records")
+    """The rows committed, read between two of the writer's transactions: on its connection
+    in the middle of one, a read sees rows not yet committed, nor counted in the metrics."""
+    async with store._lock:
+        rows = await store._db().execute_fetchall("SELECT count(*) FROM usage_records")
     return int(next(iter(rows))[0])

@@ -35,11 +35,8 @@ from policies.usage.journal import Journal
 from policies.usage.metrics import UsageMetrics
 from policies.usage.record import UsageRow
 from policies.usage.report import GROUPS
-from policies.usage.store import (
-    PostgresUsageStore,
-    SqliteUsageStore,
-    UsageStore,
-)
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import PostgresUsageStore, UsageStore
 from policies.usage.writer import UsageWriter, WriterOptions
 
 MODELS = ["gemma3-270m", "gemma3-270m-embed", "llama-8b", "qwen-7b"]

@@ -12,7 +12,8 @@ import orjson
 from gateway.commands import add_config_flag, admin_config, explained, run
 from gateway.config import GatewayConfig
 from policies.usage.report import GROUPS, ReportError, as_json, format_table, parse_time
-from policies.usage.store import StoreUnavailable, open_usage_store
+from policies.usage.schema import StoreUnavailable
+from policies.usage.store import open_usage_store
 
 
 async def _report(

@@ -177,6 +177,8 @@ class Journal:
             start = self.offset
             while start < end:
                 chunk = os.pread(self._handle(), min(end - start, 4 << 20), start)
+                if not chunk:  # emptied under the copy: by the drain of a shutdown
+                    raise JournalError(f"the usage journal is shorter than {end} bytes")
                 _write_all(fd, chunk)
                 start += len(chunk)
             os.fsync(fd)

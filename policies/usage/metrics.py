@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.metrics import Metrics
-from policies.usage.store import PostgresUsageStore, SqliteUsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import PostgresUsageStore
 
 DESTINATIONS = ("database", "journal", "replayed", "rejected", "dropped")
 DISK = "disk"  # the journal's

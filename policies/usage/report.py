@@ -26,6 +26,11 @@ GROUPS = {
 # upstream broke off after a 200 included. A client hanging up is no error.
 ERROR_CONDITION = "outcome IN ('rejected', 'upstream_error', 'internal_error')"
 PERCENTILES = (0.5, 0.95)
+# The sums of a report line, in ReportRow's order, as both stores' SQL computes them.
+SUMS = (
+    f"count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+    f" coalesce(sum(CASE WHEN {ERROR_CONDITION} THEN 1 ELSE 0 END), 0), coalesce(sum(cost), 0)"
+)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -74,6 +79,11 @@ def parse_time(value: str, now: datetime | None = None, param: str | None = None
             param,
         ) from exc
     return moment
+
+
+def sort_groups(rows: list[ReportRow]) -> list[ReportRow]:
+    """The busiest groups first; callers without a group after those with one."""
+    return sorted(rows, key=lambda r: (-r.requests, r.group is None, r.group or ""))
 
 
 def group_column(by: str | None) -> str | None:

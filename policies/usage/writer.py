@@ -1,23 +1,18 @@
-"""The background writer: each row goes to the local journal as its request completes,
-and from the journal to the database in batches.
+"""The background writer: each row goes to the local journal as its request completes
+(`policies/usage/intake.py`), and from the journal to the database in batches.
 
-- `submit` (the request path) serialises the row and keeps it for the end of the event
-  loop's turn, when the turn's rows go to the journal in one `write()`: from then on a
-  crash of the process cannot take them. Rows wait in memory only for that turn, or
-  while the journal's disk refuses writes: at most `queue_size` of them, beyond which
-  new rows are dropped and counted (blocking the event loop on a failing disk would stop
-  every request, and the memory is what is left to lose).
-- one task reads the journal from the front (`batch_size` rows at a time, woken by a
-  full batch or every `flush_seconds`), inserts, and commits the journal's front once
-  the database has the rows; it fsyncs the journal every `flush_seconds`. While the
-  database fails it retries with exponential backoff and jitter (tenacity). A batch the
-  database refuses for good is split in halves until the refused rows are alone; those
-  are set aside in `usage-rejected.jsonl` and counted. The task is supervised: an
-  unexpected error is logged, counted and the task restarted after a backoff.
+One task moves the journal into the database in batches (`policies/usage/batches.py`),
+woken by a full batch or every `flush_seconds`; it fsyncs the journal every
+`flush_seconds`. While the database fails it retries with exponential backoff and jitter
+(tenacity). The task is supervised: an unexpected error is logged, counted and the task
+restarted after a backoff.
 
-Closing (SIGTERM) writes what is in memory to the journal and drains the journal into
-the database within `shutdown_seconds`; what the database does not take stays in the
-journal for the next start.
+Closing (SIGTERM) asks the task to stop where it waits (for rows, or to retry) or
+between two batches, and cancels it only if it has not within `write_timeout_seconds`
+(a statement that hangs): a task cancelled in the middle of a statement or of a thread's
+work leaves that running. Then it writes what is in memory to the journal and drains the
+journal into the database within `shutdown_seconds`; what the database does not take
+stays in the journal for the next start.
 """
 
 from __future__ import annotations
@@ -30,12 +25,18 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential_jitter
 
-from policies.usage.journal import Journal, any_line, append_rejected, row_line
-from policies.usage.metrics import DISK, UsageMetrics
+from policies.usage.batches import Batches
+from policies.usage.intake import Intake
+from policies.usage.journal import Journal, append_rejected
+from policies.usage.metrics import UsageMetrics
 from policies.usage.record import UsageRow
 from policies.usage.store import UsageStore, is_permanent
 
 log = logging.getLogger("policies.usage.writer")
+
+
+class _Stopped(Exception):
+    """close() asked the writer to stop while it waited to retry."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,24 @@ class UsageWriter:
         self.options = options
         self.healthy = False  # the database took the last batch
         self.restarts = 0  # times the writer's task failed unexpectedly
-        self._lines: list[bytes] = []  # serialised rows not yet in the journal
-        self._rejected: list[bytes] = []  # rows no database takes, for the rejected file
-        self._retry: asyncio.TimerHandle | None = None
-        self._disk_failing = False
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()  # close() asks the writer's task to stop
+        self.intake = Intake(
+            journal,
+            metrics,
+            self._wake.set,
+            queue_size=options.queue_size,
+            batch_size=options.batch_size,
+            retry_seconds=options.flush_seconds,
+        )
+        self.batches = Batches(
+            store,
+            journal,
+            self.intake,
+            metrics,
+            batch_size=options.batch_size,
+            write_timeout_seconds=options.write_timeout_seconds,
+        )
         self._synced_at = 0.0  # event-loop time of the last fsync
         self._task: asyncio.Task[None] | None = None
         self._backoff = wait_exponential_jitter(
@@ -71,73 +85,15 @@ class UsageWriter:
             max=options.retry_max_seconds,
             jitter=options.retry_initial_seconds,
         )
-        metrics.follow(lambda: len(self._lines), lambda: journal.pending_bytes)
+        metrics.follow(lambda: len(self.intake.lines), lambda: journal.pending_bytes)
 
     def queued(self) -> int:
         """Rows not yet in the database: in memory or in the journal."""
-        return len(self._lines) + self.journal.rows
+        return len(self.intake.lines) + self.journal.rows
 
     def submit(self, row: UsageRow) -> None:
         """Called on the request path: no I/O, no await."""
-        try:
-            line = row_line(row)
-        except TypeError as exc:  # e.g. a token count beyond 64 bits from the upstream
-            log.error("usage record %s cannot be serialised (%s); set aside", row.id, exc)
-            self._set_aside([any_line(row)])
-            return
-        lines = self._lines
-        if len(lines) >= self.options.queue_size:
-            if self._retry is None:
-                self._flush()  # a burst within one turn: write it now
-            if len(lines) >= self.options.queue_size:  # the disk refuses: memory is full
-                self.metrics.records["dropped"].inc()
-                return
-        lines.append(line)
-        if len(lines) == 1 and self._retry is None:
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """This turn's rows to the journal: one write, no fsync (event loop)."""
-        lines = self._lines
-        if not lines or self.journal.closed:
-            return  # before start, or after close (which counts what is left as dropped)
-        try:
-            self.journal.append(b"".join(lines), len(lines))
-        except OSError as exc:
-            self._disk_failed(exc)
-            return
-        if self._disk_failing:
-            log.info("usage journal %s writable again", self.journal.path)
-            self._disk_failing = False
-        self.metrics.records["journal"].inc(len(lines))
-        lines.clear()
-        if self.journal.rows >= self.options.batch_size:
-            self._wake.set()
-
-    def _disk_failed(self, exc: OSError) -> None:
-        if not self._disk_failing:
-            log.error(
-                "usage journal %s cannot be written (%s); up to %d rows wait in memory, "
-                "later ones are dropped",
-                self.journal.path,
-                exc,
-                self.options.queue_size,
-            )
-            self._disk_failing = True
-        self.metrics.retries[DISK].inc()
-        if self._retry is None:
-            loop = asyncio.get_running_loop()
-            self._retry = loop.call_later(self.options.flush_seconds, self._flush_again)
-
-    def _flush_again(self) -> None:
-        self._retry = None
-        self._flush()
-
-    def _set_aside(self, lines: list[bytes]) -> None:
-        self.metrics.records["rejected"].inc(len(lines))
-        if len(self._rejected) < self.options.queue_size:
-            self._rejected.extend(lines)
-            self._wake.set()
+        self.intake.submit(row)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.journal.open)
@@ -150,42 +106,59 @@ class UsageWriter:
         while True:
             try:
                 await self._run()
+                return  # asked to stop
             except Exception:
                 failures += 1
                 self.restarts += 1
                 self.metrics.writer_restarts.inc()
                 log.exception("the usage writer failed; restarting it (failure %d)", failures)
-                await asyncio.sleep(self._pause(failures))
+                if await self._rest(self._pause(failures)):
+                    return
 
     def _pause(self, failures: int) -> float:
         initial = self.options.retry_initial_seconds
         return float(min(self.options.retry_max_seconds, initial * 2 ** min(failures, 32)))
 
+    async def _rest(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if close() asks the writer to stop: whether it did."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
     async def _run(self) -> None:
+        """Until close() asks: wait for rows, then drain them, retrying while the database
+        fails. Returns at a wait; close() drains what is left."""
         first = True  # connect (and migrate) and replay what an earlier run left, at once
         while True:
-            if not first and self.journal.rows < self.options.batch_size and not self._rejected:
+            waiting = self.journal.rows < self.options.batch_size and not self.intake.rejected
+            if not first and waiting:
                 # A full batch wakes the writer; a partial one waits at most this long.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.options.flush_seconds):
                         await self._wake.wait()
+            if self._stopping.is_set():
+                return
             self._wake.clear()
             await self._sync()
-            async for attempt in AsyncRetrying(
-                wait=self._backoff,
-                retry=retry_if_exception(lambda exc: not is_permanent(exc, self.store)),
-                before_sleep=self._retrying,
-                sleep=self._sleep_syncing,
-            ):
-                with attempt:
-                    await self._drain()
+            try:
+                async for attempt in AsyncRetrying(
+                    wait=self._backoff,
+                    retry=retry_if_exception(lambda exc: not is_permanent(exc, self.store)),
+                    before_sleep=self._retrying,
+                    sleep=self._sleep_syncing,
+                ):
+                    with attempt:
+                        await self._drain()
+            except _Stopped:
+                return
             first = False
 
     async def _sync(self, *, now: bool = False) -> None:
         """The rows set aside to their file; the journal fsynced once per `flush_seconds`
         (not per batch: a busy gateway would pay an fsync every few hundred rows)."""
-        if self._rejected:
-            lines, self._rejected = self._rejected, []
+        if self.intake.rejected:
+            lines, self.intake.rejected = self.intake.rejected, []
             await asyncio.to_thread(append_rejected, self.journal.directory, lines)
         clock = asyncio.get_running_loop().time()
         if now or clock >= self._synced_at + self.options.flush_seconds:
@@ -193,11 +166,13 @@ class UsageWriter:
             await asyncio.to_thread(self.journal.sync)
 
     async def _sleep_syncing(self, seconds: float) -> None:
-        """Wait between retries, still fsyncing the journal every `flush_seconds`."""
+        """Wait between retries, still fsyncing the journal every `flush_seconds`; close()
+        ends the wait, and the retries."""
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
         while (left := until - loop.time()) > 0:
-            await asyncio.sleep(min(left, self.options.flush_seconds))
+            if await self._rest(min(left, self.options.flush_seconds)):
+                raise _Stopped
             await self._sync()
 
     def _retrying(self, state: RetryCallState) -> None:
@@ -213,71 +188,31 @@ class UsageWriter:
         self.healthy = False
         self.metrics.retries[self.store.dependency].inc()
 
-    async def _drain(self, *, compact: bool = True) -> None:
+    async def _drain(self, *, final: bool = False) -> None:
         """Connect, then move the journal into the database, oldest rows first, up to
-        what it held when called."""
+        what it held when called. The writer's task stops between batches once close()
+        asks, and compacts the journal; close()'s own drain (`final`) does neither."""
         async with asyncio.timeout(self.options.write_timeout_seconds):
             await self.store.connect()
-        journal = self.journal
-        left = journal.rows  # a count, not an offset: the file starts over once emptied
-        while left > 0:
-            # Rows an earlier run left count as replayed, the others as written.
-            destination = "replayed" if journal.earlier else "database"
-            take = min(left, self.options.batch_size)
-            rows, bad, after = await asyncio.to_thread(journal.read, take, journal.size)
-            left -= len(rows) + len(bad)
-            if not rows and not bad:
-                break  # cannot happen unless the file was edited under the gateway
-            if bad:
-                log.error("usage journal %s: %d unreadable lines set aside", journal.path, len(bad))
-                self._set_aside(bad)
-            await self._insert(rows)
-            journal.commit(after, len(rows) + len(bad))
-            self.metrics.records[destination].inc(len(rows))
+        stop = (lambda: False) if final else self._stopping.is_set
+        await self.batches.move(self.journal.rows, stop)
         if not self.healthy:
             log.info("usage database reachable; rows go in as they come")
             self.healthy = True
-        if compact and journal.worth_compacting():
-            await self._compact()
-
-    async def _insert(self, rows: list[UsageRow]) -> None:
-        """Insert a batch; one the database refuses for good is halved until the rows it
-        refuses are alone, and those are set aside (one bad row keeps no good one out)."""
-        if not rows:
-            return
-        try:
-            async with asyncio.timeout(self.options.write_timeout_seconds):
-                await self.store.insert(rows)
-        except Exception as exc:
-            if not is_permanent(exc, self.store):
-                raise  # the rows stay in the journal; the retry logs why
-            if len(rows) == 1:
-                log.error("usage record %s refused by the database: %s", rows[0].id, exc)
-                self._set_aside([any_line(rows[0])])
-                return
-            half = len(rows) // 2
-            await self._insert(rows[:half])
-            await self._insert(rows[half:])
-
-    async def _compact(self) -> None:
-        end = self.journal.size
-        try:
-            tmp = await asyncio.to_thread(self.journal.copy_tail, end)
-            self.journal.swap(tmp, end)
-        except OSError as exc:
-            log.warning("usage journal %s: compaction failed (%s); later", self.journal.path, exc)
+        if not final and not self._stopping.is_set() and self.journal.worth_compacting():
+            await self.batches.compact()
 
     async def close(self) -> None:
-        """Memory -> journal, then journal -> database within `shutdown_seconds`."""
-        await _stop(self._task)
-        if self._retry is not None:
-            self._retry.cancel()
-        self._flush()
+        """The writer's task stopped, then memory -> journal, then journal -> database
+        within `shutdown_seconds`."""
+        await self._stop()
+        self.intake.stop_retrying()
+        self.intake.flush()
         try:
             async with asyncio.timeout(self.options.shutdown_seconds):
-                # No compaction: one the writer's task began may still be copying in its
-                # thread (cancelling the task does not stop it), into the same file.
-                await self._drain(compact=False)
+                # No compaction: one a cancelled task began may still be copying in its
+                # thread, into the same file.
+                await self._drain(final=True)
         except TimeoutError:
             log.warning(
                 "usage flush took longer than %g s; the rest stays in the journal %s",
@@ -299,19 +234,27 @@ class UsageWriter:
 
     async def _last_words(self) -> None:
         try:
-            self._flush()  # rows of requests that completed during the drain
-            if self._lines:
-                self.metrics.records["dropped"].inc(len(self._lines))
-                log.error("usage: %d records dropped at shutdown: no journal", len(self._lines))
+            self.intake.flush()  # rows of requests that completed during the drain
+            if lines := self.intake.lines:
+                self.metrics.records["dropped"].inc(len(lines))
+                log.error("usage: %d records dropped at shutdown: no journal", len(lines))
             await self._sync(now=True)
         finally:
             self.journal.close()
             await self.store.close()
 
-
-async def _stop(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async def _stop(self) -> None:
+        """Ask the writer's task to stop at its next wait, and cancel it if it has not
+        within `write_timeout_seconds`, the longest one statement of it may take."""
+        self._stopping.set()
+        self._wake.set()
+        task = self._task
+        if task is None:
+            return
+        patience = min(self.options.write_timeout_seconds, self.options.shutdown_seconds)
+        done, _ = await asyncio.wait({task}, timeout=patience)
+        if not done:
+            log.warning("the usage writer did not stop within %g s; cancelling it", patience)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -19,7 +19,8 @@ from policies.usage.journal import Journal
 from policies.usage.metrics import UsageMetrics
 from policies.usage.policy import UsagePolicy
 from policies.usage.record import UsageRow
-from policies.usage.store import SqliteUsageStore, UsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import UsageStore
 from policies.usage.writer import UsageWriter, WriterOptions
 from tests.support.auth import sha256
 from tests.support.gateways import CHAT
@@ -184,5 +185,8 @@ def sample(metrics: UsageMetrics, destination: str) -> float:
 
 
 async def count(store: SqliteUsageStore) -> int:
-    rows = await store._db().execute_fetchall("SELECT count(*) FROM usage_records")
+    """The rows committed, read between two of the writer's transactions: on its connection
+    in the middle of one, a read sees rows not yet committed, nor counted in the metrics."""
+    async with store._lock:
+        rows = await store._db().execute_fetchall("SELECT count(*) FROM usage_records")
     return int(next(iter(rows))[0])

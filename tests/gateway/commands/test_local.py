@@ -78,7 +78,8 @@ async def test_local_serves_both_models_records_usage_and_stops_on_ctrl_c(
     # What `llama-gateway usage --since 1h` reads: both requests, written before the exit
     # (the model listing names no model).
     report = await usage_report(env)
-    assert {g["group"]: g["requests"] for g in report["data"]} == {CHAT_MODEL: 1, None: 1}
+    groups = {g["group"]: g["requests"] for g in report["data"]}
+    assert groups == {CHAT_MODEL: 1, None: 1}, f"the gateway's stderr:\n{err.decode()}"
 
 
 async def usage_report(env: dict[str, str]) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from policies.usage.store import SqliteUsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
 from tests.support.usage import ROWS
 
 

@@ -14,7 +14,7 @@ from gateway.db import open_sqlite
 from gateway.metrics import Metrics
 from policies.usage.journal import Journal, append_rejected
 from policies.usage.metrics import UsageMetrics
-from policies.usage.store import SqliteUsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
 from policies.usage.writer import UsageWriter
 from tests.support.usage import FAST, row
 from tests.support.waiting import eventually

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from policies.usage.journal import COMPACT_BYTES, Journal, row_line
+from policies.usage.journal import COMPACT_BYTES, Journal, JournalError, row_line
 from policies.usage.record import UsageRow
 from tests.support.usage import row
 
@@ -171,3 +171,14 @@ def test_a_journal_of_objects_left_by_an_earlier_version_is_replayed(tmp_path: P
     put(journal, [row(2)])
     assert read(journal)[0] == [row(1), row(2)]
     journal.close()
+
+
+def test_a_compaction_copying_a_journal_emptied_under_it_ends(journal: Journal) -> None:
+    # A writer cancelled at shutdown in the middle of a compaction leaves the copy running
+    # in its thread; the shutdown's drain may then commit every row, which empties the
+    # file: the copy finds less than it was sent for, and must end rather than spin.
+    put(journal, [row(1), row(2), row(3)])
+    end = journal.size
+    journal.commit(end, 3)
+    with pytest.raises(JournalError, match="shorter"):
+        journal.copy_tail(end)

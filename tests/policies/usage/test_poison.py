@@ -13,7 +13,8 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.context import RequestContext
 from policies.usage.journal import Journal, row_line
 from policies.usage.record import REPLACEMENT, RowBuilder
-from policies.usage.store import PostgresUsageStore, SqliteUsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import PostgresUsageStore
 from tests.support.usage import count, pg_rows, row, sample, wait_for_rows, writer
 from tests.support.waiting import eventually
 

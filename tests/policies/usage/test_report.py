@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from policies.usage.report import ReportError, ReportRow, format_table, parse_time
-from policies.usage.store import (
-    PostgresUsageStore,
-    SqliteUsageStore,
-    StoreUnavailable,
-    UsageStore,
-)
+from policies.usage.schema import StoreUnavailable
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import PostgresUsageStore, UsageStore
 from tests.support.usage import NOW, ROWS, row
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from policies.usage.store import SqliteUsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
 from tests.support.usage import row
 
 

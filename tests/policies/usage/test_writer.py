@@ -13,7 +13,8 @@ import pytest
 from gateway.local import free_port
 from policies.usage.journal import Journal
 from policies.usage.record import UsageRow
-from policies.usage.store import PostgresUsageStore, SqliteUsageStore
+from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.store import PostgresUsageStore
 from tests.support.usage import count, pg_rows, row, sample, wait_for_rows, writer
 from tests.support.waiting import eventually
 
@@ -131,8 +132,9 @@ async def test_rows_are_written_in_batches_not_one_by_one(tmp_path: Path) -> Non
 async def test_shutdown_during_a_compaction_never_runs_a_second_one_beside_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A cancelled thread keeps running: a second copy into the same temporary file while
-    # the first still writes would mix the two into the journal that replaces the old one.
+    # The copy outlasts close()'s patience, so the writer is cancelled in it; a cancelled
+    # thread keeps running: a second copy into the same temporary file while the first
+    # still writes would mix the two into the journal that replaces the old one.
     entered, release = threading.Event(), threading.Event()
     copying: list[int] = []
     most = [0]

@@ -131,8 +131,13 @@ class Journal:
     def sync(self) -> None:
         """fsync what was appended since the last call (a thread)."""
         if not self._synced and self._fd is not None:
+            # Marked before the fsync: rows appended while it runs wait for the next one.
             self._synced = True
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                self._synced = False  # the next call tries again, even with nothing new
+                raise
 
     def read(self, max_rows: int, end: int) -> tuple[list[UsageRow], list[bytes], int]:
         """Up to `max_rows` rows between the commit offset and `end` (a thread), the lines

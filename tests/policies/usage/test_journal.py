@@ -182,3 +182,23 @@ def test_a_compaction_copying_a_journal_emptied_under_it_ends(journal: Journal) 
     journal.commit(end, 3)
     with pytest.raises(JournalError, match="shorter"):
         journal.copy_tail(end)
+
+
+def test_a_failed_fsync_is_tried_again_at_the_next_sync(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(journal, [row(1)])
+    calls: list[int] = []
+
+    def failing_once(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    with pytest.raises(OSError, match="I/O error"):
+        journal.sync()
+    journal.sync()  # nothing appended since: the rows are still not on disk
+    assert len(calls) == 2
+    journal.sync()
+    assert len(calls) == 2  # synced now

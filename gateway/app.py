@@ -69,7 +69,7 @@ def create_app(
     for endpoint in ENDPOINTS:
         add = app.router.add_post if endpoint.method == "POST" else app.router.add_get
         add(endpoint.path, _endpoint(endpoint.name))
-    _mount_policy_routes(app, runtime, taken={*core, *(e.path for e in ENDPOINTS)})
+    _mount_policy_routes(app, runtime, taken={*core, *_PATHS})
     app.router.add_route("*", "/{tail:.*}", _guarded(not_found, metrics, "unknown"))
     return app
 

@@ -30,7 +30,7 @@ from gateway.outbound import unanswered, upstream_headers, upstream_payload
 from gateway.policy import Chain
 from gateway.runtime import PolicyRuntime
 from gateway.sse import body_usage, upstream_message
-from gateway.streaming import relay_stream
+from gateway.streaming import UPSTREAM_BROKEN, relay_stream
 from gateway.tracing import Tracing
 from gateway.upstreams import Pool, Upstream
 
@@ -200,7 +200,7 @@ class Relay:
             resp = await self.session.post(
                 url, data=upstream_payload(ctx), headers=headers, timeout=self.timeout
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UPSTREAM_BROKEN as exc:
             raise unanswered(ctx, upstream, exc, self.first_byte_timeout) from exc
         try:
             protocol = resp.connection.protocol if resp.connection else None
@@ -225,7 +225,7 @@ class Relay:
     ) -> web.StreamResponse:
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UPSTREAM_BROKEN as exc:
             raise upstream_failed(
                 f"The upstream's answer broke off: {exc.__class__.__name__}."
             ) from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from tests.support.auth import sha256
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import CHAT, gateway_config
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.tokens import b64
 
 SECRET = "s" * 40
 STATIC = "static-key-for-the-ops-team-0123456789"
@@ -98,10 +98,6 @@ def token(**claims: Any) -> str:
 def signed(key: Any, algorithm: str) -> str:
     claims = {"sub": "x", "aud": "gw", "iss": "idp", "exp": int(time.time()) + 60}
     return jwt.encode(claims, key, algorithm=algorithm)
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def bad_credentials(key: str, revoked: str, expired: str) -> dict[str, dict[str, str]]:

@@ -54,8 +54,11 @@ def create_app(
     # limit must not be lower.
     app = web.Application(client_max_size=config.server.max_body_bytes)
     metrics = Metrics(models=config.models)
-    runtime = PolicyRuntime(PolicySource(config, config_path), chain=chain, metrics=metrics)
-    state = State(config, runtime, Pool.from_config(config))
+    pool = Pool.from_config(config)
+    runtime = PolicyRuntime(
+        PolicySource(config, config_path), chain=chain, metrics=metrics, upstreams=pool
+    )
+    state = State(config, runtime, pool)
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     # GET routes answer HEAD too (`add_get`), without a body.

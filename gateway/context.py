@@ -75,6 +75,12 @@ class RequestContext:
     entered: int = 0
     # Free space for policies, keyed by policy name.
     state: dict[str, Any] = field(default_factory=dict)
+    # Set by a policy that answered from a stored answer (a cache hit): `usage` is what that
+    # answer stands for; rate limits charge it no tokens, the usage row says `cached`.
+    cached: bool = False
+    # Callables a policy adds (`tap`) to see the answer's bytes as they go to the client:
+    # a whole JSON body once, a stream's complete events chunk by chunk. None costs nothing.
+    taps: list[Callable[[bytes], None]] | None = None
 
     async def json(self) -> dict[str, Any]:
         """The request body as a JSON object, read and checked once (413 and 400 otherwise)."""
@@ -97,6 +103,13 @@ class RequestContext:
         options = body.get("stream_options") or {}
         self.client_wants_usage = self.stream and options.get("include_usage") is True
         return body
+
+    def tap(self, receive: Callable[[bytes], None]) -> None:
+        """Have `receive` called with every piece of the answer written to the client."""
+        if self.taps is None:
+            self.taps = [receive]
+        else:
+            self.taps.append(receive)
 
     def elapsed_ms(self, until: float | None = None) -> float:
         return round(((until or time.perf_counter()) - self.started) * 1000, 3)

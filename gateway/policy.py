@@ -32,6 +32,7 @@ from gateway.context import Reply, RequestContext
 from gateway.metrics import Metrics
 from gateway.resources import Resources
 from gateway.tiers import Tier
+from gateway.upstreams import Pool
 
 log = logging.getLogger("gateway.policy")
 
@@ -48,6 +49,10 @@ class PolicyEnv:
     # The application's metrics, the same across reloads: a policy registers its own with
     # `metrics.counter(...)`, `.gauge(...)` or `.histogram(...)` when it is built.
     metrics: Metrics = field(default_factory=Metrics)
+    # The upstreams of every model, the same across reloads: what serves a model
+    # (`upstreams.identity(model)`, e.g. to key stored answers) and, for a policy that
+    # calls a model itself, `upstreams.pick(model)`.
+    upstreams: Pool = field(default_factory=Pool)
 
 
 class Check(NamedTuple):

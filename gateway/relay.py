@@ -241,6 +241,9 @@ class Relay:
         await chain.on_response(ctx, headers)
         if chain.wants_events:
             data = await chain.on_event(ctx, data) or b""
+        if ctx.taps is not None:
+            for receive in ctx.taps:
+                receive(data)
         return await _finish(ctx, web.Response(status=resp.status, body=data, headers=headers))
 
     async def drain(self) -> None:

@@ -18,15 +18,21 @@ from gateway.policy import Chain, PolicyEnv
 from gateway.policydoc import PolicyDocument, PolicySource
 from gateway.registry import build_chain
 from gateway.resources import Resources
+from gateway.upstreams import Pool
 
 log = logging.getLogger("gateway.reload")
 
 
 def build(
-    source: PolicySource, resources: Resources, metrics: Metrics | None = None
+    source: PolicySource,
+    resources: Resources,
+    metrics: Metrics | None = None,
+    upstreams: Pool | None = None,
 ) -> tuple[PolicyDocument, Chain]:
     document = source.load()
-    env = PolicyEnv(source.config, document.tiers, resources, metrics or Metrics())
+    env = PolicyEnv(
+        source.config, document.tiers, resources, metrics or Metrics(), upstreams or Pool()
+    )
     return document, build_chain(document.policies, env, source.name)
 
 
@@ -37,12 +43,14 @@ class PolicyRuntime:
         resources: Resources | None = None,
         chain: Chain | None = None,
         metrics: Metrics | None = None,
+        upstreams: Pool | None = None,
     ) -> None:
         self.source = source
         self.metrics = metrics or Metrics()
         self.resources = resources or Resources()
+        self.upstreams = upstreams or Pool.from_config(source.config)
         if chain is None:
-            self.document, self.chain = build(source, self.resources, self.metrics)
+            self.document, self.chain = build(source, self.resources, self.metrics, self.upstreams)
         else:  # a chain assembled in code (tests, embedding)
             self.document, self.chain = PolicyDocument(policies=[]), chain
         self.metrics.set_tiers(self.document.tiers)
@@ -76,7 +84,7 @@ class PolicyRuntime:
         async with self._lock:
             self._digest = self._file_digest()
             try:
-                document, chain = build(self.source, self.resources, self.metrics)
+                document, chain = build(self.source, self.resources, self.metrics, self.upstreams)
                 await chain.start()
             except Exception as exc:  # whatever goes wrong, the running chain stays
                 self.failures += 1

@@ -89,6 +89,9 @@ async def _forward(
     except ConnectionResetError:
         ctx.outcome = DISCONNECTED
         return False
+    if ctx.taps is not None:
+        for receive in ctx.taps:
+            receive(ready)
     # Events start a line; `data:` inside generated text never does (JSON strings hold
     # no raw newline), and `ready` always starts at an event boundary.
     ctx.events_sent += ready.count(b"\ndata:") + ready.startswith(b"data:")

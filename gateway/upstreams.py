@@ -1,4 +1,5 @@
-"""Upstream llama-server processes: fewest-in-flight balancing and /health probing."""
+"""Upstream llama-server processes: fewest-in-flight balancing, /health probing and what
+model each serves (`gateway.identity`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import logging
 from dataclasses import dataclass, field
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from gateway.config import GatewayConfig
 from gateway.endpoints import ENDPOINTS, MODELS
 from gateway.errors import GatewayError, upstream_unavailable
+from gateway.identity import MODELS_PATH, PROPS_PATH, model_identity, upstream_identity
 
 log = logging.getLogger("gateway.upstreams")
 
@@ -31,15 +34,21 @@ class Upstream:
     in_flight: int = 0
     # Rotates ties between equally loaded upstreams.
     picks: int = 0
+    # What it serves (`gateway.identity`), once a probe has read it; kept while it is down.
+    identity: str | None = None
     # Parsed once: building URLs per request is measurable on the hot path.
     endpoint_urls: dict[str, URL] = field(init=False)
     health_url: URL = field(init=False)
+    props_url: URL = field(init=False)
+    models_url: URL = field(init=False)
 
     def __post_init__(self) -> None:
         self.endpoint_urls = {
             e.name: URL(self.url + e.upstream_path) for e in ENDPOINTS if e.upstream_path
         }
         self.health_url = URL(self.url + "/health")
+        self.props_url = URL(self.url + PROPS_PATH)
+        self.models_url = URL(self.url + MODELS_PATH)
         address = URL(self.url)
         if address.user is not None or address.password is not None:
             self.url = str(address.with_user(None))
@@ -66,6 +75,8 @@ class Upstream:
 class Pool:
     by_model: dict[str, list[Upstream]] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Each model's identity (`gateway.identity.model_identity`), kept by `refresh_identities`.
+    _identities: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Pool:
@@ -107,6 +118,22 @@ class Pool:
         best.picks = next(self._counter)
         return best
 
+    def identity(self, model: str) -> str | None:
+        """What serves `model` now; None until a probe has read it from an upstream."""
+        return self._identities.get(model)
+
+    def refresh_identities(self) -> None:
+        for model, upstreams in self.by_model.items():
+            identity = model_identity(u.identity for u in upstreams)
+            if identity != self._identities.get(model):
+                log.info(
+                    "model %s is served by %s",
+                    model,
+                    identity,
+                    extra={"model": model, "identity": identity},
+                )
+                self._identities[model] = identity
+
     def ready(self) -> dict[str, bool]:
         return {model: any(u.state == HEALTHY for u in ups) for model, ups in self.by_model.items()}
 
@@ -119,6 +146,7 @@ async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeou
             await resp.read()
             if resp.status == 200:
                 upstream.mark(HEALTHY)
+                await _read_identity(session, upstream, probe_timeout)
             elif resp.status == 503:
                 upstream.mark(LOADING, "health answered 503 (loading the model)")
             else:
@@ -127,9 +155,30 @@ async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeou
         upstream.mark(DOWN, f"health probe failed: {exc.__class__.__name__} {exc}")
 
 
+async def _read_identity(
+    session: aiohttp.ClientSession, upstream: Upstream, probe_timeout: float
+) -> None:
+    """What a healthy upstream serves; a server without these routes keeps what it had."""
+    timeout = aiohttp.ClientTimeout(total=probe_timeout)
+    headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else None
+    answers = []
+    try:
+        for url in (upstream.props_url, upstream.models_url):
+            async with session.get(url, timeout=timeout, headers=headers) as resp:
+                body = await resp.read()
+            answers.append(orjson.loads(body) if resp.status == 200 else None)
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        log.debug("cannot read what upstream %s serves: %r", upstream.url, exc)
+        return
+    identity = upstream_identity(*answers)
+    if identity is not None:
+        upstream.identity = identity
+
+
 async def probe_forever(
     session: aiohttp.ClientSession, pool: Pool, interval: float, probe_timeout: float
 ) -> None:
     while True:
         await asyncio.gather(*(probe(session, u, probe_timeout) for u in pool.upstreams))
+        pool.refresh_identities()
         await asyncio.sleep(interval)

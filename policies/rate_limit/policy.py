@@ -247,6 +247,8 @@ def _settle_extra(admission: Admission, position: int, kind: str) -> int:
 
 def tokens_used(ctx: RequestContext, admission: Admission) -> int:
     """What the request really cost, or the best estimate of it where usage is unknown."""
+    if ctx.cached:
+        return 0  # answered from a stored answer: a request, no tokens generated
     usage = ctx.usage
     if usage is not None:
         total = usage.get("total_tokens")

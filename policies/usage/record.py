@@ -31,8 +31,12 @@ class Price(PolicySettings):
 
     prompt_per_million: float = Field(0.0, ge=0)
     completion_per_million: float = Field(0.0, ge=0)
+    # An answer served from the response cache: per million tokens it stands for (0: free).
+    cached_per_million: float = Field(0.0, ge=0)
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached: bool = False) -> float:
+        if cached:
+            return (prompt_tokens + completion_tokens) * self.cached_per_million / 1e6
         return (
             prompt_tokens * self.prompt_per_million
             + completion_tokens * self.completion_per_million
@@ -147,7 +151,7 @@ class RowBuilder:
             outcome=text(ctx.outcome) or "",  # any outcome the core names, as it is
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cached=False,  # the column stays for the rows stored; no policy answers from a cache
+            cached=ctx.cached,
             streamed=ctx.stream,
             disconnected=disconnected,
             latency_ms=round((finished - ctx.started) * 1000, 3),
@@ -156,5 +160,5 @@ class RowBuilder:
                 if ctx.first_byte_at is not None
                 else None
             ),
-            cost=price.cost(prompt, completion) if price is not None else 0.0,
+            cost=price.cost(prompt, completion, ctx.cached) if price is not None else 0.0,
         )

@@ -44,12 +44,15 @@ class FakeLlama:
         # what the hardening suite checks the gateway forwarded.
         self.received: list[tuple[str, bytes]] = []
         self.answered: list[int] = []
+        # What `/props` says it serves: change it to stand for a model swapped behind a name.
+        self.model_path = "/models/fake.gguf"
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._witness])
         app[FAKE] = self
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/props", self.props)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
@@ -59,7 +62,7 @@ class FakeLlama:
     @web.middleware
     async def _witness(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Records each body received and the status answered (500 for a crash), if asked."""
-        if not self.record or request.path == "/health":
+        if not self.record or request.method == "GET":  # the prober's, not the gateway's relay
             return await handler(request)  # type: ignore[no-any-return]
         self.received.append((request.path, await request.read()))
         try:
@@ -80,6 +83,17 @@ class FakeLlama:
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def props(self, request: web.Request) -> web.Response:
+        settings = {"n_ctx": 4096, "params": {"temperature": 0.8, "seed": 4294967295}}
+        return web.json_response(
+            {
+                "model_path": self.model_path,
+                "total_slots": 4,
+                "build_info": "b0-fake",
+                "default_generation_settings": settings,
+            }
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         """A few of llama-server's own metrics (it serves them when started with --metrics)."""

@@ -59,10 +59,13 @@ class Server:
     url: str
 
 
-def body(stream: bool, chunks: int) -> bytes:
-    extra = f', "stream": true, "fake": {{"chunks": {chunks}}}' if stream else ""
+def body(stream: bool, chunks: int, extra: str = "") -> bytes:
+    """The chat request; `extra`: more fields, as JSON object members (`"temperature": 0`)."""
+    if stream:
+        extra = f'"stream": true, "fake": {{"chunks": {chunks}}}' + (f", {extra}" if extra else "")
     messages = '[{"role": "user", "content": "Say hello"}]'
-    return f'{{"model": "fake", "messages": {messages}, "max_tokens": 32{extra}}}'.encode()
+    rest = f", {extra}" if extra else ""
+    return f'{{"model": "fake", "messages": {messages}, "max_tokens": 32{rest}}}'.encode()
 
 
 def free_port() -> int:
@@ -258,7 +261,11 @@ def progress(what: str) -> None:
 
 
 async def bench(args: argparse.Namespace, targets: dict[str, Server]) -> list[Result]:
-    cases = {"chat": body(False, 0), f"stream {args.chunks}": body(True, args.chunks)}
+    extra = args.extra.strip().removeprefix("{").removesuffix("}").strip()
+    cases = {
+        "chat": body(False, 0, extra),
+        f"stream {args.chunks}": body(True, args.chunks, extra),
+    }
     async with aiohttp.ClientSession() as session:
         for server in targets.values():
             for payload in cases.values():
@@ -328,6 +335,12 @@ def main() -> int:
     parser.add_argument("--paced-seconds", type=float, default=10, help="paced run length")
     parser.add_argument("--no-quiet", action="store_true", help="skip the no-access-log variant")
     parser.add_argument("--quick", action="store_true", help="3 s runs, for a smoke test")
+    parser.add_argument(
+        "--extra",
+        default="",
+        metavar="JSON",
+        help="more fields for every request, e.g. '{\"temperature\": 0}' (a cacheable chat)",
+    )
     parser.add_argument(
         "--variant",
         action="append",

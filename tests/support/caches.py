@@ -1,0 +1,50 @@
+"""Helpers of the response cache's tests: policies, deterministic requests, gateways that
+know what serves their model, and a look at the cache's metrics."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.app import STATE
+from tests.support.waiting import eventually
+
+# Deterministic: temperature explicitly 0.
+CHAT0 = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+STREAM0 = {**CHAT0, "stream": True}
+EMBED = {"model": "fake", "input": ["a", "b"]}
+COMPLETION0 = {"model": "fake", "prompt": "Once", "temperature": 0}
+
+
+def cache_policy(**settings: Any) -> dict[str, Any]:
+    return {"type": "cache", **settings}
+
+
+def unique_cache_prefix() -> str:
+    return f"test:cache:{uuid.uuid4().hex[:12]}"
+
+
+async def known_identity(client: TestClient[Any, Any], model: str = "fake") -> str:
+    """Wait until a probe has read what serves `model` (the cache bypasses until then)."""
+    pool = client.app[STATE].pool
+    await eventually(lambda: pool.identity(model) is not None)
+    identity = pool.identity(model)
+    assert identity is not None
+    return identity
+
+
+def cache_count(
+    client: TestClient[Any, Any], result: str, endpoint: str = "chat.completions"
+) -> float:
+    registry = client.app[STATE].runtime.metrics.registry
+    value = registry.get_sample_value(
+        "llama_gateway_cache_requests_total", {"endpoint": endpoint, "result": result}
+    )
+    return value or 0.0
+
+
+def sample(client: TestClient[Any, Any], name: str, **labels: str) -> float:
+    registry = client.app[STATE].runtime.metrics.registry
+    return registry.get_sample_value(name, labels) or 0.0

@@ -6,8 +6,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import orjson
 from aiohttp.test_utils import TestClient
 
+from gateway import sse
 from gateway.app import STATE
 from tests.support.waiting import eventually
 
@@ -48,3 +50,37 @@ def cache_count(
 def sample(client: TestClient[Any, Any], name: str, **labels: str) -> float:
     registry = client.app[STATE].runtime.metrics.registry
     return registry.get_sample_value(name, labels) or 0.0
+
+
+async def ask(
+    client: TestClient[Any, Any],
+    body: dict[str, Any],
+    path: str = "/v1/chat/completions",
+    **headers: str,
+) -> tuple[str, bytes]:
+    """(X-Cache, body) of one request answered 200."""
+    resp = await client.post(path, json=body, headers=headers)
+    data = await resp.read()
+    assert resp.status == 200, data
+    return resp.headers["X-Cache"], data
+
+
+def content(answer: bytes) -> str:
+    """The text of a JSON answer or of an SSE stream (chat or completions)."""
+    if not answer.startswith(b"data:"):
+        choice = orjson.loads(answer)["choices"][0]
+        return str(choice["message"]["content"] if "message" in choice else choice["text"])
+    parts = []
+    for event in sse.events(answer):
+        value = sse.event_json(event)
+        for choice in (value or {}).get("choices", []):
+            piece = (
+                choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
+            )
+            parts.append(piece or "")
+    return "".join(parts)
+
+
+async def stored(client: TestClient[Any, Any], count: int = 1) -> None:
+    """Wait until `count` answers were stored (storing is completion work, after the answer)."""
+    await eventually(lambda: sample(client, "llama_gateway_cache_stored_entries_total") >= count)

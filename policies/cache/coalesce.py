@@ -14,6 +14,7 @@ from policies.cache.entry import Entry
 class InFlight:
     def __init__(self) -> None:
         self._leaders: dict[str, asyncio.Future[Entry | None]] = {}
+        self.followers = 0  # requests waiting for a leader now
 
     def lead(self, key: str) -> asyncio.Future[Entry | None] | None:
         """None when this request leads (its answer will be shared), else the leader's."""
@@ -29,15 +30,17 @@ class InFlight:
         if future is not None and not future.done():
             future.set_result(entry)
 
+    async def follow(self, leader: asyncio.Future[Entry | None], wait: float) -> Entry | None:
+        """The leader's answer, or None when it gives none within `wait` seconds. A
+        follower whose client leaves is cancelled here; the leader is not."""
+        self.followers += 1
+        try:
+            async with asyncio.timeout(wait):
+                return await asyncio.shield(leader)
+        except TimeoutError:
+            return None
+        finally:
+            self.followers -= 1
+
     def __len__(self) -> int:
         return len(self._leaders)
-
-
-async def follow(leader: asyncio.Future[Entry | None], wait: float) -> Entry | None:
-    """The leader's answer, or None when it gives none within `wait` seconds. A follower
-    whose client leaves is cancelled here; the leader is not."""
-    try:
-        async with asyncio.timeout(wait):
-            return await asyncio.shield(leader)
-    except TimeoutError:
-        return None

@@ -24,7 +24,7 @@ from gateway.policy import Check, Policy, PolicyEnv
 from gateway.redis_client import RedisClient
 from gateway.streaming import STREAM_HEADERS
 from policies.cache.assemble import Assembler
-from policies.cache.coalesce import InFlight, follow
+from policies.cache.coalesce import InFlight
 from policies.cache.control import directives
 from policies.cache.entry import Entry, answer_of
 from policies.cache.key import CACHED_ENDPOINTS, cache_key, deterministic
@@ -172,7 +172,7 @@ class CachePolicy(Policy):
         if leader is None:
             state.leads = True
         elif not fresh:
-            entry = await follow(leader, self.wait)
+            entry = await self.inflight.follow(leader, self.wait)
             if entry is not None:
                 return self._hit(ctx, state, entry)
         state.result = MISS

@@ -54,19 +54,23 @@ async def trial(
     return found
 
 
-async def main(n: int, tokens: int) -> None:
+async def probe(url: str, n: int, tokens: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for prompt in PROMPTS:
+            found = await trial(session, url, prompt, tokens, n)
+            print(f"{prompt[:40]!r}:", flush=True)
+            for name, distinct in found.items():
+                print(f"  {name:30} {distinct} distinct answer(s)", flush=True)
+
+
+def main(n: int, tokens: int) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [*server_args(model_file(), port, embeddings=False, alias="m"), *NO_AMX]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        await asyncio.to_thread(wait_healthy, url, proc)
-        async with aiohttp.ClientSession() as session:
-            for prompt in PROMPTS:
-                found = await trial(session, url, prompt, tokens, n)
-                print(f"{prompt[:40]!r}:")
-                for name, distinct in found.items():
-                    print(f"  {name:30} {distinct} distinct answer(s)")
+        wait_healthy(url, proc)
+        asyncio.run(probe(url, n, tokens))
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -78,4 +82,4 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=96)
     options = parser.parse_args()
-    asyncio.run(main(options.requests, options.tokens))
+    main(options.requests, options.tokens)

@@ -59,8 +59,10 @@ class Server:
     url: str
 
 
-def body(stream: bool, chunks: int) -> bytes:
+def body(stream: bool, chunks: int, deterministic: bool = False) -> bytes:
     extra = f', "stream": true, "fake": {{"chunks": {chunks}}}' if stream else ""
+    if deterministic:  # what a response cache stores: every request after the first hits
+        extra += ', "temperature": 0'
     messages = '[{"role": "user", "content": "Say hello"}]'
     return f'{{"model": "fake", "messages": {messages}, "max_tokens": 32{extra}}}'.encode()
 
@@ -258,7 +260,11 @@ def progress(what: str) -> None:
 
 
 async def bench(args: argparse.Namespace, targets: dict[str, Server]) -> list[Result]:
-    cases = {"chat": body(False, 0), f"stream {args.chunks}": body(True, args.chunks)}
+    fixed = args.deterministic
+    cases = {
+        "chat": body(False, 0, fixed),
+        f"stream {args.chunks}": body(True, args.chunks, fixed),
+    }
     async with aiohttp.ClientSession() as session:
         for server in targets.values():
             for payload in cases.values():
@@ -328,6 +334,11 @@ def main() -> int:
     parser.add_argument("--paced-seconds", type=float, default=10, help="paced run length")
     parser.add_argument("--no-quiet", action="store_true", help="skip the no-access-log variant")
     parser.add_argument("--quick", action="store_true", help="3 s runs, for a smoke test")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="send temperature 0: a variant with the cache policy answers from its store",
+    )
     parser.add_argument(
         "--variant",
         action="append",

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gateway.context import RequestContext
 from gateway.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 
 # Bumped whenever the canonical form or the stored entry changes meaning.
@@ -77,3 +78,17 @@ def cache_key(endpoint: str, model: str, identity: str, scope: str, body: dict[s
     kept = {k: canonical(v) for k, v in body.items() if k not in IGNORED}
     form = [KEY_VERSION, endpoint, model, identity, scope, kept]
     return hashlib.sha256(orjson.dumps(form, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def scope_of(ctx: RequestContext, scope: str) -> str:
+    """Who shares stored answers: a user is a name within one kind of credential (an API
+    key owner "alice" and a token subject "alice" are two users)."""
+    if scope == "global":
+        return "global"
+    if scope == "tier":
+        return f"tier:{ctx.tier or ''}"
+    if ctx.principal is not None:
+        if ctx.subject is not None:
+            return f"user:{ctx.principal.partition(':')[0]}:{ctx.subject}"
+        return f"principal:{ctx.principal}"
+    return f"ip:{ctx.request.remote}"

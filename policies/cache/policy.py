@@ -27,7 +27,7 @@ from policies.cache.assemble import Assembler
 from policies.cache.coalesce import InFlight
 from policies.cache.control import directives
 from policies.cache.entry import Entry, answer_of
-from policies.cache.key import CACHED_ENDPOINTS, cache_key, deterministic
+from policies.cache.key import CACHED_ENDPOINTS, cache_key, deterministic, scope_of
 from policies.cache.metrics import (
     BYPASS,
     CACHE_NOT_STORED,
@@ -41,18 +41,10 @@ from policies.cache.metrics import (
     CacheMetrics,
 )
 from policies.cache.replay import replay
-from policies.cache.settings import CacheSettings, Scope
+from policies.cache.settings import CacheSettings, Rules
 from policies.cache.store import MemoryStore, RedisStore, Store, StoreDown
 
 _REPLAY_HEADERS = {k: v for k, v in STREAM_HEADERS.items() if k != "Content-Type"}
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    enabled: bool
-    ttl_seconds: float
-    max_entry_bytes: int
-    scope: Scope
 
 
 @dataclass(slots=True)
@@ -80,16 +72,11 @@ class CachePolicy(Policy):
         super().__init__(settings, env)
         self.models = frozenset(env.config.models)
         self.metrics = CacheMetrics(env.metrics, self.models)
-        self.default = self._resolve(None)
-        self.rules = {tier: self._resolve(tier) for tier in env.tiers}
+        self.default = settings.rules(None)
+        self.rules = {tier: settings.rules(tier) for tier in env.tiers}
         self.wait = settings.coalesce_wait_seconds
         self.store: Store | None = None
         self.inflight = InFlight()
-
-    def _resolve(self, tier: str | None) -> Rules:
-        rules = self.settings.rules(tier) if tier else self.settings.default
-        scope = rules.scope or self.settings.scope
-        return Rules(rules.enabled, rules.ttl_seconds, rules.max_entry_bytes, scope)
 
     @classmethod
     def problems(cls, settings: CacheSettings, env: PolicyEnv) -> list[str]:
@@ -130,7 +117,7 @@ class CachePolicy(Policy):
         rules = self.rules.get(ctx.tier, self.default) if ctx.tier else self.default
         state = ctx.state[self.name] = Lookup(BYPASS, rules)
         try:
-            key = await self._key(ctx, rules)
+            key, fresh = await self._key(ctx, rules)
         except _Bypass as bypass:
             self.metrics.bypass(ctx.endpoint, bypass.reason)
             return None
@@ -138,16 +125,18 @@ class CachePolicy(Policy):
             self.metrics.bypass(ctx.endpoint, NOT_CACHEABLE)
             raise
         state.key = key
-        return await self._lookup_or_lead(ctx, state)
+        return await self._lookup_or_lead(ctx, state, fresh)
 
-    async def _key(self, ctx: RequestContext, rules: Rules) -> str:
-        """The request's key; `_Bypass` when it is not to be cached. Cheap until the
-        request is known to be cacheable: a few lookups, no canonical form, no hash."""
+    async def _key(self, ctx: RequestContext, rules: Rules) -> tuple[str, bool]:
+        """The request's key and whether it asks for a fresh answer (`no-cache`);
+        `_Bypass` when it is not to be cached. Cheap until the request is known to be
+        cacheable: a few lookups, no canonical form, no hash."""
         if ctx.endpoint not in CACHED_ENDPOINTS:
             raise _Bypass(NOT_CACHEABLE)
         if not rules.enabled:
             raise _Bypass(DISABLED)
-        if directives(ctx.request.headers)[1]:
+        fresh, no_store = directives(ctx.request.headers)
+        if no_store:
             raise _Bypass(NO_STORE)
         body = await ctx.json()
         model = ctx.model
@@ -156,10 +145,14 @@ class CachePolicy(Policy):
         identity = self.env.upstreams.identity(model)
         if identity is None:
             raise _Bypass(IDENTITY_UNKNOWN)
-        return cache_key(ctx.endpoint, model, identity, _scope_of(ctx, rules.scope), body)
+        scope = scope_of(ctx, rules.scope)
+        return cache_key(ctx.endpoint, model, identity, scope, body), fresh
 
-    async def _lookup_or_lead(self, ctx: RequestContext, state: Lookup) -> Reply | None:
-        fresh = directives(ctx.request.headers)[0]  # no-cache: answer afresh, then store
+    async def _lookup_or_lead(
+        self, ctx: RequestContext, state: Lookup, fresh: bool
+    ) -> Reply | None:
+        """A hit's answer, or None for a miss (tapped, to be stored). `fresh` (no-cache):
+        no lookup and no waiting for another request; the answer is stored."""
         if not fresh:
             try:
                 entry = await self._lookup(state.key)
@@ -192,7 +185,8 @@ class CachePolicy(Policy):
 
     def _hit(self, ctx: RequestContext, state: Lookup, entry: Entry) -> Reply:
         state.result, state.entry = HIT, entry
-        ctx.cached, ctx.usage = True, entry.usage
+        # A copy: the entry is shared by every request it answers.
+        ctx.cached, ctx.usage = True, dict(entry.usage) if entry.usage is not None else None
         self.metrics.result(ctx.endpoint, HIT)
         saved = self.metrics.saved.get(ctx.model or "")
         if saved is not None:
@@ -255,20 +249,6 @@ class CachePolicy(Policy):
 class _Bypass(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-def _scope_of(ctx: RequestContext, scope: Scope) -> str:
-    """Who shares stored answers: a user is a name within one kind of credential (an API
-    key owner "alice" and a token subject "alice" are two users)."""
-    if scope == "global":
-        return "global"
-    if scope == "tier":
-        return f"tier:{ctx.tier or ''}"
-    if ctx.principal is not None:
-        if ctx.subject is not None:
-            return f"user:{ctx.principal.partition(':')[0]}:{ctx.subject}"
-        return f"principal:{ctx.principal}"
-    return f"ip:{ctx.request.remote}"
 
 
 def _digest(text: str) -> str:

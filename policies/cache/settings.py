@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
@@ -10,6 +11,16 @@ from gateway.policy import PolicySettings
 
 Scope = Literal["user", "tier", "global"]
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The rules in force for one tier's requests, resolved once per policy load."""
+
+    enabled: bool
+    ttl_seconds: float
+    max_entry_bytes: int
+    scope: Scope
 
 
 class TierCache(PolicySettings):
@@ -36,9 +47,12 @@ class CacheSettings(PolicySettings):
     redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
     key_prefix: str = Field("llgw:cache", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
 
-    def rules(self, tier: str) -> TierCache:
-        """The rules of `tier`: its own entry over `default`, field by field."""
-        own = self.tiers.get(tier)
-        if own is None:
-            return self.default
-        return self.default.model_copy(update=own.model_dump(exclude_unset=True))
+    def rules(self, tier: str | None) -> Rules:
+        """The rules of `tier` (None: of requests without one): its own entry over
+        `default`, field by field, and the policy's scope where neither names one."""
+        rules = self.default
+        own = self.tiers.get(tier) if tier is not None else None
+        if own is not None:
+            rules = rules.model_copy(update=own.model_dump(exclude_unset=True))
+        scope = rules.scope or self.scope
+        return Rules(rules.enabled, rules.ttl_seconds, rules.max_entry_bytes, scope)

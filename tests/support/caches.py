@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import sse
 from gateway.app import STATE
+from tests.support.gateways import GatewayFactory
 from tests.support.waiting import eventually
 
 # Deterministic: temperature explicitly 0.
@@ -22,6 +23,19 @@ COMPLETION0 = {"model": "fake", "prompt": "Once", "temperature": 0}
 
 def cache_policy(**settings: Any) -> dict[str, Any]:
     return {"type": "cache", **settings}
+
+
+async def cache_gateway(
+    make_gateway: GatewayFactory,
+    *before: dict[str, Any],
+    sections: dict[str, Any] | None = None,
+    **settings: Any,
+) -> TestClient[Any, Any]:
+    """A gateway whose chain is `before`, then the cache with `settings`, once it knows
+    what serves its model."""
+    client = await make_gateway(**(sections or {}), policies=[*before, cache_policy(**settings)])
+    await known_identity(client)
+    return client
 
 
 def unique_cache_prefix() -> str:

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE, create_app
 from policies.cache.policy import CachePolicy
-from tests.support.caches import CHAT0, cache_policy, content, known_identity
+from tests.support.caches import CHAT0, cache_gateway, cache_policy, content, known_identity
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import GatewayFactory, gateway_config
 from tests.support.waiting import eventually
@@ -26,16 +26,10 @@ async def together(client: TestClient[Any, Any], body: dict[str, Any], n: int) -
     return await asyncio.gather(*(one() for _ in range(n)))
 
 
-async def gateway(make_gateway: GatewayFactory, **settings: Any) -> TestClient[Any, Any]:
-    client = await make_gateway(policies=[cache_policy(**settings)])
-    await known_identity(client)
-    return client
-
-
 async def test_identical_misses_at_once_make_one_upstream_call(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await gateway(make_gateway)
+    client = await cache_gateway(make_gateway)
     answers = await together(client, SLOW, 6)
     assert fake.calls == 1
     assert sorted(a[1] for a in answers) == ["HIT"] * 5 + ["MISS"]
@@ -45,7 +39,7 @@ async def test_identical_misses_at_once_make_one_upstream_call(
 async def test_a_stream_and_plain_requests_coalesce_too(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await gateway(make_gateway)
+    client = await cache_gateway(make_gateway)
     plain, streamed = await asyncio.gather(
         together(client, SLOW, 2), together(client, {**SLOW, "stream": True}, 2)
     )
@@ -56,7 +50,7 @@ async def test_a_stream_and_plain_requests_coalesce_too(
 async def test_followers_go_upstream_when_the_leader_takes_too_long(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await gateway(make_gateway, coalesce_wait_seconds=0.01)
+    client = await cache_gateway(make_gateway, coalesce_wait_seconds=0.01)
     answers = await together(client, SLOW, 3)
     assert fake.calls == 3
     assert [a[1] for a in answers] == ["MISS"] * 3
@@ -65,7 +59,7 @@ async def test_followers_go_upstream_when_the_leader_takes_too_long(
 async def test_followers_go_upstream_when_the_leaders_answer_is_not_stored(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await gateway(make_gateway)
+    client = await cache_gateway(make_gateway)
     failing = {**SLOW, "fake": {**SLOW["fake"], "status": 500}}
     answers = await together(client, failing, 3)
     assert len(fake.requests) == 3

@@ -16,9 +16,9 @@ from tests.support.caches import (
     STREAM0,
     ask,
     cache_count,
+    cache_gateway,
     cache_policy,
     content,
-    known_identity,
     sample,
     stored,
 )
@@ -28,9 +28,7 @@ from tests.support.gateways import CHAT, GatewayFactory
 
 @pytest.fixture
 async def cached(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
-    client = await make_gateway(policies=[cache_policy()])
-    await known_identity(client)
-    return client
+    return await cache_gateway(make_gateway)
 
 
 async def test_a_deterministic_answer_is_served_again_without_the_upstream(

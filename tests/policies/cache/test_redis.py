@@ -3,41 +3,28 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from tests.support.caches import (
     CHAT0,
     ask,
-    cache_policy,
-    known_identity,
+    cache_gateway,
     sample,
     stored,
-    unique_cache_prefix,
 )
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import GatewayFactory
-from tests.support.rate_limits import SHARED_REDIS, STORAGE, drop_keys, private_redis
+from tests.support.rate_limits import SHARED_REDIS, STORAGE, private_redis
 from tests.support.waiting import eventually
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = unique_cache_prefix()
-    yield value
-    drop_keys(SHARED_REDIS, value)
-
-
 async def replica(make_gateway: GatewayFactory, prefix: str, **settings: Any) -> Any:
-    client = await make_gateway(
-        storage=STORAGE, policies=[cache_policy(key_prefix=prefix, **settings)]
+    return await cache_gateway(
+        make_gateway, sections={"storage": STORAGE}, key_prefix=prefix, **settings
     )
-    await known_identity(client)
-    return client
 
 
 async def test_two_replicas_sharing_redis_share_hits(
@@ -87,11 +74,8 @@ async def test_a_redis_outage_is_bypassed_and_counted(
     make_gateway: GatewayFactory, fake: FakeLlama, tmp_path: Path
 ) -> None:
     with private_redis(tmp_path) as server:
-        client = await make_gateway(
-            storage={"redis_timeout_seconds": 0.5},
-            policies=[cache_policy(redis_url=server.url)],
-        )
-        await known_identity(client)
+        storage = {"storage": {"redis_timeout_seconds": 0.5}}
+        client = await cache_gateway(make_gateway, sections=storage, redis_url=server.url)
         await ask(client, CHAT0)
         await stored(client)
         assert (await ask(client, CHAT0))[0] == "HIT"
@@ -119,10 +103,8 @@ async def test_a_redis_that_never_answers_costs_no_error(
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         url = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
-        client = await make_gateway(
-            storage={"redis_timeout_seconds": 0.05}, policies=[cache_policy(redis_url=url)]
-        )
-        await known_identity(client)
+        storage = {"storage": {"redis_timeout_seconds": 0.05}}
+        client = await cache_gateway(make_gateway, sections=storage, redis_url=url)
         for n in range(3):
             assert (await ask(client, {**CHAT0, "seed": n}))[0] == "BYPASS"
         assert len(fake.requests) == 3

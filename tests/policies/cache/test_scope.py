@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from tests.support.caches import CHAT0, ask, cache_policy, content, known_identity, stored
+from tests.support.caches import CHAT0, ask, cache_gateway, content, stored
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import GatewayFactory
 from tests.support.rate_limits import auth, static_keys
@@ -15,15 +15,8 @@ UNIQUE = {**CHAT0, "fake": {"unique": True}}
 
 
 async def gateway(make_gateway: GatewayFactory, **settings: Any) -> Any:
-    client = await make_gateway(
-        tiers={"free": {}},
-        policies=[
-            {"type": "auth", "api_keys": False, "static_keys": static_keys("free")},
-            cache_policy(**settings),
-        ],
-    )
-    await known_identity(client)
-    return client
+    keys = {"type": "auth", "api_keys": False, "static_keys": static_keys("free")}
+    return await cache_gateway(make_gateway, keys, sections={"tiers": {"free": {}}}, **settings)
 
 
 async def test_one_users_answer_is_never_served_to_another(
@@ -76,8 +69,7 @@ async def test_a_global_scope_shares_answers_with_everyone(
 async def test_without_auth_callers_are_told_apart_by_address(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await make_gateway(policies=[cache_policy()])
-    await known_identity(client)
+    client = await cache_gateway(make_gateway)
     await ask(client, UNIQUE)
     await stored(client)
     assert (await ask(client, UNIQUE))[0] == "HIT"  # the same address: the same caller

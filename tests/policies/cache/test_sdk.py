@@ -7,15 +7,14 @@ from typing import Any
 import openai
 from aiohttp.test_utils import TestClient
 
-from tests.support.caches import cache_policy, known_identity, stored
+from tests.support.caches import cache_gateway, stored
 from tests.support.gateways import GatewayFactory
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 
 async def sdk(make_gateway: GatewayFactory) -> tuple[TestClient[Any, Any], openai.AsyncOpenAI]:
-    client = await make_gateway(policies=[cache_policy()])
-    await known_identity(client)
+    client = await cache_gateway(make_gateway)
     base = str(client.make_url("/v1"))
     return client, openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
 

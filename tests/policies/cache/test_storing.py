@@ -15,7 +15,7 @@ from tests.support.caches import (
     STREAM0,
     ask,
     cache_count,
-    cache_policy,
+    cache_gateway,
     content,
     known_identity,
     sample,
@@ -28,16 +28,10 @@ from tests.support.waiting import eventually
 UNIQUE = {**CHAT0, "fake": {"unique": True}}
 
 
-async def cached(make_gateway: GatewayFactory, **settings: Any) -> Any:
-    client = await make_gateway(policies=[cache_policy(**settings)])
-    await known_identity(client)
-    return client
-
-
 async def test_no_cache_answers_afresh_and_stores_the_fresh_answer(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await cached(make_gateway)
+    client = await cache_gateway(make_gateway)
     old = (await ask(client, UNIQUE))[1]
     await stored(client)
     result, fresh = await ask(client, UNIQUE, **{"Cache-Control": "no-cache"})
@@ -51,7 +45,7 @@ async def test_no_cache_answers_afresh_and_stores_the_fresh_answer(
 async def test_no_store_neither_reads_nor_writes(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await cached(make_gateway)
+    client = await cache_gateway(make_gateway)
     await ask(client, UNIQUE)
     await stored(client)
     assert (await ask(client, UNIQUE, **{"Cache-Control": "max-age=0, No-Store"}))[0] == "BYPASS"
@@ -80,7 +74,7 @@ async def test_no_store_neither_reads_nor_writes(
 async def test_any_cache_control_value_is_answered(
     make_gateway: GatewayFactory, value: str
 ) -> None:
-    client = await cached(make_gateway)
+    client = await cache_gateway(make_gateway)
     resp = await client.post("/v1/chat/completions", json=CHAT0, headers={"Cache-Control": value})
     assert resp.status == 200
     assert resp.headers["X-Cache"] in ("HIT", "MISS", "BYPASS")
@@ -93,7 +87,7 @@ def test_directives_are_read_from_every_cache_control_header() -> None:
 
 
 async def test_an_answer_expires_after_its_ttl(make_gateway: GatewayFactory) -> None:
-    client = await cached(make_gateway, default={"ttl_seconds": 0.2})
+    client = await cache_gateway(make_gateway, default={"ttl_seconds": 0.2})
     await ask(client, CHAT0)
     await stored(client)
     await asyncio.sleep(0.25)
@@ -103,11 +97,11 @@ async def test_an_answer_expires_after_its_ttl(make_gateway: GatewayFactory) -> 
 async def test_an_answer_over_max_entry_bytes_is_not_stored(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await cached(make_gateway, default={"max_entry_bytes": 200})
+    client = await cache_gateway(make_gateway, default={"max_entry_bytes": 200})
     big = {**CHAT0, "fake": {"chunks": 50}}
     for body in (big, {**big, "stream": True}, big):
         assert (await ask(client, body))[0] == "MISS"
-    small = await cached(make_gateway, default={"max_entry_bytes": 2000})
+    small = await cache_gateway(make_gateway, default={"max_entry_bytes": 2000})
     await ask(small, big)
     await stored(small)
     assert (await ask(small, big))[0] == "HIT"
@@ -126,7 +120,7 @@ async def test_an_answer_over_max_entry_bytes_is_not_stored(
 async def test_errors_and_unfinished_answers_are_not_stored(
     make_gateway: GatewayFactory, fake: FakeLlama, fake_options: dict[str, Any], stream: bool
 ) -> None:
-    client = await cached(make_gateway)
+    client = await cache_gateway(make_gateway)
     body = {**CHAT0, "stream": stream, "fake": fake_options}
     for _ in range(2):
         resp = await client.post("/v1/chat/completions", json=body)
@@ -139,7 +133,7 @@ async def test_errors_and_unfinished_answers_are_not_stored(
 async def test_a_stream_that_broke_off_is_not_stored(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await cached(make_gateway)
+    client = await cache_gateway(make_gateway)
     broken = {**STREAM0, "fake": {"error_after": 2}}
     for _ in range(2):
         assert (await ask(client, broken))[0] == "MISS"
@@ -149,7 +143,7 @@ async def test_a_stream_that_broke_off_is_not_stored(
 async def test_a_stream_whose_client_left_is_not_stored(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await cached(make_gateway)
+    client = await cache_gateway(make_gateway)
     slow = {**STREAM0, "fake": {"chunks": 50, "delay": 0.02}}
     resp = await client.post("/v1/chat/completions", json=slow)
     await resp.content.readuntil(b"\n\n")
@@ -161,7 +155,7 @@ async def test_a_stream_whose_client_left_is_not_stored(
 async def test_a_model_swapped_behind_its_name_misses(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await cached(make_gateway)
+    client = await cache_gateway(make_gateway)
     before = await known_identity(client)
     await ask(client, CHAT0)
     await stored(client)
@@ -176,14 +170,10 @@ async def test_a_model_swapped_behind_its_name_misses(
 async def test_a_tier_with_the_cache_disabled_bypasses_it(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:
-    client = await make_gateway(
-        tiers={"tin": {}},
-        policies=[
-            {"type": "auth", "api_keys": False, "anonymous": {"tier": "tin"}},
-            cache_policy(tiers={"tin": {"enabled": False}}),
-        ],
+    anonymous = {"type": "auth", "api_keys": False, "anonymous": {"tier": "tin"}}
+    client = await cache_gateway(
+        make_gateway, anonymous, sections={"tiers": {"tin": {}}}, tiers={"tin": {"enabled": False}}
     )
-    await known_identity(client)
     assert (await ask(client, CHAT0))[0] == "BYPASS"
     assert cache_count(client, "bypass") == 1
     assert sample(client, "llama_gateway_cache_bypasses_total", reason="disabled") == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,11 @@ from tests.support.gateways import GatewayFactory
 from tests.support.rate_limits import (
     SHARED_REDIS,
     STORAGE,
-    drop_keys,
     limit_policy,
     quota_used,
-    unique_prefix,
 )
 from tests.support.usage import PRICES, pg_rows, usage_settings
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = unique_prefix()
-    yield value
-    drop_keys(SHARED_REDIS, value)
 
 
 async def test_a_hit_counts_as_a_request_and_charges_no_tokens(

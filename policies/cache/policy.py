@@ -155,7 +155,7 @@ class CachePolicy(Policy):
         no lookup and no waiting for another request; the answer is stored."""
         if not fresh:
             try:
-                entry = await self._lookup(state.key)
+                entry = await self._lookup(ctx, state.key)
             except StoreDown:
                 self.metrics.bypass(ctx.endpoint, STORE_DOWN)
                 return None
@@ -177,9 +177,10 @@ class CachePolicy(Policy):
             ctx.tap(state.keep)
         return None
 
-    async def _lookup(self, key: str) -> Entry | None:
-        """The stored answer of `key`: the one place a lookup happens (a further kind of
-        lookup, answering an exact miss with another key's entry, goes here)."""
+    async def _lookup(self, ctx: RequestContext, key: str) -> Entry | None:
+        """The stored answer of `key`: the one place a lookup happens. A further kind of
+        lookup (an exact miss answered with another key's entry, found from the request)
+        goes here, as the matching indexing goes in `_store`."""
         assert self.store is not None, "start() runs before any request"
         return await self.store.get(key)
 

@@ -43,6 +43,7 @@ RANDOM_SEED = 0xFFFFFFFF
 PER_TOKEN = ("logprobs", "top_logprobs", "n_probs", "timings_per_token", "post_sampling_probs")
 # Integral floats up to this size become integers (orjson writes integers of 64 bits).
 _INTEGRAL = 2.0**63
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 def deterministic(endpoint: str, body: dict[str, Any]) -> bool:
@@ -73,11 +74,17 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def cache_key(endpoint: str, model: str, identity: str, scope: str, body: dict[str, Any]) -> str:
-    """The hex SHA-256 naming the stored answer of this request."""
-    kept = {k: canonical(v) for k, v in body.items() if k not in IGNORED}
-    form = [KEY_VERSION, endpoint, model, identity, scope, kept]
-    return hashlib.sha256(orjson.dumps(form, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def cache_key(
+    endpoint: str, model: str, identity: str, scope: str, body: dict[str, Any]
+) -> str | None:
+    """The hex SHA-256 naming the stored answer of this request; None for a body nested
+    too deeply to write out again (llama-server gets it as sent, uncached)."""
+    try:
+        kept = {k: canonical(v) for k, v in body.items() if k not in IGNORED}
+        form = orjson.dumps([KEY_VERSION, endpoint, model, identity, scope, kept], option=_SORTED)
+    except (RecursionError, orjson.JSONEncodeError):
+        return None
+    return hashlib.sha256(form).hexdigest()
 
 
 def scope_of(ctx: RequestContext, scope: str) -> str:

@@ -145,8 +145,10 @@ class CachePolicy(Policy):
         identity = self.env.upstreams.identity(model)
         if identity is None:
             raise _Bypass(IDENTITY_UNKNOWN)
-        scope = scope_of(ctx, rules.scope)
-        return cache_key(ctx.endpoint, model, identity, scope, body), fresh
+        key = cache_key(ctx.endpoint, model, identity, scope_of(ctx, rules.scope), body)
+        if key is None:
+            raise _Bypass(NOT_CACHEABLE)
+        return key, fresh
 
     async def _lookup_or_lead(
         self, ctx: RequestContext, state: Lookup, fresh: bool

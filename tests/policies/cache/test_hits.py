@@ -135,6 +135,17 @@ async def test_an_error_answer_says_it_missed(cached: TestClient[Any, Any]) -> N
     assert broken.headers["X-Cache"] == "BYPASS"
 
 
+async def test_a_body_too_deep_to_write_out_is_relayed_uncached(
+    cached: TestClient[Any, Any], fake: FakeLlama
+) -> None:
+    for depth in (300, 990):
+        nested = b"[" * depth + b"]" * depth
+        body = b'{"model": "fake", "temperature": 0, "messages": [], "x": ' + nested + b"}"
+        resp = await cached.post("/v1/chat/completions", data=body)
+        assert resp.status == 200
+        assert resp.headers["X-Cache"] == "BYPASS"
+
+
 async def test_what_serves_the_model_unknown_bypasses(
     make_gateway: GatewayFactory, fake: FakeLlama
 ) -> None:

@@ -27,7 +27,7 @@ JSON = st.recursive(
 BODIES = st.dictionaries(st.text(max_size=8), JSON, max_size=6)
 
 
-def key(body: dict[str, Any], **parts: str) -> str:
+def key(body: dict[str, Any], **parts: str) -> str | None:
     where = {"endpoint": "chat.completions", "model": "m", "identity": "i", "scope": "s", **parts}
     return cache_key(where["endpoint"], where["model"], where["identity"], where["scope"], body)
 
@@ -106,6 +106,13 @@ def test_huge_integral_floats_are_kept_as_floats() -> None:
     assert canonical(1e300) == 1e300
     assert canonical(-0.0) == 0
     assert key({"x": 1e300}) != key({"x": 1e299})
+
+
+def test_a_body_too_deep_to_write_out_has_no_key() -> None:
+    nested: Any = []
+    for _ in range(300):
+        nested = [nested]
+    assert key({"x": nested}) is None
 
 
 def test_embeddings_are_always_deterministic() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway.endpoints import EMBEDDINGS
+from gateway.endpoints import CHAT_COMPLETIONS, EMBEDDINGS
 
 FORMAT = b"\x01"
 _HEAD = struct.Struct("!dI")
@@ -88,10 +88,17 @@ def answer_of(endpoint: str, body: bytes) -> dict[str, Any] | None:
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices:
         return None
+    chat = endpoint == CHAT_COMPLETIONS.name
     for choice in choices:
         if not isinstance(choice, dict) or choice.get("finish_reason") not in FINISHED:
             return None
-        message = choice.get("message")
-        if isinstance(message, dict) and message.get("tool_calls"):
+        if chat and not _plain_message(choice.get("message")):
+            return None
+        if not chat and not isinstance(choice.get("text"), str):
             return None
     return answer
+
+
+def _plain_message(message: Any) -> bool:
+    """A chat message that says something and calls no tool."""
+    return isinstance(message, dict) and not message.get("tool_calls")

@@ -161,15 +161,16 @@ class CachePolicy(Policy):
             except StoreDown:
                 self.metrics.bypass(ctx.endpoint, STORE_DOWN)
                 return None
-            if entry is not None:
-                return self._hit(ctx, state, entry)
+            reply = self._hit(ctx, state, entry)
+            if reply is not None:
+                return reply
         leader = self.inflight.lead(state.key)
         if leader is None:
             state.leads = True
         elif not fresh:
-            entry = await self.inflight.follow(leader, self.wait)
-            if entry is not None:
-                return self._hit(ctx, state, entry)
+            reply = self._hit(ctx, state, await self.inflight.follow(leader, self.wait))
+            if reply is not None:
+                return reply
         state.result = MISS
         self.metrics.result(ctx.endpoint, MISS)
         if ctx.stream and ctx.endpoint in GENERATING:
@@ -186,7 +187,16 @@ class CachePolicy(Policy):
         assert self.store is not None, "start() runs before any request"
         return await self.store.get(key)
 
-    def _hit(self, ctx: RequestContext, state: Lookup, entry: Entry) -> Reply:
+    def _hit(self, ctx: RequestContext, state: Lookup, entry: Entry | None) -> Reply | None:
+        """The answer of a hit; None for no entry, or one that cannot be replayed."""
+        if entry is None:
+            return None
+        reply = Reply(200, entry.body)
+        if ctx.stream and ctx.endpoint in GENERATING:
+            replayed = replay(ctx.endpoint, entry.body, ctx.client_wants_usage)
+            if replayed is None:
+                return None
+            reply = Reply(200, replayed, dict(_REPLAY_HEADERS), "text/event-stream")
         state.result, state.entry = HIT, entry
         # A copy: the entry is shared by every request it answers.
         ctx.cached, ctx.usage = True, dict(entry.usage) if entry.usage is not None else None
@@ -194,10 +204,7 @@ class CachePolicy(Policy):
         saved = self.metrics.saved.get(ctx.model or "")
         if saved is not None:
             saved.inc(entry.tokens())
-        if ctx.stream and ctx.endpoint in GENERATING:
-            body = replay(ctx.endpoint, entry.body, ctx.client_wants_usage)
-            return Reply(200, body, dict(_REPLAY_HEADERS), "text/event-stream")
-        return Reply(200, entry.body)
+        return reply
 
     async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
         state: Lookup | None = ctx.state.get(self.name)

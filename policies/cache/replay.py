@@ -10,12 +10,17 @@ import orjson
 
 from gateway import sse
 from gateway.endpoints import CHAT_COMPLETIONS
+from policies.cache.entry import answer_of
 
 _ENVELOPE = ("id", "created", "model", "system_fingerprint")
 
 
-def replay(endpoint: str, body: bytes, wants_usage: bool) -> bytes:
-    answer = orjson.loads(body)
+def replay(endpoint: str, body: bytes, wants_usage: bool) -> bytes | None:
+    """The SSE stream of a stored answer; None when it is not an answer this can replay
+    (only answers `answer_of` accepts are stored, but a Redis is open to other writers)."""
+    answer = answer_of(endpoint, body)
+    if answer is None:
+        return None
     base = {name: answer[name] for name in _ENVELOPE if name in answer}
     choices = answer.get("choices") or []
     if endpoint == CHAT_COMPLETIONS.name:

@@ -17,6 +17,33 @@ from tests.support.fake_answers import Shape
 TEXT = st.text(max_size=40)
 FINISH = st.sampled_from(["stop", "length"])
 USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+SCALAR = st.none() | st.booleans() | st.integers(-10, 10) | st.text(max_size=5)
+# Answer-like values: the keys a replay reads, holding anything.
+JSONISH = st.recursive(
+    SCALAR | st.sampled_from(["stop", "length"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "choices",
+                    "message",
+                    "text",
+                    "finish_reason",
+                    "index",
+                    "role",
+                    "content",
+                    "usage",
+                    "id",
+                    "tool_calls",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=15,
+)
 
 
 def chat_answer(contents: list[tuple[str, str]]) -> dict[str, Any]:
@@ -130,3 +157,10 @@ def test_answers_cut_short_or_calling_tools_are_not_stored() -> None:
     assert answer_of("chat.completions", b'{"error": {"message": "no"}}') is None
     assert answer_of("chat.completions", b"not json") is None
     assert answer_of("embeddings", b'{"data": [], "usage": {}}') is not None
+
+
+@given(st.binary(max_size=300) | JSONISH.map(orjson.dumps))
+def test_any_stored_value_is_replayed_or_refused(body: bytes) -> None:
+    for endpoint in ("chat.completions", "completions"):
+        replayed = replay(endpoint, body, wants_usage=True)
+        assert replayed is None or replayed.endswith(sse.DONE)

@@ -41,6 +41,7 @@ async def every_policy(make_gateway: GatewayFactory, tmp_path: Path) -> TestClie
             {"type": "usage"},
             {"type": "auth", "api_keys": False, "anonymous": {"tier": "tin"}},
             {"type": "rate_limit", "default": {"requests_per_minute": 5}},
+            {"type": "cache"},
         ],
     )
 

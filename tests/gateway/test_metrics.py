@@ -9,7 +9,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE, create_app
+from gateway.endpoints import NAMES
 from policies.auth.metrics import REASONS
+from policies.cache.metrics import ACTIONS as CACHE_ACTIONS
+from policies.cache.metrics import REASONS as BYPASS_REASONS
+from policies.cache.metrics import RESULTS as CACHE_RESULTS
 from policies.rate_limit.metrics import ACTIONS, LIMITS
 from policies.usage.metrics import DEPENDENCIES, DESTINATIONS
 from tests.support.auth import sha256
@@ -140,6 +144,16 @@ async def test_each_policys_fixed_label_sets_exist_at_start_up(
     assert value(samples, "llama_gateway_usage_queue_depth") == 0
     assert value(samples, "llama_gateway_usage_journal_bytes") == 0
     assert value(samples, "llama_gateway_usage_writer_restarts_total") == 0
+    for endpoint in NAMES:
+        for result in CACHE_RESULTS:
+            labels = {"endpoint": endpoint, "result": result}
+            assert value(samples, "llama_gateway_cache_requests_total", **labels) == 0
+    for reason in BYPASS_REASONS:
+        assert value(samples, "llama_gateway_cache_bypasses_total", reason=reason) == 0
+    assert value(samples, "llama_gateway_cache_tokens_saved_total", model="fake") == 0
+    for action in CACHE_ACTIONS:
+        labels = {"dependency": "redis", "action": action}
+        assert value(samples, "llama_gateway_dependency_errors_total", **labels) == 0
 
 
 async def test_upstream_health_and_in_flight_are_read_at_scrape_time(

@@ -243,6 +243,7 @@ def raw_config(fake_url: str, data: Path, prefix: str) -> dict[str, Any]:
                 },
             },
             {"type": "rate_limit", "key_prefix": prefix, "tiers": LIMITS},
+            {"type": "cache", "key_prefix": f"{prefix}:cache"},
         ],
     }
 

@@ -12,6 +12,11 @@ request body may carry `"fake": {...}` (the gateway passes unknown fields throug
 - `hang_after`: stop sending (but keep the connection) after this many events
 - `usage`: "separate" (default, only with include_usage), "always" (mid-2025 builds),
   "in_final" (old builds: usage inside the finishing chunk)
+- `unique`: true: the answer's text names the call (`call7 ...`): no two calls answer alike
+- `finish_reason`: the finish reason of the answer (default "stop")
+- `tool_call`: true: a chat answer that calls a tool
+
+`/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`).
 
 Run it alone: `python -m tests.support.fake_llama --port 9000` (from the top of the repository).
 """
@@ -20,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.support.fake_answers import Shape, chunk_base, sse
 
 FAKE = web.AppKey("fake", "FakeLlama")
 
@@ -46,6 +52,8 @@ class FakeLlama:
         self.answered: list[int] = []
         # What `/props` says it serves: change it to stand for a model swapped behind a name.
         self.model_path = "/models/fake.gguf"
+        # Generation calls answered so far: what a `unique` answer's text names.
+        self.calls = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._witness])
@@ -129,13 +137,15 @@ class FakeLlama:
         if opts.get("status"):
             return _error(opts["status"], "fake failure on request", "invalid_request_error")
         self.in_flight += 1
+        self.calls += 1
+        shape = Shape(request.path == "/v1/completions", self.calls, opts)
         try:
             if opts.get("first_byte_delay"):
                 await asyncio.sleep(opts["first_byte_delay"])
             if body.get("stream"):
-                response = await self._stream(request, body, opts)
+                response = await self._stream(request, body, opts, shape)
             else:
-                response = _json(_completion(body, opts.get("chunks", 3)))
+                response = _json(shape.completion(body, opts.get("chunks", 3)))
             self.completed += 1
             self.prompt_tokens += 5
             self.predicted_tokens += int(opts.get("chunks", 3))
@@ -152,7 +162,7 @@ class FakeLlama:
             self.headers.append(dict(request.headers))
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any]
+        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any], shape: Shape
     ) -> web.StreamResponse:
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
@@ -162,7 +172,7 @@ class FakeLlama:
         include = (body.get("stream_options") or {}).get("include_usage") is True
         usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
         final_usage = usage if usage_mode == "in_final" else None
-        for i, event in enumerate(_events(chunks, final_usage, opts.get("text", "tok{i} "))):
+        for i, event in enumerate(shape.events(chunks, final_usage, opts.get("text", "tok{i} "))):
             if i == opts.get("drop_after"):
                 assert request.transport is not None
                 request.transport.abort()
@@ -183,59 +193,12 @@ class FakeLlama:
                 await asyncio.sleep(delay)
             await out.write(event)
         if usage_mode == "always" or (usage_mode == "separate" and include):
-            await out.write(_sse({**_chunk_base(), "choices": [], "usage": usage}))
+            await out.write(sse({**chunk_base(), "choices": [], "usage": usage}))
         await out.write(b"data: [DONE]\n\n")
         if opts.get("linger_after_done"):  # the answer is over, the response not yet ended
             await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()
         return out
-
-
-def _chunk_base() -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": "fake",
-    }
-
-
-def _sse(value: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(value) + b"\n\n"
-
-
-def _events(chunks: int, final_usage: dict[str, Any] | None, text: str = "tok{i} ") -> list[bytes]:
-    base = _chunk_base()
-    events = [
-        _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]})
-    ]
-    for i in range(chunks):
-        delta = {"content": text.format(i=i)}
-        events.append(
-            _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-        )
-    final: dict[str, Any] = {
-        **base,
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-    }
-    if final_usage:
-        final["usage"] = final_usage
-    events.append(_sse(final))
-    return events
-
-
-def _completion(body: dict[str, Any], tokens: int) -> dict[str, Any]:
-    text = " ".join(f"tok{i}" for i in range(tokens))
-    return {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "fake"),
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens},
-    }
 
 
 def _json(value: dict[str, Any], status: int = 200) -> web.Response:

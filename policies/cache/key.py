@@ -1,0 +1,101 @@
+"""Which requests are cached, and the key of a stored answer.
+
+A request is cached when its answer is determined by what it asks: every embedding, and
+a chat or completions request whose `temperature` is explicitly 0 or that fixes a `seed`.
+The check is a few dictionary lookups; the canonical form and its hash are made only for
+requests that pass it.
+
+The key is a SHA-256 over a canonical form of everything that can change the answer: the
+endpoint, the model name and the identity of what serves it, the scope, the key's
+version, and the body as sent upstream minus the fields that cannot change the answer
+(`IGNORED`). Canonical: keys sorted at every level, integral floats written as integers
+(`0.0` and `0` are one number to llama-server), booleans kept apart from numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from gateway.context import RequestContext
+from gateway.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+
+# Bumped whenever the canonical form or the stored entry changes meaning.
+KEY_VERSION = 1
+CACHED_ENDPOINTS = frozenset({CHAT_COMPLETIONS.name, COMPLETIONS.name, EMBEDDINGS.name})
+DETERMINISTIC_ALWAYS = frozenset({EMBEDDINGS.name})
+# Fields that do not change the answer's content:
+# - `stream`, `stream_options`: how the answer is delivered (a stored answer is replayed
+#   either way);
+# - `user`: OpenAI's end-user tag, passed on for abuse tracking; the scope decides who
+#   shares answers;
+# - `cache_prompt`, `id_slot`: llama-server's prompt-cache reuse and slot choice, which
+#   change where and how fast it computes, not what (docs/policies/cache.md says how far
+#   llama-server keeps that promise).
+IGNORED = frozenset({"stream", "stream_options", "user", "cache_prompt", "id_slot"})
+# llama-server reads `seed` as an unsigned 32-bit number; 0xFFFFFFFF (so also -1) means
+# "a random seed".
+RANDOM_SEED = 0xFFFFFFFF
+# Per-token data that the stored form (one JSON answer, assembled from a stream) does not
+# keep: requests asking for it are not cached.
+PER_TOKEN = ("logprobs", "top_logprobs", "n_probs", "timings_per_token", "post_sampling_probs")
+# Integral floats up to this size become integers (orjson writes integers of 64 bits).
+_INTEGRAL = 2.0**63
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def deterministic(endpoint: str, body: dict[str, Any]) -> bool:
+    """Whether the answer is fixed by the request (the default rule of what is cached)."""
+    if endpoint in DETERMINISTIC_ALWAYS:
+        return True
+    for name in PER_TOKEN:
+        if body.get(name):
+            return False
+    temperature = body.get("temperature")
+    if type(temperature) in (int, float) and temperature == 0:
+        return True
+    seed = body.get("seed")
+    return type(seed) is int and 0 <= seed < RANDOM_SEED
+
+
+def canonical(value: Any) -> Any:
+    """`value` with integral floats as integers, at every depth (keys are sorted on output)."""
+    kind = type(value)
+    if kind is float:
+        if value.is_integer() and abs(value) < _INTEGRAL:
+            return int(value)
+        return value
+    if kind is dict:
+        return {k: canonical(v) for k, v in value.items()}
+    if kind is list:
+        return [canonical(v) for v in value]
+    return value
+
+
+def cache_key(
+    endpoint: str, model: str, identity: str, scope: str, body: dict[str, Any]
+) -> str | None:
+    """The hex SHA-256 naming the stored answer of this request; None for a body nested
+    too deeply to write out again (llama-server gets it as sent, uncached)."""
+    try:
+        kept = {k: canonical(v) for k, v in body.items() if k not in IGNORED}
+        form = orjson.dumps([KEY_VERSION, endpoint, model, identity, scope, kept], option=_SORTED)
+    except (RecursionError, orjson.JSONEncodeError):
+        return None
+    return hashlib.sha256(form).hexdigest()
+
+
+def scope_of(ctx: RequestContext, scope: str) -> str:
+    """Who shares stored answers: a user is a name within one kind of credential (an API
+    key owner "alice" and a token subject "alice" are two users)."""
+    if scope == "global":
+        return "global"
+    if scope == "tier":
+        return f"tier:{ctx.tier or ''}"
+    if ctx.principal is not None:
+        if ctx.subject is not None:
+            return f"user:{ctx.principal.partition(':')[0]}:{ctx.subject}"
+        return f"principal:{ctx.principal}"
+    return f"ip:{ctx.request.remote}"

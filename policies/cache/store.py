@@ -1,0 +1,138 @@
+"""Where stored answers live: Redis (shared by every replica, TTL kept by Redis), or an
+in-process store bounded in bytes, least recently used out.
+
+A store never makes an error for a client: a Redis that fails or is slower than
+`storage.redis_timeout_seconds` raises `StoreDown`, the policy skips the cache for that
+request, and for `PAUSE_SECONDS` afterwards calls fail at once (one call per pause tries
+Redis again), so an outage costs requests no waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+from gateway.redis_client import RedisClient, ReplyError, Unreachable
+from policies.cache.entry import Entry, decode, encode
+
+log = logging.getLogger("policies.cache")
+
+PAUSE_SECONDS = 0.5
+# Bytes an in-process entry costs beyond its body: the key, the usage, the bookkeeping.
+ENTRY_OVERHEAD = 512
+
+
+class StoreDown(Exception):
+    """The store cannot be used for this call."""
+
+
+class Store(Protocol):
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def put(self, key: str, entry: Entry, ttl_seconds: float) -> int:
+        """Store `entry`; the bytes it takes (0: not kept)."""
+        ...
+
+
+class MemoryStore:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.evictions = 0
+        self._entries: OrderedDict[str, tuple[float, Entry, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> Entry | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires, entry, _ = found
+        if expires <= time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    async def put(self, key: str, entry: Entry, ttl_seconds: float) -> int:
+        size = entry.size + len(key) + ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return 0
+        if key in self._entries:
+            self._drop(key)
+        while self.bytes + size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+            self.evictions += 1
+        self._entries[key] = (time.monotonic() + ttl_seconds, entry, size)
+        self.bytes += size
+        return size
+
+    def _drop(self, key: str) -> None:
+        _, _, size = self._entries.pop(key)
+        self.bytes -= size
+
+
+class RedisStore:
+    def __init__(self, client: RedisClient, timeout: float, prefix: str, where: str) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.prefix = prefix
+        self.where = where
+        self.down_since: float | None = None
+        self.retry_at = 0.0
+
+    async def get(self, key: str) -> Entry | None:
+        value = await self._call("GET", f"{self.prefix}:{key}")
+        return decode(value) if isinstance(value, bytes) else None
+
+    async def put(self, key: str, entry: Entry, ttl_seconds: float) -> int:
+        value = encode(entry)
+        ttl_ms = max(1, int(ttl_seconds * 1000))
+        await self._call("SET", f"{self.prefix}:{key}", value, "PX", ttl_ms)
+        return len(value)
+
+    async def ping(self) -> bool:
+        try:
+            await self._call("PING")
+        except StoreDown:
+            return False
+        return True
+
+    async def _call(self, *args: object) -> object:
+        if self.down_since is not None:
+            now = time.monotonic()
+            if now < self.retry_at:
+                raise StoreDown("Redis is failing; next try shortly")
+            self.retry_at = now + PAUSE_SECONDS
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await self.client.call(*args)
+        except TimeoutError as exc:
+            self.client.abort()  # the next call starts afresh, not behind a stuck one
+            raise self._failed(f"no answer within {self.timeout:g} s") from exc
+        except (Unreachable, ReplyError, OSError) as exc:
+            raise self._failed(f"{exc.__class__.__name__}: {exc}") from exc
+        if self.down_since is not None:
+            log.warning(
+                "Redis at %s answers the cache again after %.1f s",
+                self.where,
+                time.monotonic() - self.down_since,
+            )
+            self.down_since = None
+        return result
+
+    def _failed(self, reason: str) -> StoreDown:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            log.error(
+                "Redis at %s failed (%s); the cache is skipped until it answers again",
+                self.where,
+                reason,
+            )
+        self.retry_at = now + PAUSE_SECONDS
+        return StoreDown(reason)

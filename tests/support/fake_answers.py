@@ -1,0 +1,89 @@
+"""The answers of the fake llama-server's generation routes, in llama-server's shapes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+
+def chunk_base() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "fake",
+    }
+
+
+def sse(value: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(value) + b"\n\n"
+
+
+class Shape:
+    """The answer of one generation call: chat (`chat.completion`) or `text_completion`."""
+
+    def __init__(self, text: bool, call: int, opts: dict[str, Any]) -> None:
+        self.text = text
+        self.prefix = f"call{call} " if opts.get("unique") else ""
+        self.finish = opts.get("finish_reason", "stop")
+        self.tool_call = bool(opts.get("tool_call"))
+
+    def events(
+        self, chunks: int, final_usage: dict[str, Any] | None, text: str = "tok{i} "
+    ) -> list[bytes]:
+        base = chunk_base()
+        if self.text:
+            base["object"] = "text_completion"
+            pieces = [self.prefix + text.format(i=0), *(text.format(i=i) for i in range(1, chunks))]
+            events = [sse({**base, "choices": [self._piece(p, None)]}) for p in pieces[:chunks]]
+            final: dict[str, Any] = {**base, "choices": [self._piece("", self.finish)]}
+        else:
+            role = {"index": 0, "delta": {"role": "assistant", "content": None}}
+            events = [sse({**base, "choices": [role]})]
+            for i in range(chunks):
+                delta: dict[str, Any] = {
+                    "content": (self.prefix if i == 0 else "") + text.format(i=i)
+                }
+                if self.tool_call and i == 0:
+                    delta = {"tool_calls": [_TOOL_CALL]}
+                events.append(
+                    sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                )
+            final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish}]}
+        if final_usage:
+            final["usage"] = final_usage
+        events.append(sse(final))
+        return events
+
+    def _piece(self, text: str, finish: str | None) -> dict[str, Any]:
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+
+    def completion(self, body: dict[str, Any], tokens: int) -> dict[str, Any]:
+        text = self.prefix + " ".join(f"tok{i}" for i in range(tokens))
+        if self.text:
+            choice: dict[str, Any] = self._piece(text, self.finish)
+            kind = "text_completion"
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.tool_call:
+                message = {"role": "assistant", "content": None, "tool_calls": [_TOOL_CALL]}
+            choice = {"index": 0, "message": message, "finish_reason": self.finish}
+            kind = "chat.completion"
+        return {
+            "id": "chatcmpl-fake",
+            "object": kind,
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [choice],
+            "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens},
+        }
+
+
+_TOOL_CALL = {
+    "index": 0,
+    "id": "call-fake",
+    "type": "function",
+    "function": {"name": "lookup", "arguments": "{}"},
+}

@@ -18,7 +18,10 @@ import orjson
 PROPS_PATH = "/props"
 MODELS_PATH = "/v1/models"
 # The fields of /props that can change an answer; anything else there (slot counts, the
-# web UI's settings, modalities) does not, and some of it changes while the server runs.
+# web UI's settings, modalities) does not, and some of it changes between reads or processes
+# (`is_sleeping`; `media_marker` is random per process; /v1/models' `created` is the time of
+# the read). `build_info` of a llama.cpp built from a source archive is `b0-unknown`: it tells
+# builds apart only when built from git. `n_ctx` is the context of one slot (`-c` / `-np`).
 _PROPS_FIELDS = ("model_path", "chat_template", "build_info")
 _SETTINGS_FIELDS = ("n_ctx", "params")
 
@@ -32,11 +35,13 @@ def upstream_identity(props: Any, models: Any) -> str | None:
         if isinstance(settings, dict):
             facts.update({name: settings[name] for name in _SETTINGS_FIELDS if name in settings})
     if isinstance(models, dict) and isinstance(models.get("data"), list):
-        facts["models"] = [
+        entries = [
             {name: entry.get(name) for name in ("id", "meta")}
             for entry in models["data"]
             if isinstance(entry, dict)
         ]
+        # In a stable order: a server listing several models need not keep theirs.
+        facts["models"] = sorted(entries, key=lambda entry: str(entry["id"]))
     if not facts:
         return None
     return _digest(facts)

@@ -133,23 +133,38 @@ CPU_CRASHES = (-signal.SIGILL, -signal.SIGSEGV)
 @contextlib.contextmanager
 def llama_servers(log_dir: Path | None = None) -> Iterator[dict[str, str]]:
     """Start a chat and an embeddings llama-server; yields {model name: URL}."""
+    with running_servers(local_servers(), log_dir) as urls:
+        yield urls
+
+
+def local_servers() -> dict[str, tuple[str, list[str]]]:
+    """{model name: (URL, command)} of a chat and an embeddings llama-server, on free ports."""
     model = model_file()
+    servers: dict[str, tuple[str, list[str]]] = {}
+    for name, embeddings in ((CHAT_MODEL, False), (EMBED_MODEL, True)):
+        port = free_port()
+        command = server_args(model, port, embeddings=embeddings, alias=name)
+        servers[name] = (f"http://127.0.0.1:{port}", command)
+    return servers
+
+
+@contextlib.contextmanager
+def running_servers(
+    servers: dict[str, tuple[str, list[str]]], log_dir: Path | None = None
+) -> Iterator[dict[str, str]]:
+    """Run llama-servers, {name: (URL, command)}, all loading at once; yields {name: URL}
+    once each is healthy (its log, when asked for, in `log_dir/NAME.log`)."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    commands: dict[str, list[str]] = {}
-    urls: dict[str, str] = {}
     try:
-        for name, embeddings in ((CHAT_MODEL, False), (EMBED_MODEL, True)):
-            port = free_port()
-            urls[name] = f"http://127.0.0.1:{port}"
-            commands[name] = server_args(model, port, embeddings=embeddings, alias=name)
-            procs[name] = _start(commands[name], name, log_dir)
-        for name, url in urls.items():
+        for name, (_, command) in servers.items():
+            procs[name] = _start(command, name, log_dir)
+        for name, (url, command) in servers.items():
             try:
-                _wait(name, url, commands[name], procs, log_dir)
+                _wait(name, url, command, procs, log_dir)
             except LocalError as exc:
                 where = f"; its log: {log_dir / f'{name}.log'}" if log_dir is not None else ""
                 raise LocalError(f"{exc}{where}") from exc
-        yield urls
+        yield {name: url for name, (url, _) in servers.items()}
     finally:
         for proc in procs.values():
             proc.terminate()

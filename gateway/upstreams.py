@@ -158,7 +158,9 @@ async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeou
 async def _read_identity(
     session: aiohttp.ClientSession, upstream: Upstream, probe_timeout: float
 ) -> None:
-    """What a healthy upstream serves; a server without these routes keeps what it had."""
+    """What a healthy upstream serves. A route it does not have (404: a server other than
+    llama-server may lack `/props`) says nothing; any other failure keeps what it had, as an
+    identity read from one answer of two would differ from the last and churn stored answers."""
     timeout = aiohttp.ClientTimeout(total=probe_timeout)
     headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else None
     answers = []
@@ -166,6 +168,9 @@ async def _read_identity(
         for url in (upstream.props_url, upstream.models_url):
             async with session.get(url, timeout=timeout, headers=headers) as resp:
                 body = await resp.read()
+            if resp.status not in (200, 404):
+                log.debug("upstream %s answered %s to %s", upstream.url, resp.status, url.path)
+                return
             answers.append(orjson.loads(body) if resp.status == 200 else None)
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
         log.debug("cannot read what upstream %s serves: %r", upstream.url, exc)

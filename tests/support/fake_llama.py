@@ -54,6 +54,9 @@ class FakeLlama:
         self.model_path = "/models/fake.gguf"
         # Generation calls answered so far: what a `unique` answer's text names.
         self.calls = 0
+        # When set, `/props` answers this status and body instead (404 for a server without it).
+        self.props_answer: tuple[int, bytes] | None = None
+        self.props_reads = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._witness])
@@ -93,6 +96,10 @@ class FakeLlama:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
     async def props(self, request: web.Request) -> web.Response:
+        self.props_reads += 1
+        if self.props_answer is not None:
+            status, body = self.props_answer
+            return web.Response(status=status, body=body, content_type="application/json")
         settings = {"n_ctx": 4096, "params": {"temperature": 0.8, "seed": 4294967295}}
         return web.json_response(
             {

@@ -35,16 +35,17 @@ class Vector:
     def of(cls, values: object, space: str) -> Vector | None:
         """Normalised float32 from a list or array; None for anything that is not a finite,
         non-zero, one-dimensional vector."""
-        try:
-            array = np.asarray(values, dtype=np.float32)
-        except (TypeError, ValueError):
-            return None
-        if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
-            return None
-        norm = float(np.linalg.norm(array))
-        if not np.isfinite(norm) or norm == 0.0:
-            return None
-        return cls((array / norm).astype(np.float32), space)
+        with np.errstate(all="ignore"):  # overflows become inf, refused below
+            try:
+                array = np.asarray(values, dtype=np.float32)
+            except (TypeError, ValueError):
+                return None
+            if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+                return None
+            norm = float(np.linalg.norm(array))
+            if not np.isfinite(norm) or norm == 0.0:
+                return None
+            return cls((array / norm).astype(np.float32), space)
 
 
 class Partition:

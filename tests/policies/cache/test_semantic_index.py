@@ -10,10 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.policy import PolicyEnv
 from gateway.redis_client import RedisClient
 from policies.cache.semantic import SemanticIndex, Vector
+from policies.cache.semantic_mirror import Partition
 from tests.support.rate_limits import SHARED_REDIS, ReplyGate, drop_keys, private_redis
 from tests.support.semantic import replica, sample, semantic_env, semantic_settings, unit
 
@@ -197,3 +200,21 @@ async def test_a_silent_redis_gives_no_hit_within_the_timeout(started: Start, pr
         assert sample(env.metrics, "cache_semantic_lookups_total", result="unavailable") == 1
         gate.open.set()
         await own.close()
+
+
+@settings(max_examples=300)
+@given(st.lists(st.floats(width=64) | st.integers(), max_size=12))
+def test_a_vector_is_unit_length_or_none(values: list[float]) -> None:
+    vector = Vector.of(values, "s")
+    if vector is not None:
+        assert np.isfinite(vector.values).all()
+        assert abs(float(np.linalg.norm(vector.values)) - 1.0) < 1e-5
+
+
+@settings(max_examples=100)
+@given(st.integers(1, 9), st.lists(st.integers(0, 50), max_size=40))
+def test_a_partition_keeps_its_newest_entries(capacity: int, seeds: list[int]) -> None:
+    partition = Partition(capacity, 8)
+    for i, seed in enumerate(seeds):
+        partition.add(unit(seed).values, f"key-{i}")
+    assert sorted(partition.keys) == sorted(f"key-{i}" for i in range(len(seeds))[-capacity:])

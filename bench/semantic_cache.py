@@ -137,7 +137,7 @@ def report_rates(pairs: list[dict[str, Any]], variants: dict[str, list[float]]) 
         s, p = max(negatives, key=operator.itemgetter(0))
         same = sorted(s for p, s in zip(pairs, sims, strict=True) if p["same"])
         print(
-            f"{n}: highest hard negative {s:.4f} ({p['kind']}: {p['a']!r} / {p['b']!r}); "
+            f"{n}: highest hard negative {s:.6f} ({p['kind']}: {p['a']!r} / {p['b']!r}); "
             f"same pairs p50 {statistics.median(same):.4f}"
         )
 

@@ -239,6 +239,73 @@ USAGE = (
     ),
 )
 
+CACHE_LOOKUPS = "llama_gateway_cache_requests_total"
+CACHE = (
+    PanelSpec(
+        "Cache lookups per second",
+        "reqps",
+        (
+            Query(
+                f"sum by (endpoint, result) (rate({CACHE_LOOKUPS}{R}))",
+                "{{endpoint}} {{result}}",
+            ),
+        ),
+        "Requests the cache policy saw: hit (answered from the cache), miss (sent upstream, "
+        "stored if it could be), bypass (not cacheable, Cache-Control, or the cache unavailable).",
+    ),
+    PanelSpec(
+        "Cache hit ratio",
+        "percentunit",
+        (
+            Query(
+                f'sum by (endpoint) (rate({CACHE_LOOKUPS}{{result="hit"}}{R}))'
+                f' / sum by (endpoint) (rate({CACHE_LOOKUPS}{{result=~"hit|miss"}}{R}))',
+                "{{endpoint}}",
+            ),
+        ),
+        "Hits among the cacheable requests (bypasses left out).",
+    ),
+    PanelSpec(
+        "Tokens saved per second",
+        "short",
+        (
+            Query(
+                f"sum by (model) (rate(llama_gateway_cache_tokens_saved_total{R}))",
+                "{{model}}",
+            ),
+        ),
+        "Prompt and completion tokens of the answers served from the cache: work the "
+        "upstreams did not do.",
+    ),
+    PanelSpec(
+        "Cache bypasses per second by reason",
+        "reqps",
+        (Query(f"sum by (reason) (rate(llama_gateway_cache_bypasses_total{R}))", "{{reason}}"),),
+        "not_cacheable (not deterministic, per-token data), no_store (Cache-Control), "
+        "identity_unknown (what serves the model not read yet), store_unavailable (Redis down).",
+    ),
+    PanelSpec(
+        "Answers stored per second",
+        "short",
+        (
+            Query(f"sum(rate(llama_gateway_cache_stored_entries_total{R}))", "entries"),
+            Query(
+                f"sum(rate(llama_gateway_cache_memory_evictions_total{R}))",
+                "evicted (in process)",
+            ),
+        ),
+        "New entries written, and entries the in-process store evicted to stay within "
+        "memory_max_bytes.",
+    ),
+    PanelSpec(
+        "In-process cache size",
+        "bytes",
+        (Query("sum by (instance) (llama_gateway_cache_memory_bytes)", "{{instance}}"),),
+        "Bytes held by each instance's in-process store (all workers together); 0 when the "
+        "cache is in Redis (watch Redis's used_memory there).",
+    ),
+)
+
 PROCESS = (
     PanelSpec(
         "CPU (cores)",
@@ -264,6 +331,7 @@ ROWS = (
     ("Latency and tokens", LATENCY),
     ("Policies: rate limits, auth", POLICIES),
     ("Upstreams", UPSTREAMS),
+    ("Response cache", CACHE),
     ("Usage pipeline and dependencies", USAGE),
     ("Process resources", PROCESS),
 )

@@ -134,6 +134,8 @@ class Stack:
             (chat, {**CHAT, "stream": True, "fake": {"chunks": 8, "delay": 0.01}}, premium),
             (chat, {**CHAT, "stream": True, "fake": {"chunks": 4}}, free),
             (self.gateway + "/v1/embeddings", {"model": "fake-embed", "input": "hi"}, premium),
+            # Cacheable (temperature 0): a miss the first round, a hit after.
+            (chat, {**CHAT, "temperature": 0}, premium),
             (chat, {**CHAT, "fake": {"status": 500}}, premium),  # upstream error: 5xx
             (chat, {**CHAT, "model": "nope"}, premium),  # 404 model_not_found
             (chat, CHAT, {}),  # 401: no key

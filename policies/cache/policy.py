@@ -10,10 +10,8 @@ there. `on_response` puts `X-Cache` (and `Age` on hits) on every answer it saw.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from multidict import CIMultiDict
 
@@ -21,7 +19,6 @@ from gateway.context import OK, Reply, RequestContext
 from gateway.endpoints import GENERATING
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
-from gateway.redis_client import RedisClient
 from gateway.streaming import STREAM_HEADERS
 from policies.cache.assemble import Assembler
 from policies.cache.coalesce import InFlight
@@ -41,8 +38,10 @@ from policies.cache.metrics import (
     CacheMetrics,
 )
 from policies.cache.replay import replay
+from policies.cache.semantic import semantic_problems
 from policies.cache.settings import CacheSettings, Rules
-from policies.cache.store import MemoryStore, RedisStore, Store, StoreDown
+from policies.cache.similar import Probe, Similar
+from policies.cache.store import RedisStore, Store, StoreDown, open_store
 
 _REPLAY_HEADERS = {k: v for k, v in STREAM_HEADERS.items() if k != "Content-Type"}
 
@@ -58,6 +57,8 @@ class Lookup:
     leads: bool = False  # identical misses wait for this one
     body: bytes | None = None  # a non-streamed answer, as tapped
     assembler: Assembler | None = None  # a streamed answer, as tapped
+    probe: Probe | None = None  # its side of the semantic index, when that is on
+    similarity: float | None = None  # a semantic hit's
 
     def keep(self, body: bytes) -> None:
         self.body = body
@@ -76,36 +77,30 @@ class CachePolicy(Policy):
         self.rules = {tier: settings.rules(tier) for tier in env.tiers}
         self.wait = settings.coalesce_wait_seconds
         self.store: Store | None = None
+        self.similar: Similar | None = None
         self.inflight = InFlight()
 
     @classmethod
     def problems(cls, settings: CacheSettings, env: PolicyEnv) -> list[str]:
-        return [
+        found = [
             f"tiers.{name}: unknown tier {name!r}; tiers are {sorted(env.tiers)}"
             for name in settings.tiers
             if name not in env.tiers
         ]
+        if settings.semantic is not None:
+            found += semantic_problems(settings.semantic, env)
+        return found
 
     async def start(self) -> None:
-        resources, storage = self.env.resources, self.env.config.storage
-        url = self.settings.redis_url or storage.redis_url
-        if url is None:
-            memory = await resources.get("cache.memory", _memory_store, _nothing)
-            memory.max_bytes = self.settings.memory_max_bytes
-            self.store = memory
-            self.env.metrics.track(self.metrics.memory_bytes, lambda: memory.bytes)
-            self.env.metrics.track(self.metrics.memory_entries, lambda: len(memory))
-            return
-        # The one connection of the process when it is the gateway's Redis (rate limits
-        # share it); a client of its own for a Redis of the cache's own.
-        name = "redis" if url == storage.redis_url else f"cache.redis.{_digest(url)}"
-        client = await resources.get(name, lambda: _client(url), _close)
-        self.env.metrics.track(self.metrics.memory_bytes, _zero)
-        self.env.metrics.track(self.metrics.memory_entries, _zero)
-        where = url.rpartition("@")[2]  # no credentials in logs
-        self.store = RedisStore(
-            client, storage.redis_timeout_seconds, self.settings.key_prefix, where
-        )
+        self.store, client = await open_store(self.settings, self.env, self.metrics)
+        semantic = self.settings.semantic
+        if semantic is not None:
+            self.similar = Similar(semantic, self.env, client, self.settings.key_prefix)
+            await self.similar.start()
+
+    async def close(self) -> None:
+        if self.similar is not None:
+            await self.similar.close()
 
     async def readiness(self) -> Mapping[str, Check]:
         if not isinstance(self.store, RedisStore):
@@ -117,7 +112,7 @@ class CachePolicy(Policy):
         rules = self.rules.get(ctx.tier, self.default) if ctx.tier else self.default
         state = ctx.state[self.name] = Lookup(BYPASS, rules)
         try:
-            key, fresh = await self._key(ctx, rules)
+            key, fresh = await self._key(ctx, state)
         except _Bypass as bypass:
             self.metrics.bypass(ctx.endpoint, bypass.reason)
             return None
@@ -127,10 +122,11 @@ class CachePolicy(Policy):
         state.key = key
         return await self._lookup_or_lead(ctx, state, fresh)
 
-    async def _key(self, ctx: RequestContext, rules: Rules) -> tuple[str, bool]:
+    async def _key(self, ctx: RequestContext, state: Lookup) -> tuple[str, bool]:
         """The request's key and whether it asks for a fresh answer (`no-cache`);
         `_Bypass` when it is not to be cached. Cheap until the request is known to be
         cacheable: a few lookups, no canonical form, no hash."""
+        rules = state.rules
         if ctx.endpoint not in CACHED_ENDPOINTS:
             raise _Bypass(NOT_CACHEABLE)
         if not rules.enabled:
@@ -145,9 +141,12 @@ class CachePolicy(Policy):
         identity = self.env.upstreams.identity(model)
         if identity is None:
             raise _Bypass(IDENTITY_UNKNOWN)
-        key = cache_key(ctx.endpoint, model, identity, scope_of(ctx, rules.scope), body)
+        scope = scope_of(ctx, rules.scope)
+        key = cache_key(ctx.endpoint, model, identity, scope, body)
         if key is None:
             raise _Bypass(NOT_CACHEABLE)
+        if self.similar is not None:
+            state.probe = self.similar.probe(ctx.endpoint, model, identity, scope, body)
         return key, fresh
 
     async def _lookup_or_lead(
@@ -157,7 +156,7 @@ class CachePolicy(Policy):
         no lookup and no waiting for another request; the answer is stored."""
         if not fresh:
             try:
-                entry = await self._lookup(ctx, state.key)
+                entry = await self._lookup(state)
             except StoreDown:
                 self.metrics.bypass(ctx.endpoint, STORE_DOWN)
                 return None
@@ -180,12 +179,19 @@ class CachePolicy(Policy):
             ctx.tap(state.keep)
         return None
 
-    async def _lookup(self, ctx: RequestContext, key: str) -> Entry | None:
-        """The stored answer of `key`: the one place a lookup happens. A further kind of
-        lookup (an exact miss answered with another key's entry, found from the request)
-        goes here, as the matching indexing goes in `_store`."""
+    async def _lookup(self, state: Lookup) -> Entry | None:
+        """The stored answer of the request's key or, after an exact miss with the semantic
+        index on, that of the closest prompt of its partition (the one place a lookup
+        happens; `_store` is the one place answers are indexed)."""
         assert self.store is not None, "start() runs before any request"
-        return await self.store.get(key)
+        entry = await self.store.get(state.key)
+        if entry is not None or state.probe is None or self.similar is None:
+            return entry
+        found = await self.similar.find(state.probe, self.store)
+        if found is None:
+            return None
+        entry, state.similarity = found
+        return entry
 
     def _hit(self, ctx: RequestContext, state: Lookup, entry: Entry | None) -> Reply | None:
         """The answer of a hit; None for no entry, or one that cannot be replayed."""
@@ -213,6 +219,8 @@ class CachePolicy(Policy):
         headers["X-Cache"] = state.result.upper()
         if state.entry is not None:
             headers["Age"] = str(state.entry.age())
+            if state.similarity is not None:  # served for another, similar prompt
+                headers["X-Cache-Similarity"] = f"{state.similarity:.6f}"
 
     async def on_complete(self, ctx: RequestContext) -> None:
         state: Lookup | None = ctx.state.get(self.name)
@@ -251,6 +259,8 @@ class CachePolicy(Policy):
         if size:
             self.metrics.stored.inc()
             self.metrics.stored_bytes.inc(size)
+            if state.probe is not None and self.similar is not None:
+                await self.similar.remember(state.probe, state.key)
         dropped = getattr(self.store, "evictions", 0) - evicted
         if dropped > 0:
             self.metrics.evictions.inc(dropped)
@@ -259,27 +269,3 @@ class CachePolicy(Policy):
 class _Bypass(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-async def _memory_store() -> MemoryStore:
-    return MemoryStore(0)
-
-
-async def _client(url: str) -> RedisClient:
-    return RedisClient(url)
-
-
-async def _close(client: RedisClient) -> None:
-    await client.close()
-
-
-def _zero() -> float:
-    return 0.0
-
-
-async def _nothing(_: Any) -> None:
-    return None

@@ -42,10 +42,12 @@ class Vector:
                 return None
             if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
                 return None
-            norm = float(np.linalg.norm(array))
+            # In float64: the squares of tiny float32 values underflow and skew the norm.
+            wide = array.astype(np.float64)
+            norm = float(np.linalg.norm(wide))
             if not np.isfinite(norm) or norm == 0.0:
                 return None
-            return cls((array / norm).astype(np.float32), space)
+            return cls((wide / norm).astype(np.float32), space)
 
 
 class Partition:

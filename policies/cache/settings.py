@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from gateway.policy import PolicySettings
+from policies.cache.semantic_settings import SemanticSettings
 
 Scope = Literal["user", "tier", "global"]
 MIB = 1024 * 1024
@@ -46,6 +47,8 @@ class CacheSettings(PolicySettings):
     # A Redis of the cache's own (None: storage.redis_url; neither: the in-process store).
     redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
     key_prefix: str = Field("llgw:cache", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
+    # Opt-in: after an exact miss, serve the answer of a similar prompt (`semantic:` block).
+    semantic: SemanticSettings | None = None
 
     def rules(self, tier: str | None) -> Rules:
         """The rules of `tier` (None: of requests without one): its own entry over

@@ -10,13 +10,17 @@ Redis again), so an outage costs requests no waiting.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
-from typing import Protocol
+from typing import Any, Protocol
 
+from gateway.policy import PolicyEnv
 from gateway.redis_client import RedisClient, ReplyError, Unreachable
 from policies.cache.entry import Entry, decode, encode
+from policies.cache.metrics import CacheMetrics
+from policies.cache.settings import CacheSettings
 
 log = logging.getLogger("policies.cache")
 
@@ -136,3 +140,50 @@ class RedisStore:
             )
         self.retry_at = now + PAUSE_SECONDS
         return StoreDown(reason)
+
+
+async def open_store(
+    settings: CacheSettings, env: PolicyEnv, metrics: CacheMetrics
+) -> tuple[Store, RedisClient | None]:
+    """The store in force (Redis when a URL is set, else in process), and its Redis client."""
+    resources, storage = env.resources, env.config.storage
+    url = settings.redis_url or storage.redis_url
+    if url is None:
+        memory = await resources.get("cache.memory", _memory_store, _nothing)
+        memory.max_bytes = settings.memory_max_bytes
+        env.metrics.track(metrics.memory_bytes, lambda: memory.bytes)
+        env.metrics.track(metrics.memory_entries, lambda: len(memory))
+        return memory, None
+    # The one connection of the process when it is the gateway's Redis (rate limits
+    # share it); a client of its own for a Redis of the cache's own.
+    name = "redis" if url == storage.redis_url else f"cache.redis.{_digest(url)}"
+    client = await resources.get(name, lambda: _client(url), _close)
+    env.metrics.track(metrics.memory_bytes, _zero)
+    env.metrics.track(metrics.memory_entries, _zero)
+    where = url.rpartition("@")[2]  # no credentials in logs
+    store = RedisStore(client, storage.redis_timeout_seconds, settings.key_prefix, where)
+    return store, client
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+async def _memory_store() -> MemoryStore:
+    return MemoryStore(0)
+
+
+async def _client(url: str) -> RedisClient:
+    return RedisClient(url)
+
+
+async def _close(client: RedisClient) -> None:
+    await client.close()
+
+
+def _zero() -> float:
+    return 0.0
+
+
+async def _nothing(_: Any) -> None:
+    return None

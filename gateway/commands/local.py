@@ -18,8 +18,9 @@ from gateway.server import serve
 
 
 def default_settings() -> dict[str, Any]:
-    """Without --config: usage accounting and per-client rate limits on, in their embedded
-    stores unless --database-url / --redis-url name shared ones (each only if installed)."""
+    """Without --config: usage accounting, per-client rate limits and the response cache on,
+    in their embedded stores unless --database-url / --redis-url name shared ones (each only
+    if installed)."""
     chain: list[dict[str, Any]] = [
         {"type": "request_id"},
         {"type": "usage"},
@@ -27,6 +28,7 @@ def default_settings() -> dict[str, Any]:
             "type": "rate_limit",
             "default": {"requests_per_minute": 600, "tokens_per_minute": 200_000, "concurrency": 8},
         },
+        {"type": "cache"},
     ]
     installed = available()
     return {"policies": [entry for entry in chain if entry["type"] in installed]}

@@ -23,7 +23,7 @@ ROOT = Path(__file__).parents[2]
     ("shipped", "summary"),
     [
         ("examples/gateway.yaml", "0 tiers, policies: request_id"),
-        ("compose/gateway.yaml", "2 tiers, policies: request_id, usage, auth, rate_limit"),
+        ("compose/gateway.yaml", "2 tiers, policies: request_id, usage, auth, rate_limit, cache"),
     ],
 )
 def test_shipped_configs_are_valid(
@@ -119,7 +119,7 @@ def test_storage_flags_override_the_file(tmp_path: Path) -> None:
     assert config.storage.data_dir == "/srv/gw"
 
 
-def test_local_without_a_file_accounts_usage_and_limits_callers_in_embedded_stores(
+def test_local_without_a_file_accounts_usage_limits_callers_and_caches_in_embedded_stores(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("LLAMA_GATEWAY_CONFIG", raising=False)
@@ -129,7 +129,7 @@ def test_local_without_a_file_accounts_usage_and_limits_callers_in_embedded_stor
     assert config.storage.database_url is None
     assert config.storage.redis_url is None
     _, chain = build(PolicySource(config, None), Resources())
-    assert [p.name for p in chain.policies] == ["request_id", "usage", "rate_limit"]
+    assert [p.name for p in chain.policies] == ["request_id", "usage", "rate_limit", "cache"]
 
 
 def test_no_models_is_an_error_that_says_what_to_do() -> None:

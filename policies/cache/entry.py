@@ -11,6 +11,7 @@ so a hit reads the body without parsing it.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 import zlib
@@ -70,7 +71,8 @@ def decode(value: bytes) -> Entry | None:
         usage = orjson.loads(raw[start : start + length])
     except (zlib.error, struct.error, orjson.JSONDecodeError):
         return None
-    if usage is not None and not isinstance(usage, dict):
+    # A time that is no time (inf, nan) would make the `Age` header fail.
+    if not math.isfinite(stored_at) or (usage is not None and not isinstance(usage, dict)):
         return None
     return Entry(raw[start + length :], usage, stored_at)
 

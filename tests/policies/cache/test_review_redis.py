@@ -6,10 +6,12 @@ from __future__ import annotations
 import struct
 import zlib
 
+import orjson
 import pytest
 import redis
 
-from policies.cache.entry import FORMAT, decode
+from policies.cache.entry import FORMAT, answer_of, decode
+from policies.cache.replay import replay
 from tests.support.caches import CHAT0, ask, cache_gateway, stored
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import GatewayFactory
@@ -47,3 +49,11 @@ async def test_a_forged_stored_time_is_never_a_500(
         store.close()
     resp = await client.post("/v1/chat/completions", json=CHAT0)
     assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("reason", [[], {}, ["stop"]])
+def test_a_finish_reason_that_is_no_string_is_no_answer(reason: object) -> None:
+    # Reached by a stored value replayed to a streaming client, and by an upstream's answer.
+    body = orjson.dumps({"choices": [{"index": 0, "text": "x", "finish_reason": reason}]})
+    assert answer_of("completions", body) is None
+    assert replay("completions", body, wants_usage=False) is None

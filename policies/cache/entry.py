@@ -92,7 +92,10 @@ def answer_of(endpoint: str, body: bytes) -> dict[str, Any] | None:
         return None
     chat = endpoint == CHAT_COMPLETIONS.name
     for choice in choices:
-        if not isinstance(choice, dict) or choice.get("finish_reason") not in FINISHED:
+        if not isinstance(choice, dict):
+            return None
+        reason = choice.get("finish_reason")
+        if not isinstance(reason, str) or reason not in FINISHED:
             return None
         if chat and not _plain_message(choice.get("message")):
             return None

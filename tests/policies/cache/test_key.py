@@ -34,9 +34,7 @@ def key(body: dict[str, Any], **parts: str) -> str | None:
 
 def floated(body: dict[str, Any]) -> dict[str, Any]:
     """`body` with every top-level integer written as a float where that keeps its value."""
-    return {
-        k: float(v) if type(v) is int and abs(v) < 2**53 else v for k, v in body.items()
-    }
+    return {k: float(v) if type(v) is int and abs(v) < 2**53 else v for k, v in body.items()}
 
 
 @given(BODIES)

@@ -18,8 +18,7 @@ from tests.support.gateways import GatewayFactory
 from tests.support.rate_limits import SHARED_REDIS, STORAGE
 
 ANSWER = (
-    b'{"choices":[{"index":0,"message":{"role":"assistant","content":"x"},'
-    b'"finish_reason":"stop"}]}'
+    b'{"choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]}'
 )
 
 

@@ -34,7 +34,8 @@ class Upstream:
     in_flight: int = 0
     # Rotates ties between equally loaded upstreams.
     picks: int = 0
-    # What it serves (`gateway.identity`), once a probe has read it; kept while it is down.
+    # What it serves (`gateway.identity`), once a probe has read it; kept while it is down,
+    # read afresh when it is back (None while that read fails).
     identity: str | None = None
     # Parsed once: building URLs per request is measurable on the hot path.
     endpoint_urls: dict[str, URL] = field(init=False)
@@ -123,8 +124,11 @@ class Pool:
         return self._identities.get(model)
 
     def refresh_identities(self) -> None:
+        """Each model's identity; None while an upstream that may be picked cannot say
+        what it serves (its answers are not to be taken for another's)."""
         for model, upstreams in self.by_model.items():
-            identity = model_identity(u.identity for u in upstreams)
+            unknown = any(u.usable and u.identity is None for u in upstreams)
+            identity = None if unknown else model_identity(u.identity for u in upstreams)
             if identity != self._identities.get(model):
                 log.info(
                     "model %s is served by %s",
@@ -145,8 +149,10 @@ async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeou
         ) as resp:
             await resp.read()
             if resp.status == 200:
-                upstream.mark(HEALTHY)
+                if upstream.state != HEALTHY:  # back: it may serve another model file now
+                    upstream.identity = None
                 await _read_identity(session, upstream, probe_timeout)
+                upstream.mark(HEALTHY)
             elif resp.status == 503:
                 upstream.mark(LOADING, "health answered 503 (loading the model)")
             else:
@@ -183,7 +189,11 @@ async def _read_identity(
 async def probe_forever(
     session: aiohttp.ClientSession, pool: Pool, interval: float, probe_timeout: float
 ) -> None:
-    while True:
-        await asyncio.gather(*(probe(session, u, probe_timeout) for u in pool.upstreams))
+    async def one(upstream: Upstream) -> None:
+        await probe(session, upstream, probe_timeout)
+        # At once: an upstream marked healthy is not picked under another's identity.
         pool.refresh_identities()
+
+    while True:
+        await asyncio.gather(*(one(u) for u in pool.upstreams))
         await asyncio.sleep(interval)

@@ -11,6 +11,7 @@ so a hit reads the body without parsing it.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 import zlib
@@ -70,7 +71,8 @@ def decode(value: bytes) -> Entry | None:
         usage = orjson.loads(raw[start : start + length])
     except (zlib.error, struct.error, orjson.JSONDecodeError):
         return None
-    if usage is not None and not isinstance(usage, dict):
+    # A time that is no time (inf, nan) would make the `Age` header fail.
+    if not math.isfinite(stored_at) or (usage is not None and not isinstance(usage, dict)):
         return None
     return Entry(raw[start + length :], usage, stored_at)
 
@@ -90,7 +92,10 @@ def answer_of(endpoint: str, body: bytes) -> dict[str, Any] | None:
         return None
     chat = endpoint == CHAT_COMPLETIONS.name
     for choice in choices:
-        if not isinstance(choice, dict) or choice.get("finish_reason") not in FINISHED:
+        if not isinstance(choice, dict):
+            return None
+        reason = choice.get("finish_reason")
+        if not isinstance(reason, str) or reason not in FINISHED:
             return None
         if chat and not _plain_message(choice.get("message")):
             return None

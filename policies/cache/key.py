@@ -8,8 +8,11 @@ requests that pass it.
 The key is a SHA-256 over a canonical form of everything that can change the answer: the
 endpoint, the model name and the identity of what serves it, the scope, the key's
 version, and the body as sent upstream minus the fields that cannot change the answer
-(`IGNORED`). Canonical: keys sorted at every level, integral floats written as integers
-(`0.0` and `0` are one number to llama-server), booleans kept apart from numbers.
+(`IGNORED`). Canonical at the top level only: fields sorted, integral floats written as
+integers (`0.0` and `0` are one number to llama-server), booleans kept apart from numbers.
+Nested values are kept as sent: llama-server reads JSON in order, so a JSON schema's
+property order is the order of the answer's fields, and a chat template writes tools'
+JSON (key order, `1.0` or `1`) into the prompt.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from gateway.context import RequestContext
 from gateway.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 
 # Bumped whenever the canonical form or the stored entry changes meaning.
-KEY_VERSION = 1
+KEY_VERSION = 2
 CACHED_ENDPOINTS = frozenset({CHAT_COMPLETIONS.name, COMPLETIONS.name, EMBEDDINGS.name})
 DETERMINISTIC_ALWAYS = frozenset({EMBEDDINGS.name})
 # Fields that do not change the answer's content:
@@ -43,7 +46,6 @@ RANDOM_SEED = 0xFFFFFFFF
 PER_TOKEN = ("logprobs", "top_logprobs", "n_probs", "timings_per_token", "post_sampling_probs")
 # Integral floats up to this size become integers (orjson writes integers of 64 bits).
 _INTEGRAL = 2.0**63
-_SORTED = orjson.OPT_SORT_KEYS
 
 
 def deterministic(endpoint: str, body: dict[str, Any]) -> bool:
@@ -61,16 +63,9 @@ def deterministic(endpoint: str, body: dict[str, Any]) -> bool:
 
 
 def canonical(value: Any) -> Any:
-    """`value` with integral floats as integers, at every depth (keys are sorted on output)."""
-    kind = type(value)
-    if kind is float:
-        if value.is_integer() and abs(value) < _INTEGRAL:
-            return int(value)
-        return value
-    if kind is dict:
-        return {k: canonical(v) for k, v in value.items()}
-    if kind is list:
-        return [canonical(v) for v in value]
+    """A top-level field's value: an integral float as an integer, anything else as sent."""
+    if type(value) is float and value.is_integer() and abs(value) < _INTEGRAL:
+        return int(value)
     return value
 
 
@@ -80,8 +75,8 @@ def cache_key(
     """The hex SHA-256 naming the stored answer of this request; None for a body nested
     too deeply to write out again (llama-server gets it as sent, uncached)."""
     try:
-        kept = {k: canonical(v) for k, v in body.items() if k not in IGNORED}
-        form = orjson.dumps([KEY_VERSION, endpoint, model, identity, scope, kept], option=_SORTED)
+        kept = {k: canonical(body[k]) for k in sorted(body) if k not in IGNORED}
+        form = orjson.dumps([KEY_VERSION, endpoint, model, identity, scope, kept])
     except (RecursionError, orjson.JSONEncodeError):
         return None
     return hashlib.sha256(form).hexdigest()

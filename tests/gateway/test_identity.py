@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from gateway.app import STATE
 from gateway.identity import model_identity, upstream_identity
-from gateway.upstreams import HEALTHY, Pool, Upstream
+from gateway.upstreams import DOWN, HEALTHY, Pool, Upstream
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import CHAT, GatewayFactory
 from tests.support.waiting import eventually
@@ -151,8 +151,12 @@ def test_the_pool_keeps_one_identity_per_model() -> None:
     assert pool.identity("unknown") is None
     ups[1].identity = "x"
     pool.refresh_identities()
-    assert pool.identity("m") == "x"  # an upstream not yet read is left out
-    ups[0].identity = "y"
+    # An upstream that may be picked and is not yet read: its answers are nobody's.
+    assert pool.identity("m") is None
+    ups[0].state = DOWN
+    pool.refresh_identities()
+    assert pool.identity("m") == "x"  # one that is not picked is left out
+    ups[0].state, ups[0].identity = HEALTHY, "y"
     pool.refresh_identities()
     assert pool.identity("m") == model_identity(["x", "y"])
 

@@ -32,15 +32,9 @@ def key(body: dict[str, Any], **parts: str) -> str | None:
     return cache_key(where["endpoint"], where["model"], where["identity"], where["scope"], body)
 
 
-def floated(value: Any) -> Any:
-    """`value` with every integer written as a float where that keeps its value."""
-    if type(value) is int and abs(value) < 2**53:
-        return float(value)
-    if isinstance(value, dict):
-        return {k: floated(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [floated(v) for v in value]
-    return value
+def floated(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with every top-level integer written as a float where that keeps its value."""
+    return {k: float(v) if type(v) is int and abs(v) < 2**53 else v for k, v in body.items()}
 
 
 @given(BODIES)
@@ -87,7 +81,7 @@ def test_a_different_value_changes_the_key(body: dict[str, Any], name: str, a: A
 
 
 def written(value: Any) -> bytes:
-    return orjson.dumps(canonical(value), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(canonical(value))
 
 
 def test_endpoint_model_identity_and_scope_each_change_the_key() -> None:

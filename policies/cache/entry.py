@@ -28,6 +28,8 @@ _HEAD = struct.Struct("!dI")
 FINISHED = frozenset({"stop", "length"})
 # zlib's level 1: most of level 6's saving on JSON answers for a fraction of its time.
 LEVEL = 1
+# The most a stored value inflates to: the largest `max_entry_bytes` and room for usage.
+MAX_INFLATED = 65 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -65,7 +67,12 @@ def decode(value: bytes) -> Entry | None:
     if not value.startswith(FORMAT):
         return None
     try:
-        raw = zlib.decompress(value[1:])
+        # Bounded: a value under the cache's keys that inflates past any answer the
+        # cache stores (a damaged or planted one) is refused, not inflated.
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(value[1:], MAX_INFLATED)
+        if inflater.unconsumed_tail or not inflater.eof:  # too large, or cut short
+            return None
         stored_at, length = _HEAD.unpack_from(raw)
         start = _HEAD.size
         usage = orjson.loads(raw[start : start + length])

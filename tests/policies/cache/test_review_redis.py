@@ -56,3 +56,10 @@ def test_a_finish_reason_that_is_no_string_is_no_answer(reason: object) -> None:
     body = orjson.dumps({"choices": [{"index": 0, "text": "x", "finish_reason": reason}]})
     assert answer_of("completions", body) is None
     assert replay("completions", body, wants_usage=False) is None
+
+
+def test_a_value_that_inflates_past_any_stored_answer_is_refused() -> None:
+    # 80 MiB of zeros compress to about 80 KB: more than any entry the cache writes.
+    bomb = FORMAT + zlib.compress(b"\0" * (80 * 1024 * 1024), 9)
+    assert len(bomb) < 200_000
+    assert decode(bomb) is None

@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from gateway.local import CHAT_MODEL
-from tests.support.processes import GATEWAY_START_TIMEOUT, listening_port, log_tail
+from tests.support.processes import configured_client
 from tests.support.rate_limits import SHARED_REDIS, drop_keys, unique_prefix
 
 pytestmark = pytest.mark.e2e
@@ -29,44 +24,25 @@ REQUESTS_PER_MINUTE = 3
 def limited_client(llama_urls: dict[str, str], tmp_path: Path) -> Iterator[openai.OpenAI]:
     """The SDK in front of a gateway subprocess allowing 3 requests a minute, on Redis."""
     prefix = unique_prefix()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
-        yaml.safe_dump(
+    config = {
+        "models": {name: {"upstreams": [url]} for name, url in llama_urls.items()},
+        "storage": {"redis_url": SHARED_REDIS, "redis_timeout_seconds": 2},
+        "policies": [
+            {"type": "request_id"},
             {
-                "models": {name: {"upstreams": [url]} for name, url in llama_urls.items()},
-                "storage": {"redis_url": SHARED_REDIS, "redis_timeout_seconds": 2},
-                "policies": [
-                    {"type": "request_id"},
-                    {
-                        "type": "rate_limit",
-                        "key_prefix": prefix,
-                        "default": {
-                            "requests_per_minute": REQUESTS_PER_MINUTE,
-                            "tokens_per_minute": 50_000,
-                        },
-                    },
-                ],
-            }
-        )
-    )
-    log = tmp_path / "gateway.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", "0"]
-    env = {k: v for k, v in os.environ.items() if k != "LLAMA_GATEWAY_CONFIG"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+                "type": "rate_limit",
+                "key_prefix": prefix,
+                "default": {
+                    "requests_per_minute": REQUESTS_PER_MINUTE,
+                    "tokens_per_minute": 50_000,
+                },
+            },
+        ],
+    }
     try:
-        deadline = time.monotonic() + GATEWAY_START_TIMEOUT
-        while (port := listening_port(log)) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the rate-limited gateway did not start\n{log_tail(log)}")
-            time.sleep(0.05)
-        with openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60
-        ) as client:
+        with configured_client(config, tmp_path) as client:
             yield client
     finally:
-        proc.terminate()
-        proc.wait(15)
         drop_keys(SHARED_REDIS, prefix)
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +11,7 @@ import openai
 import pytest
 
 from gateway.local import CHAT_MODEL, EMBED_MODEL
-from tests.support.processes import GATEWAY_START_TIMEOUT, listening_port, log_tail
+from tests.support.processes import configured_gateway
 from tests.support.usage import pg_rows, usage_settings, wait_for_rows
 
 pytestmark = pytest.mark.e2e
@@ -26,25 +22,13 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Say hello in one short sente
 @pytest.fixture
 def usage_gateway_url(llama_urls: dict[str, str], pg_url: str, tmp_path: Path) -> Iterator[str]:
     """A gateway subprocess with the usage policy writing to PostgreSQL."""
-    config = tmp_path / "gateway.yaml"
-    storage = {"database_url": pg_url, "data_dir": str(tmp_path / "data")}
-    policies = [{"type": "request_id"}, usage_settings()]
-    config.write_text(f"storage: {json.dumps(storage)}\npolicies: {json.dumps(policies)}\n")
-    upstreams = [f"--upstream={model}={url}" for model, url in llama_urls.items()]
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", "0", "--config", str(config)]
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*cmd, *upstreams], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + GATEWAY_START_TIMEOUT
-        while (port := listening_port(log)) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the usage gateway did not start\n{log_tail(log)}", pytrace=False)
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, log_tail(log)
+    config = {
+        "models": {name: {"upstreams": [url]} for name, url in llama_urls.items()},
+        "storage": {"database_url": pg_url, "data_dir": str(tmp_path / "data")},
+        "policies": [{"type": "request_id"}, usage_settings()],
+    }
+    with configured_gateway(config, tmp_path) as gateway:
+        yield gateway.url
 
 
 async def test_usage_rows_hold_the_tokens_the_sdk_reported(

@@ -8,13 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
 import pytest
+import yaml
 
 LOG_LINE_SECONDS = 60  # per line: only so that a broken build fails instead of hanging
 
@@ -132,3 +135,40 @@ def listening_port(log: Path) -> int | None:
                 ):
                     return int(record["port"])
     return None
+
+
+@contextlib.contextmanager
+def configured_gateway(config: Mapping[str, Any], tmp_path: Path) -> Iterator[Gateway]:
+    """`gateway.cli serve --config` on a file holding `config`, on a free port, until the
+    block ends (the test fails with the log's tail when it does not start)."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(dict(config)))
+    log = tmp_path / "gateway.log"
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--port", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_GATEWAY_CONFIG"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT
+        while (port := listening_port(log)) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the gateway did not start\n{log_tail(log)}", pytrace=False)
+            time.sleep(0.05)
+        yield Gateway(f"http://127.0.0.1:{port}", proc, log)
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+    if code != 0:  # a gateway that does not stop cleanly fails the test that used it
+        pytest.fail(f"the gateway exited with code {code}\n{log_tail(log)}", pytrace=False)
+
+
+@contextlib.contextmanager
+def configured_client(config: Mapping[str, Any], tmp_path: Path) -> Iterator[openai.OpenAI]:
+    """The official OpenAI SDK in front of a `configured_gateway`."""
+    with (
+        configured_gateway(config, tmp_path) as gateway,
+        openai.OpenAI(
+            base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120
+        ) as client,
+    ):
+        yield client

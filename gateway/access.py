@@ -51,6 +51,7 @@ class AccessLog:
             "outcome": ctx.outcome,
             "model": ctx.model,
             "upstream": ctx.upstream,
+            "attempts": ctx.attempts,
             "stream": ctx.stream,
             "principal": ctx.principal,
             "tier": ctx.tier,

@@ -12,17 +12,19 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from gateway.private import private_dir
+from gateway.resilience import BreakerConfig, RetryConfig
+from gateway.settings import PolicySettings as PolicySettings  # re-exported
+from gateway.settings import PositiveFloat
 
 CONFIG_ENV = "LLAMA_GATEWAY_CONFIG"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
-PositiveFloat = Annotated[float, Field(gt=0)]
 SQLITE_FILE = "gateway.db"
 
 
@@ -33,14 +35,6 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: invalid configuration\n  " + "\n  ".join(problems))
-
-
-class PolicySettings(BaseModel):
-    """The base of every settings model, the gateway's own sections and each policy's:
-    unknown keys are errors, and settings do not change once read. Policies import it
-    from the plugin API, `gateway.policy`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ServerConfig(PolicySettings):
@@ -60,6 +54,9 @@ class UpstreamConfig(PolicySettings):
     health_interval_seconds: PositiveFloat = 5.0
     health_timeout_seconds: PositiveFloat = 2.0
     max_connections: int = Field(0, ge=0)
+    # Failover to another replica before the answer starts, and per-upstream circuits.
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
 
 
 class ModelConfig(PolicySettings):

@@ -53,7 +53,9 @@ class RequestContext:
     body: dict[str, Any] | None = None
     body_changed: bool = False  # a policy changed `body`: it is serialised again upstream
     upstream_headers: dict[str, str] = field(default_factory=dict)  # extra headers upstream
-    upstream: str | None = None
+    upstream: str | None = None  # the last one called
+    # Calls made to upstreams: more than one when failover tried another (`gateway.failover`).
+    attempts: int = 0
     status: int = 0
     outcome: str = OK
     error: str | None = None

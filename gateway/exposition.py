@@ -40,12 +40,15 @@ PUBLISH_SECONDS = 1.0
 
 
 def publish_pool(metrics: Metrics, pool: Pool) -> None:
-    """Copy the upstreams' health and in-flight counts into their gauges."""
+    """Copy the upstreams' health, in-flight counts and circuit states into their gauges."""
     for upstream in pool.upstreams:
         metrics.upstream_up.labels(upstream.url, upstream.model).set(
             1 if upstream.state == HEALTHY else 0
         )
         metrics.upstream_in_flight.labels(upstream.url, upstream.model).set(upstream.in_flight)
+        metrics.upstream_circuit.labels(upstream.url, upstream.model).set(
+            upstream.circuit.current()
+        )
 
 
 async def publish_forever(metrics: Metrics, pool: Pool) -> None:

@@ -130,6 +130,20 @@ class Metrics(MetricSet):
             "Requests being answered by each upstream right now.",
             ("upstream", "model"),
         )
+        self.upstream_circuit = self.gauge(
+            "upstream_circuit_state",
+            "Each upstream's circuit breaker: 0 closed, 1 half-open (one trial request may "
+            "go), 2 open (no traffic until its cool-down ends).",
+            ("upstream", "model"),
+            mode="livemax",
+        )
+        self.upstream_retries = self.counter(
+            "upstream_retries",
+            "Attempts made again on another upstream after one failed before the answer "
+            "started, by model and by why the previous attempt failed (connect, reset, "
+            "timeout, loading, server_error).",
+            ("model", "reason"),
+        )
 
     def set_tiers(self, tiers: Iterable[str]) -> None:
         """The tier names in force (after each policy load): the only tier label values."""

@@ -32,7 +32,8 @@ def upstream_headers(
     return headers
 
 
-def upstream_payload(ctx: RequestContext) -> bytes | io.BytesIO:
+def upstream_payload(ctx: RequestContext) -> bytes:
+    """The body sent upstream, built once: every attempt of a request sends these bytes."""
     body = ctx.body
     assert body is not None
     payload = ctx.raw_body
@@ -42,7 +43,12 @@ def upstream_payload(ctx: RequestContext) -> bytes | io.BytesIO:
         payload = serialise_body(body)
     elif ctx.body_changed:
         payload = serialise_body(body)
-    # aiohttp sends big bodies in pieces only from a file-like object.
+    return payload
+
+
+def sendable(payload: bytes) -> bytes | io.BytesIO:
+    """What one attempt posts: aiohttp sends big bodies in pieces only from a file-like
+    object, which a retry cannot read again (a fresh one per attempt)."""
     return io.BytesIO(payload) if len(payload) > LARGE_BODY else payload
 
 

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.access import AccessLog
+from gateway.calls import Caller
 from gateway.config import GatewayConfig
 from gateway.context import (
     DISCONNECTED,
@@ -24,13 +25,13 @@ from gateway.context import (
     RequestContext,
 )
 from gateway.endpoints import MODEL_ENDPOINTS
-from gateway.errors import GatewayError, bad_request, internal_error, upstream_failed
+from gateway.errors import GatewayError, bad_request, internal_error
+from gateway.failover import Failover
 from gateway.logs import current_request
-from gateway.outbound import unanswered, upstream_headers, upstream_payload
+from gateway.outbound import upstream_payload
 from gateway.policy import Chain
+from gateway.resilience import Failure
 from gateway.runtime import PolicyRuntime
-from gateway.sse import body_usage, upstream_message
-from gateway.streaming import UPSTREAM_BROKEN, relay_stream
 from gateway.tracing import Tracing
 from gateway.upstreams import Pool, Upstream
 
@@ -50,15 +51,10 @@ class Relay:
         self.tracing = tracing
         self.metrics = runtime.metrics
         self.pool = pool
+        self.failover = Failover(config.upstream.retry, pool, runtime.metrics)
         self.session = session
         self.max_body = config.server.max_body_bytes
-        self.idle_timeout = config.upstream.idle_timeout
-        self.first_byte_timeout = config.upstream.first_byte_timeout
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=config.upstream.connect_timeout,
-            sock_read=config.upstream.first_byte_timeout,
-        )
+        self.caller = Caller(config, session, tracing, _finish)
         self.access_log = AccessLog() if config.logging.access_log else None
         self.default_model = next(iter(config.models)) if len(config.models) == 1 else None
         created = int(time.time())
@@ -177,13 +173,18 @@ class Relay:
         if ctx.model is None:
             raise bad_request("Missing required parameter: 'model'.", param="model")
         upstream = self.pool.pick(ctx.model)
-        ctx.upstream = upstream.url
-        upstream.in_flight += 1
+        payload = upstream_payload(ctx)  # built once: a retry sends the same bytes
+
+        async def attempt(upstream: Upstream) -> web.StreamResponse:
+            return await self.caller.attempt(ctx, chain, upstream, payload)
+
         started = time.perf_counter()
         try:
-            return await self._call(ctx, chain, upstream)
+            try:
+                return await attempt(upstream)
+            except Failure as failure:
+                return await self._failed(ctx, chain, failure, upstream, attempt)
         finally:
-            upstream.in_flight -= 1
             # A whole body is read before it is sent on: its last byte came at `first_byte_at`.
             # A stream's relay interleaves reading and writing: all of it counts as upstream.
             end = ctx.first_byte_at
@@ -191,60 +192,24 @@ class Relay:
                 end = time.perf_counter()
             ctx.upstream_seconds = end - started
 
-    async def _call(
-        self, ctx: RequestContext, chain: Chain, upstream: Upstream
+    async def _failed(
+        self,
+        ctx: RequestContext,
+        chain: Chain,
+        failure: Failure,
+        upstream: Upstream,
+        attempt: Callable[[Upstream], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        url = upstream.endpoint_urls[ctx.endpoint]
-        headers = upstream_headers(ctx, upstream, self.tracing)
+        """Failover after a first attempt failed before any byte reached the client; once
+        none is left to make, the last failure is the answer (the upstream's own, if any)."""
         try:
-            resp = await self.session.post(
-                url, data=upstream_payload(ctx), headers=headers, timeout=self.timeout
-            )
-        except UPSTREAM_BROKEN as exc:
-            raise unanswered(ctx, upstream, exc, self.first_byte_timeout) from exc
-        try:
-            protocol = resp.connection.protocol if resp.connection else None
-            if protocol is not None:
-                # From now on the wait between two reads is bounded by the idle timeout.
-                # aiohttp has no public way to change it once the head is in: this relies
-                # on its protocol's `read_timeout` and `start_timeout()`, which
-                # tests/gateway/test_aiohttp_internals.py checks.
-                protocol.read_timeout = self.idle_timeout
-                protocol.start_timeout()
-            ctx.status = resp.status
-            if resp.content_type == "text/event-stream":
-                return await relay_stream(ctx, resp, chain)
-            return await self._relay_body(ctx, chain, resp)
-        finally:
-            # Releasing a half-read answer closes its connection (a complete one goes back
-            # to the pool): that is how llama-server learns the client is gone.
-            resp.release()
-
-    async def _relay_body(
-        self, ctx: RequestContext, chain: Chain, resp: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
-        try:
-            data = await resp.read()
-        except UPSTREAM_BROKEN as exc:
-            raise upstream_failed(
-                f"The upstream's answer broke off: {exc.__class__.__name__}."
-            ) from exc
-        ctx.first_byte_at = time.perf_counter()
-        if resp.status < 400:
-            ctx.usage = body_usage(data)
-        else:
-            ctx.outcome = UPSTREAM_ERROR
-            ctx.error = upstream_message(data)
-        headers = CIMultiDict(
-            {"Content-Type": resp.headers.get("Content-Type", "application/json")}
-        )
-        await chain.on_response(ctx, headers)
-        if chain.wants_events:
-            data = await chain.on_event(ctx, data) or b""
-        if ctx.taps is not None:
-            for receive in ctx.taps:
-                receive(data)
-        return await _finish(ctx, web.Response(status=resp.status, body=data, headers=headers))
+            return await self.failover.retry(ctx, failure, upstream, attempt)
+        except Failure as last:
+            if last.answer is not None:
+                return await self.caller.relay_body(ctx, chain, *last.answer)
+            if ctx.attempts > 1:
+                last.error.message += f" ({ctx.attempts} attempts)"
+            raise last.error from last
 
     async def drain(self) -> None:
         """Wait for completion work still running (at shutdown)."""

@@ -2,9 +2,10 @@
 
 Off by default (`tracing.enabled: false`): then nothing here is imported and a request
 pays one `is None` check. On, a request's span continues the caller's trace (W3C
-`traceparent`), is named after the endpoint, carries model, tier, upstream, status and
-token counts, and its own `traceparent` goes to llama-server so the upstream call joins
-the trace. Needs the `otel` extra: `pip install 'llama-gateway[otel]'`.
+`traceparent`), is named after the endpoint, carries model, tier, upstream, status,
+token counts and the attempts made upstream, and its own `traceparent` goes to
+llama-server so the upstream call joins the trace. Needs the `otel` extra:
+`pip install 'llama-gateway[otel]'`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Tracing:
             "http.response.status_code": ctx.status,
             "llama_gateway.outcome": ctx.outcome,
             "llama_gateway.stream": ctx.stream,
+            "llama_gateway.attempts": ctx.attempts,
         }
         optional = {
             "gen_ai.request.model": ctx.model,

@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import aiohttp
 import orjson
 from yarl import URL
 
+from gateway.circuit import CLOSED, STATE_NAMES, Circuit
 from gateway.config import GatewayConfig
 from gateway.endpoints import ENDPOINTS, MODELS
 from gateway.errors import GatewayError, upstream_unavailable
 from gateway.identity import MODELS_PATH, PROPS_PATH, model_identity, upstream_identity
+from gateway.resilience import BreakerConfig
 
 log = logging.getLogger("gateway.upstreams")
 
@@ -42,8 +44,11 @@ class Upstream:
     health_url: URL = field(init=False)
     props_url: URL = field(init=False)
     models_url: URL = field(init=False)
+    # Fed by real calls (`gateway.circuit`): an open one keeps the upstream out of rotation.
+    circuit: Circuit = field(init=False)
+    breaker: InitVar[BreakerConfig | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, breaker: BreakerConfig | None) -> None:
         self.endpoint_urls = {
             e.name: URL(self.url + e.upstream_path) for e in ENDPOINTS if e.upstream_path
         }
@@ -53,11 +58,19 @@ class Upstream:
         address = URL(self.url)
         if address.user is not None or address.password is not None:
             self.url = str(address.with_user(None))
+        self.circuit = Circuit(breaker or BreakerConfig(), self.url, self.model)
 
     @property
     def usable(self) -> bool:
         # Before the first probe answers, an upstream gets the benefit of the doubt.
-        return self.state in (HEALTHY, UNKNOWN)
+        return self.state in (HEALTHY, UNKNOWN) and (
+            self.circuit.state == CLOSED or self.circuit.admits()
+        )
+
+    def describe(self) -> str:
+        if self.circuit.current() == CLOSED:
+            return self.state
+        return f"{self.state}, circuit {STATE_NAMES[self.circuit.state]}"
 
     def mark(self, state: str, reason: str = "") -> None:
         if state != self.state:
@@ -83,9 +96,11 @@ class Pool:
     def from_config(cls, config: GatewayConfig) -> Pool:
         shared: dict[str, Upstream] = {}
         by_model: dict[str, list[Upstream]] = {}
+        breaker = config.upstream.breaker
         for model, spec in config.models.items():
             by_model[model] = [
-                shared.setdefault(url, Upstream(url, model, spec.api_key)) for url in spec.upstreams
+                shared.setdefault(url, Upstream(url, model, spec.api_key, breaker=breaker))
+                for url in spec.upstreams
             ]
         return cls(by_model)
 
@@ -93,7 +108,10 @@ class Pool:
     def upstreams(self) -> list[Upstream]:
         return list({id(u): u for ups in self.by_model.values() for u in ups}.values())
 
-    def pick(self, model: str) -> Upstream:
+    def pick(self, model: str, avoid: Upstream | None = None) -> Upstream:
+        """The usable upstream of `model` with the fewest requests in flight; `avoid` (the
+        one a retry follows) only when no other is usable. A half-open circuit's upstream
+        is picked for one request at a time, its trial."""
         candidates = self.by_model.get(model)
         if candidates is None:
             raise GatewayError(
@@ -105,18 +123,26 @@ class Pool:
             )
         best: Upstream | None = None
         for upstream in candidates:
-            if upstream.usable and (
-                best is None
-                or upstream.in_flight < best.in_flight
-                or (upstream.in_flight == best.in_flight and upstream.picks < best.picks)
+            if (
+                upstream is not avoid
+                and upstream.usable
+                and (
+                    best is None
+                    or upstream.in_flight < best.in_flight
+                    or (upstream.in_flight == best.in_flight and upstream.picks < best.picks)
+                )
             ):
                 best = upstream
+        if best is None and avoid is not None and avoid.usable:
+            best = avoid
         if best is None:
-            states = ", ".join(f"{u.url} {u.state}" for u in candidates)
+            states = ", ".join(f"{u.url} {u.describe()}" for u in candidates)
             raise upstream_unavailable(
                 f"No upstream for model '{model}' is ready ({states}); retry in a few seconds."
             )
         best.picks = next(self._counter)
+        if best.circuit.state != CLOSED:
+            best.circuit.take()
         return best
 
     def identity(self, model: str) -> str | None:

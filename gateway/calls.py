@@ -1,0 +1,143 @@
+"""One attempt of a request: a call to one upstream, relayed to the client as it comes,
+unless it fails before any byte reached the client (`gateway.resilience.Failure`: then
+failover may try another upstream). Every outcome feeds the upstream's circuit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.circuit import HALF_OPEN, Circuit
+from gateway.config import GatewayConfig
+from gateway.context import UPSTREAM_ERROR, RequestContext
+from gateway.errors import GatewayError, upstream_failed
+from gateway.outbound import sendable, unanswered, upstream_headers
+from gateway.policy import Chain
+from gateway.resilience import RESET, Failure, reason_of, status_reason
+from gateway.sse import body_usage, upstream_message
+from gateway.streaming import UPSTREAM_BROKEN, relay_stream
+from gateway.tracing import Tracing
+from gateway.upstreams import Upstream
+
+Finish = Callable[[RequestContext, web.Response], Awaitable[web.StreamResponse]]
+
+
+class Caller:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        session: aiohttp.ClientSession,
+        tracing: Tracing | None,
+        finish: Finish,
+    ) -> None:
+        self.session = session
+        self.tracing = tracing
+        self.finish = finish
+        self.idle_timeout = config.upstream.idle_timeout
+        self.first_byte_timeout = config.upstream.first_byte_timeout
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=config.upstream.connect_timeout,
+            sock_read=config.upstream.first_byte_timeout,
+        )
+
+    async def attempt(
+        self, ctx: RequestContext, chain: Chain, upstream: Upstream, payload: bytes
+    ) -> web.StreamResponse:
+        ctx.upstream = upstream.url
+        ctx.attempts += 1
+        upstream.in_flight += 1
+        try:
+            return await self._call(ctx, chain, upstream, payload)
+        finally:
+            upstream.in_flight -= 1
+
+    async def _call(
+        self, ctx: RequestContext, chain: Chain, upstream: Upstream, payload: bytes
+    ) -> web.StreamResponse:
+        url = upstream.endpoint_urls[ctx.endpoint]
+        headers = upstream_headers(ctx, upstream, self.tracing)
+        circuit = upstream.circuit
+        trial = circuit.state == HALF_OPEN  # `pick` gave this request the trial
+        try:
+            resp = await self.session.post(
+                url, data=sendable(payload), headers=headers, timeout=self.timeout
+            )
+        except UPSTREAM_BROKEN as exc:
+            circuit.failure(trial)
+            error = unanswered(ctx, upstream, exc, self.first_byte_timeout)
+            raise Failure(reason_of(exc), error) from exc
+        except BaseException:  # cancelled: a client that hung up says nothing of the upstream
+            circuit.abandon(trial)
+            raise
+        try:
+            if resp.status >= 500:
+                raise await self._refused(resp, circuit, trial)
+            circuit.success(trial)
+            protocol = resp.connection.protocol if resp.connection else None
+            if protocol is not None:
+                # From now on the wait between two reads is bounded by the idle timeout.
+                # aiohttp has no public way to change it once the head is in: this relies
+                # on its protocol's `read_timeout` and `start_timeout()`, which
+                # tests/gateway/test_aiohttp_internals.py checks.
+                protocol.read_timeout = self.idle_timeout
+                protocol.start_timeout()
+            if resp.content_type == "text/event-stream":
+                ctx.status = resp.status
+                return await relay_stream(ctx, resp, chain)
+            data = await _read(resp)
+            content_type = resp.headers.get("Content-Type", "application/json")
+            return await self.relay_body(ctx, chain, resp.status, content_type, data)
+        finally:
+            # Releasing a half-read answer closes its connection (a complete one goes back
+            # to the pool): that is how llama-server learns the client is gone.
+            resp.release()
+
+    async def _refused(
+        self, resp: aiohttp.ClientResponse, circuit: Circuit, trial: bool
+    ) -> Failure:
+        """A 5xx head: nothing of it has reached the client, so another upstream may answer."""
+        try:
+            data = await _read(resp)
+        except GatewayError as err:
+            circuit.failure(trial)
+            return Failure(RESET, err)
+        except BaseException:
+            circuit.abandon(trial)
+            raise
+        circuit.failure(trial)
+        message = upstream_message(data) or f"the upstream answered {resp.status}"
+        answer = (resp.status, resp.headers.get("Content-Type", "application/json"), data)
+        return Failure(status_reason(resp.status), upstream_failed(message), answer)
+
+    async def relay_body(
+        self, ctx: RequestContext, chain: Chain, status: int, content_type: str, data: bytes
+    ) -> web.StreamResponse:
+        ctx.status = status
+        ctx.first_byte_at = time.perf_counter()
+        if status < 400:
+            ctx.usage = body_usage(data)
+        else:
+            ctx.outcome = UPSTREAM_ERROR
+            ctx.error = upstream_message(data)
+        headers = CIMultiDict({"Content-Type": content_type})
+        await chain.on_response(ctx, headers)
+        if chain.wants_events:
+            data = await chain.on_event(ctx, data) or b""
+        if ctx.taps is not None:
+            for receive in ctx.taps:
+                receive(data)
+        return await self.finish(ctx, web.Response(status=status, body=data, headers=headers))
+
+
+async def _read(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.read()
+    except UPSTREAM_BROKEN as exc:
+        raise upstream_failed(
+            f"The upstream's answer broke off: {exc.__class__.__name__}."
+        ) from exc

@@ -36,6 +36,7 @@ PG_TYPES = {
     "latency_ms": "float8",
     "ttft_ms": "float8",
     "cost": "float8",
+    "attempts": "integer",
 }
 _TIMES = ("started_at", "finished_at")
 # How the rows travel: like the table, but with the times as epoch seconds.

@@ -67,6 +67,8 @@ class UsageRow(NamedTuple):
     latency_ms: float
     ttft_ms: float | None
     cost: float
+    # Calls made to upstreams (more than one after failover; 0 when none was made).
+    attempts: int
 
     def as_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -74,10 +76,11 @@ class UsageRow(NamedTuple):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageRow:
         """A row read back from the journal; ValueError when a required field is missing."""
-        missing = [name for name in REQUIRED if data.get(name) is None]
+        missing = [name for name in REQUIRED if data.get(name) is None and name not in LATER]
         if missing:
             raise ValueError(f"usage record without {', '.join(missing)}")
-        return cls._make(data.get(name) for name in cls._fields)
+        row = cls._make(data.get(name) for name in cls._fields)
+        return row if row.attempts is not None else _before_attempts(row)
 
 
 COLUMNS: tuple[str, ...] = UsageRow._fields
@@ -86,14 +89,28 @@ REQUIRED = tuple(name for name in COLUMNS if name not in _NULLABLE)
 _REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRED))
 
 
+# Columns added since journals were first written: a row from before has none of them.
+LATER = ("attempts",)
+
+
+def _before_attempts(row: UsageRow) -> UsageRow:
+    """A row written before `attempts` was recorded: one call if it names an upstream."""
+    return row._replace(attempts=1 if row.upstream is not None else 0)
+
+
 def row_from_json(data: Any) -> UsageRow:
     """A row read back from the journal: an array in column order, or an object (journals
-    written before arrays); ValueError when it is neither, or a required field is missing."""
+    written before arrays); ValueError when it is neither, or a required field is missing.
+    A row written before the columns of `LATER` existed is read with their defaults."""
     if not isinstance(data, list):
         return UsageRow.from_dict(data)
+    earlier = len(data) == len(COLUMNS) - len(LATER)
+    if earlier:
+        data = [*data, 0]
     if len(data) != len(COLUMNS) or None in _REQUIRED_VALUES(data):
         raise ValueError("usage record with missing fields")
-    return UsageRow._make(data)
+    row = UsageRow._make(data)
+    return _before_attempts(row) if earlier else row
 
 
 def utc(epoch: float) -> datetime:
@@ -161,4 +178,5 @@ class RowBuilder:
                 else None
             ),
             cost=price.cost(prompt, completion, ctx.cached) if price is not None else 0.0,
+            attempts=ctx.attempts,
         )

@@ -23,6 +23,7 @@ from policies.request_id import RequestIdPolicy, RequestIdSettings
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import CHAT, ENV, gateway_config
 from tests.support.metrics import scrape, value
+from tests.support.replicas import access_lines, settle
 
 
 def deep_body(depth: int, **fields: object) -> bytes:
@@ -80,17 +81,6 @@ async def gateway_with(aiohttp_client: Any, fake_url: str, policy: Faulty) -> Te
     chain = Chain([RequestIdPolicy(RequestIdSettings(), ENV), policy])
     client: TestClient[Any, Any] = await aiohttp_client(create_app(gateway_config(fake_url), chain))
     return client
-
-
-async def settle(client: TestClient[Any, Any]) -> None:
-    relay = client.app[STATE].relay
-    assert relay is not None
-    await relay.drain()
-
-
-def access_lines(err: str) -> list[dict[str, Any]]:
-    lines = [orjson.loads(line) for line in err.splitlines() if line.startswith("{")]
-    return [line for line in lines if line["logger"] == "gateway.access"]
 
 
 def assert_internal_error(resp_status: int, body: dict[str, Any], request_id: str) -> None:

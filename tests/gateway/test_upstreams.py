@@ -9,8 +9,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE, create_app
 from gateway.upstreams import DOWN, HEALTHY, LOADING, Pool, Upstream
-from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import CHAT, gateway_config
+from tests.support.replicas import start_fakes
 
 
 def pool_of(*in_flight: int) -> Pool:
@@ -33,12 +33,6 @@ def test_pick_skips_loading_and_down_upstreams() -> None:
     pool = pool_of(0, 5)
     pool.by_model["m"][0].state = LOADING
     assert pool.pick("m").url == "http://u1"
-
-
-async def start_fakes(aiohttp_server: Any, count: int) -> tuple[list[FakeLlama], list[str]]:
-    fakes = [FakeLlama() for _ in range(count)]
-    servers = [await aiohttp_server(f.app()) for f in fakes]
-    return fakes, [str(s.make_url("")).rstrip("/") for s in servers]
 
 
 async def wait_for(predicate: Any, seconds: float = 3.0) -> None:

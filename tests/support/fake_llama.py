@@ -18,6 +18,10 @@ request body may carry `"fake": {...}` (the gateway passes unknown fields throug
 
 `/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`).
 
+Whole-server switches, for failover tests: `fail(status, n)` answers the next `n` calls
+(generation and embeddings) with `status` (503 with llama-server's loading message), and
+`fail(0, n)` drops their connections before any response head; `/health` stays 200.
+
 Run it alone: `python -m tests.support.fake_llama --port 9000` (from the top of the repository).
 """
 
@@ -57,6 +61,23 @@ class FakeLlama:
         # When set, `/props` answers this status and body instead (404 for a server without it).
         self.props_answer: tuple[int, bytes] | None = None
         self.props_reads = 0
+        # `fail`: the status (0: drop the connection) of the next `failing` calls.
+        self.failing = 0
+        self.fail_status = 0
+
+    def fail(self, status: int, count: int) -> None:
+        self.fail_status, self.failing = status, count
+
+    def _failure(self, request: web.Request) -> web.Response | None:
+        if self.failing <= 0:
+            return None
+        self.failing -= 1
+        if self.fail_status == 0:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()  # never sent: the connection is gone
+        message = "Loading model" if self.fail_status == 503 else "fake server failure"
+        return _error(self.fail_status, message, "unavailable_error")
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._witness])
@@ -128,6 +149,9 @@ class FakeLlama:
         body = orjson.loads(await request.read())
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         self._note(request, body)
+        failure = self._failure(request)
+        if failure is not None:
+            return failure
         data = [
             {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
             for i in range(len(inputs))
@@ -141,6 +165,9 @@ class FakeLlama:
         opts: dict[str, Any] = body.get("fake") or {}
         if self.loading:
             return _error(503, "Loading model", "unavailable_error")
+        failure = self._failure(request)
+        if failure is not None:
+            return failure
         if opts.get("status"):
             return _error(opts["status"], "fake failure on request", "invalid_request_error")
         self.in_flight += 1

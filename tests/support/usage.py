@@ -133,6 +133,7 @@ def row(n: int, **fields: Any) -> UsageRow:
         "latency_ms": float(n),
         "ttft_ms": 1.0,
         "cost": 0.25,
+        "attempts": 1,
     }
     values.update(fields)
     return UsageRow(**values)

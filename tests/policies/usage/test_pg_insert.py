@@ -50,6 +50,7 @@ def varied(n: int) -> UsageRow:
         latency_ms=0.001,
         ttft_ms=None if n % 2 else 12.345,
         cost=1e-12,
+        attempts=n % 4,
     )
 
 

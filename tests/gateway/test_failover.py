@@ -3,6 +3,7 @@ again on another replica of its model; never after, never for the client's own e
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,7 @@ async def test_a_large_body_is_sent_whole_on_every_attempt(
     fakes[0].fail(0, 1)
     client = await replicated(aiohttp_client, urls)
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
-    resp = await client.post("/v1/chat/completions", json=big)
+    resp = await client.post("/v1/chat/completions", data=io.BytesIO(orjson.dumps(big)))
     assert resp.status == 200
     sent: list[FakeLlama] = [f for f in fakes if f.received]
     assert [orjson.loads(f.received[-1][1]) for f in sent] == [big, big]

@@ -70,7 +70,7 @@ class Circuit:
 
     def take(self) -> bool:
         """Called for the picked upstream: True when this request is the half-open trial."""
-        if self.state == HALF_OPEN:
+        if self.admits() and self.state == HALF_OPEN:
             self.trial = True
             return True
         return False

@@ -36,10 +36,10 @@ def test_a_journal_row_from_before_attempts_is_read(upstream: str | None) -> Non
 
 def test_a_short_or_incomplete_journal_row_is_still_refused() -> None:
     values = list(row(1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="missing fields"):
         row_from_json(values[:-2])
     values[COLUMNS.index("status")] = None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="missing fields"):
         row_from_json(values[:-1])
 
 

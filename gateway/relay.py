@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -174,16 +173,12 @@ class Relay:
             raise bad_request("Missing required parameter: 'model'.", param="model")
         upstream = self.pool.pick(ctx.model)
         payload = upstream_payload(ctx)  # built once: a retry sends the same bytes
-
-        async def attempt(upstream: Upstream) -> web.StreamResponse:
-            return await self.caller.attempt(ctx, chain, upstream, payload)
-
         started = time.perf_counter()
         try:
             try:
-                return await attempt(upstream)
+                return await self.caller.attempt(ctx, chain, upstream, payload)
             except Failure as failure:
-                return await self._failed(ctx, chain, failure, upstream, attempt)
+                return await self._failed(ctx, chain, failure, upstream, payload)
         finally:
             # A whole body is read before it is sent on: its last byte came at `first_byte_at`.
             # A stream's relay interleaves reading and writing: all of it counts as upstream.
@@ -198,10 +193,14 @@ class Relay:
         chain: Chain,
         failure: Failure,
         upstream: Upstream,
-        attempt: Callable[[Upstream], Awaitable[web.StreamResponse]],
+        payload: bytes,
     ) -> web.StreamResponse:
         """Failover after a first attempt failed before any byte reached the client; once
         none is left to make, the last failure is the answer (the upstream's own, if any)."""
+
+        async def attempt(upstream: Upstream) -> web.StreamResponse:
+            return await self.caller.attempt(ctx, chain, upstream, payload)
+
         try:
             return await self.failover.retry(ctx, failure, upstream, attempt)
         except Failure as last:

@@ -20,9 +20,11 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
-async def traced(make_gateway: GatewayFactory) -> tuple[TestClient[Any, Any], InMemorySpanExporter]:
+async def traced(
+    make_gateway: GatewayFactory, **sections: Any
+) -> tuple[TestClient[Any, Any], InMemorySpanExporter]:
     """A gateway whose relay exports spans to memory instead of OTLP."""
-    client = await make_gateway()
+    client = await make_gateway(**sections)
     state = client.app[STATE]
     exporter = InMemorySpanExporter()
     tracing = Tracing(TracingConfig(enabled=True), exporter)
@@ -55,6 +57,7 @@ async def test_a_request_span_continues_the_callers_trace(
     assert span.attributes["gen_ai.request.model"] == "fake"
     assert span.attributes["gen_ai.usage.output_tokens"] == 3
     assert span.attributes["http.response.status_code"] == 200
+    assert span.attributes["llama_gateway.attempts"] == 1
     # llama-server gets this span as the parent, in the same trace.
     sent = fake.headers[-1]["traceparent"]
     assert sent == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
@@ -138,3 +141,17 @@ def test_turning_tracing_on_without_opentelemetry_is_a_configuration_error(
     assert raised.value.problems == [
         "tracing.enabled: OpenTelemetry is not installed: pip install 'llama-gateway[otel]'"
     ]
+
+
+async def test_the_span_counts_the_attempts_and_names_the_last_upstream(
+    make_gateway: GatewayFactory, fake_url: str, aiohttp_server: Any
+) -> None:
+    failing = FakeLlama()
+    failing.fail(0, 1)  # drops the first connection before the response head
+    first = str((await aiohttp_server(failing.app())).make_url("")).rstrip("/")
+    models = {"fake": {"upstreams": [first, fake_url]}}
+    client, exporter = await traced(make_gateway, models=models)
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    [span] = finished(client, exporter)
+    assert span.attributes["llama_gateway.attempts"] == 2
+    assert span.attributes["llama_gateway.upstream"] == fake_url

@@ -171,8 +171,10 @@ class Relay:
         await ctx.json()
         if ctx.model is None:
             raise bad_request("Missing required parameter: 'model'.", param="model")
+        # Built once (a retry sends the same bytes), and before `pick`: a body that cannot be
+        # sent must not take a half-open circuit's one trial and never report on it.
+        payload = upstream_payload(ctx)
         upstream = self.pool.pick(ctx.model)
-        payload = upstream_payload(ctx)  # built once: a retry sends the same bytes
         started = time.perf_counter()
         try:
             try:

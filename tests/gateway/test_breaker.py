@@ -105,3 +105,27 @@ async def test_with_every_circuit_open_the_answer_is_the_usual_503(
     assert error["code"] == "upstream_unavailable"
     assert "circuit open" in error["message"]
     assert len(bad.received) == 1
+
+
+async def test_a_body_that_cannot_be_sent_does_not_take_the_half_open_trial(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    (bad, _good), urls = await start_fakes(aiohttp_server, 2)
+    bad.fail(0, 1000)
+    client = await replicated(aiohttp_client, urls, upstream={"breaker": BREAKER})
+    while upstreams(client)[0].circuit.state != OPEN:
+        assert await chat(client) == 200
+    bad.fail(0, 0)
+    await eventually(lambda: upstreams(client)[0].circuit.current() == HALF_OPEN)
+    # Nested deeper than the body can be written out again: refused with a 400 before any
+    # upstream is picked, so the half-open circuit's trial is still there to take.
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    body = {**CHAT, "stream": True, "x": deep}  # a stream: its body is written out again
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 400
+    await resp.read()
+    for _ in range(4):
+        assert await chat(client) == 200
+    assert upstreams(client)[0].circuit.current() == CLOSED

@@ -39,6 +39,7 @@ class AccessLog:
     def log(self, ctx: RequestContext) -> None:
         request = ctx.request
         usage = ctx.usage or {}
+        queued = ctx.queued_seconds
         line = {
             "ts": timestamp(time.time()),
             "level": "info",
@@ -57,6 +58,7 @@ class AccessLog:
             "tier": ctx.tier,
             "duration_ms": ctx.elapsed_ms(ctx.finished),
             "ttft_ms": ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
+            "queued_ms": None if queued is None else round(queued * 1000, 3),
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
             "client": request.remote,

@@ -48,13 +48,10 @@ class Caller:
     async def attempt(
         self, ctx: RequestContext, chain: Chain, upstream: Upstream, payload: bytes
     ) -> web.StreamResponse:
+        """One call; the caller holds a slot of `upstream` for it (`gateway.admission`)."""
         ctx.upstream = upstream.url
         ctx.attempts += 1
-        upstream.in_flight += 1
-        try:
-            return await self._call(ctx, chain, upstream, payload)
-        finally:
-            upstream.in_flight -= 1
+        return await self._call(ctx, chain, upstream, payload)
 
     async def _call(
         self, ctx: RequestContext, chain: Chain, upstream: Upstream, payload: bytes

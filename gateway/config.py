@@ -18,7 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from gateway.private import private_dir
-from gateway.resilience import BreakerConfig, RetryConfig
+from gateway.resilience import AdmissionConfig, BreakerConfig, RetryConfig
 from gateway.settings import PolicySettings as PolicySettings  # re-exported
 from gateway.settings import PositiveFloat
 
@@ -57,11 +57,13 @@ class UpstreamConfig(PolicySettings):
     # Failover to another replica before the answer starts, and per-upstream circuits.
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
+    admission: AdmissionConfig = AdmissionConfig()  # a tier-priority queue for the slots
 
 
 class ModelConfig(PolicySettings):
     upstreams: list[str] = Field(min_length=1)
     api_key: str | None = None
+    slots: int | None = Field(None, ge=1)  # per upstream; unset: `/props` `total_slots`
 
     @field_validator("upstreams")
     @classmethod

@@ -63,6 +63,8 @@ class RequestContext:
     first_byte_at: float | None = None
     # Seconds spent on the upstream call (sending the request to its last byte), when made.
     upstream_seconds: float | None = None
+    # Seconds spent waiting for an upstream slot (`gateway.admission`), when it waited.
+    queued_seconds: float | None = None
     # SSE events written to the client: what a stream that broke off had generated.
     events_sent: int = 0
     finished: float | None = None

@@ -40,7 +40,8 @@ PUBLISH_SECONDS = 1.0
 
 
 def publish_pool(metrics: Metrics, pool: Pool) -> None:
-    """Copy the upstreams' health, in-flight counts and circuit states into their gauges."""
+    """Copy the upstreams' health, in-flight counts and circuit states, and the models'
+    queue depths, into their gauges."""
     for upstream in pool.upstreams:
         metrics.upstream_up.labels(upstream.url, upstream.model).set(
             1 if upstream.state == HEALTHY else 0
@@ -49,6 +50,8 @@ def publish_pool(metrics: Metrics, pool: Pool) -> None:
         metrics.upstream_circuit.labels(upstream.url, upstream.model).set(
             upstream.circuit.current()
         )
+    for model, waiting in pool.waiting.items():
+        metrics.queue_depth.labels(model).set(len(waiting))
 
 
 async def publish_forever(metrics: Metrics, pool: Pool) -> None:

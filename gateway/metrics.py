@@ -137,6 +137,17 @@ class Metrics(MetricSet):
             ("upstream", "model"),
             mode="livemax",
         )
+        self.queue_depth = self.gauge(
+            "queue_depth",
+            "Requests waiting for an upstream slot of each model right now.",
+            ("model",),
+        )
+        self.queue_seconds = self.histogram(
+            "queue_seconds",
+            "Requests that waited for an upstream slot: how long, by model and tier (served, "
+            "answered 503 server_busy, or left by their client).",
+            ("model", "tier"),
+        )
         self.upstream_retries = self.counter(
             "upstream_retries",
             "Attempts made again on another upstream after one failed before the answer "

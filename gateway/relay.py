@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from gateway.access import AccessLog
+from gateway.admission import Admission
 from gateway.calls import Caller
 from gateway.config import GatewayConfig
 from gateway.context import (
@@ -51,6 +52,10 @@ class Relay:
         self.metrics = runtime.metrics
         self.pool = pool
         self.failover = Failover(config.upstream.retry, pool, runtime.metrics)
+        self.admission = Admission(
+            config.upstream.admission, pool, runtime.metrics, lambda: runtime.document.tiers
+        )
+        self.waiting = pool.waiting
         self.session = session
         self.max_body = config.server.max_body_bytes
         self.caller = Caller(config, session, tracing, _finish)
@@ -178,7 +183,7 @@ class Relay:
         started = time.perf_counter()
         try:
             try:
-                return await self.caller.attempt(ctx, chain, upstream, payload)
+                return await self._attempt(ctx, chain, upstream, payload)
             except Failure as failure:
                 return await self._failed(ctx, chain, failure, upstream, payload)
         finally:
@@ -188,6 +193,20 @@ class Relay:
             if end is None or ctx.stream:
                 end = time.perf_counter()
             ctx.upstream_seconds = end - started
+
+    async def _attempt(
+        self, ctx: RequestContext, chain: Chain, upstream: Upstream, payload: bytes
+    ) -> web.StreamResponse:
+        """One attempt, in a slot of the picked upstream, or of whichever upstream of the
+        model frees one first when all are taken (or others wait already)."""
+        if upstream.full or self.waiting.get(ctx.model or ""):
+            upstream = await self.admission.wait(ctx, upstream)
+        else:
+            upstream.in_flight += 1
+        try:
+            return await self.caller.attempt(ctx, chain, upstream, payload)
+        finally:
+            self.admission.release(upstream)
 
     async def _failed(
         self,
@@ -201,7 +220,7 @@ class Relay:
         none is left to make, the last failure is the answer (the upstream's own, if any)."""
 
         async def attempt(upstream: Upstream) -> web.StreamResponse:
-            return await self.caller.attempt(ctx, chain, upstream, payload)
+            return await self._attempt(ctx, chain, upstream, payload)
 
         try:
             return await self.failover.retry(ctx, failure, upstream, attempt)

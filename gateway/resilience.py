@@ -76,3 +76,14 @@ def reason_of(exc: BaseException) -> str:
 
 def status_reason(status: int) -> str:
     return LOADING if status == 503 else SERVER_ERROR
+
+
+class AdmissionConfig(PolicySettings):
+    # Requests beyond an upstream's slots wait in the gateway, by tier priority, instead of
+    # in llama-server's own unbounded queue; only upstreams whose slots are known (from
+    # `/props` `total_slots`, or `models.<name>.slots`) are bounded.
+    enabled: bool = True
+    # Requests sent to an upstream beyond its slots (llama-server queues them itself).
+    overcommit: int = Field(0, ge=0)
+    # Requests waiting per model; the next one is answered 503 server_busy.
+    max_queue: int = Field(256, ge=0)

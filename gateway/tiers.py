@@ -4,8 +4,7 @@ Tiers are named in the policy document; an auth policy gives each request a tier
 other policies key their own per-tier settings (rate limits, for one) by the tier's name.
 Tiers belong to the core, not to the auth policy that assigns them: the policy document
 defines them, the core labels its request metrics by tier, and `priority` is for the
-upstream pool, to order requests waiting for its slots once it queues them (it does not
-yet: `priority` is validated and unused).
+upstream pool, to order requests waiting for its slots (`gateway.admission`).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from gateway.config import PolicySettings
 from gateway.endpoints import MODEL_ENDPOINTS, NAMES, EndpointName
+from gateway.settings import PositiveFloat
 
 _NOTHING = re.compile(r"(?!)")  # matches no string
 _MODEL_FREE = ", ".join(name for name in NAMES if name not in MODEL_ENDPOINTS)
@@ -30,8 +30,10 @@ class Tier(PolicySettings):
     models: list[str] = Field(default_factory=lambda: ["*"])
     # Requests asking for more (or not saying) are capped to this many tokens.
     max_tokens: int | None = Field(None, gt=0)
-    # Higher is to be served first once the upstream pool queues requests; unused so far.
+    # Higher is served first while requests wait for upstream slots (`gateway.admission`).
     priority: int = 0
+    # A request that waited this long for a slot is answered 503 server_busy.
+    max_queue_seconds: PositiveFloat = 30.0
 
     @field_validator("models")
     @classmethod

@@ -34,6 +34,14 @@ class Upstream:
     api_key: str | None = None
     state: str = UNKNOWN
     in_flight: int = 0
+    # Most requests in flight at once (`gateway.admission`): its slots plus the overcommit,
+    # 0 while unbounded (admission off, or slots not known yet).
+    limit: int = 0
+    slots: int | None = None
+    slots_configured: bool = False
+    overcommit: int | None = None  # None: admission is off
+    # The model names it serves (one URL may serve several): whose waiters a freed slot wakes.
+    models: list[str] = field(default_factory=list)
     # Rotates ties between equally loaded upstreams.
     picks: int = 0
     # What it serves (`gateway.identity`), once a probe has read it; kept while it is down,
@@ -59,6 +67,15 @@ class Upstream:
         if address.user is not None or address.password is not None:
             self.url = str(address.with_user(None))
         self.circuit = Circuit(breaker or BreakerConfig(), self.url, self.model)
+
+    @property
+    def full(self) -> bool:
+        return 0 < self.limit <= self.in_flight
+
+    def set_slots(self, slots: int | None) -> None:
+        self.slots = slots
+        on = slots is not None and self.overcommit is not None
+        self.limit = slots + (self.overcommit or 0) if on and slots else 0
 
     @property
     def usable(self) -> bool:
@@ -91,17 +108,31 @@ class Pool:
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Each model's identity (`gateway.identity.model_identity`), kept by `refresh_identities`.
     _identities: dict[str, str | None] = field(default_factory=dict)
+    # Each model's requests waiting for a slot (the heaps of `gateway.admission`), here for
+    # `llama_gateway_queue_depth` to read.
+    waiting: dict[str, list[list[object]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.waiting = {model: [] for model in self.by_model}
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Pool:
         shared: dict[str, Upstream] = {}
         by_model: dict[str, list[Upstream]] = {}
-        breaker = config.upstream.breaker
+        breaker, admission = config.upstream.breaker, config.upstream.admission
+        overcommit = admission.overcommit if admission.enabled else None
         for model, spec in config.models.items():
-            by_model[model] = [
-                shared.setdefault(url, Upstream(url, model, spec.api_key, breaker=breaker))
-                for url in spec.upstreams
-            ]
+            by_model[model] = []
+            for url in spec.upstreams:
+                upstream = shared.get(url)
+                if upstream is None:
+                    upstream = shared[url] = Upstream(
+                        url, model, spec.api_key, overcommit=overcommit, breaker=breaker
+                    )
+                    upstream.slots_configured = spec.slots is not None
+                    upstream.set_slots(spec.slots)
+                upstream.models.append(model)
+                by_model[model].append(upstream)
         return cls(by_model)
 
     @property
@@ -110,8 +141,9 @@ class Pool:
 
     def pick(self, model: str, avoid: Upstream | None = None) -> Upstream:
         """The usable upstream of `model` with the fewest requests in flight; `avoid` (the
-        one a retry follows) only when no other is usable. A half-open circuit's upstream
-        is picked for one request at a time, its trial."""
+        one a retry follows) only when no other is usable; one with a free slot before a
+        full one (a full one is returned only when all are: then the request waits for a
+        slot). A half-open circuit's upstream is picked for one request at a time, its trial."""
         candidates = self.by_model.get(model)
         if candidates is None:
             raise GatewayError(
@@ -126,11 +158,7 @@ class Pool:
             if (
                 upstream is not avoid
                 and upstream.usable
-                and (
-                    best is None
-                    or upstream.in_flight < best.in_flight
-                    or (upstream.in_flight == best.in_flight and upstream.picks < best.picks)
-                )
+                and (best is None or _lighter(upstream, best))
             ):
                 best = upstream
         if best is None and avoid is not None and avoid.usable:
@@ -140,9 +168,10 @@ class Pool:
             raise upstream_unavailable(
                 f"No upstream for model '{model}' is ready ({states}); retry in a few seconds."
             )
-        best.picks = next(self._counter)
-        if best.circuit.state != CLOSED:
-            best.circuit.take()
+        if not best.full:
+            best.picks = next(self._counter)
+            if best.circuit.state != CLOSED:
+                best.circuit.take()
         return best
 
     def identity(self, model: str) -> str | None:
@@ -166,6 +195,17 @@ class Pool:
 
     def ready(self) -> dict[str, bool]:
         return {model: any(u.state == HEALTHY for u in ups) for model, ups in self.by_model.items()}
+
+
+def _lighter(upstream: Upstream, best: Upstream) -> bool:
+    """Is `upstream` a better pick than `best`: free before full, then fewer in flight,
+    then picked longer ago."""
+    full = upstream.full
+    if full != best.full:
+        return not full
+    return upstream.in_flight < best.in_flight or (
+        upstream.in_flight == best.in_flight and upstream.picks < best.picks
+    )
 
 
 async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeout: float) -> None:
@@ -210,6 +250,22 @@ async def _read_identity(
     identity = upstream_identity(*answers)
     if identity is not None:
         upstream.identity = identity
+    _read_slots(upstream, answers[0])
+
+
+def _read_slots(upstream: Upstream, props: object) -> None:
+    """The upstream's slots from `/props` `total_slots`, unless configured."""
+    slots = props.get("total_slots") if isinstance(props, dict) else None
+    if upstream.slots_configured or type(slots) is not int or slots < 1:
+        return
+    if slots != upstream.slots:
+        log.info(
+            "upstream %s has %d slots",
+            upstream.url,
+            slots,
+            extra={"upstream": upstream.url, "model": upstream.model, "slots": slots},
+        )
+        upstream.set_slots(slots)
 
 
 async def probe_forever(

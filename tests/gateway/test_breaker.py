@@ -18,6 +18,8 @@ from tests.support.replicas import replicated, start_fakes, upstreams
 from tests.support.waiting import eventually
 
 BREAKER = {"failures": 2, "cooldown_seconds": 0.3}
+# Unbounded slots: a request waiting for one would go to the replica the trial took back.
+UNBOUNDED = {"admission": {"enabled": False}}
 
 
 async def state(client: TestClient[Any, Any], upstream: str) -> float:
@@ -37,7 +39,7 @@ async def test_a_failing_replica_is_cut_off_tried_once_and_taken_back(
     caplog.set_level(logging.INFO, "gateway.circuit")
     (bad, good), urls = await start_fakes(aiohttp_server, 2)
     bad.fail(0, 1000)
-    client = await replicated(aiohttp_client, urls, upstream={"breaker": BREAKER})
+    client = await replicated(aiohttp_client, urls, upstream={"breaker": BREAKER, **UNBOUNDED})
     assert await state(client, urls[0]) == CLOSED
     while upstreams(client)[0].circuit.state != OPEN:
         assert await chat(client) == 200

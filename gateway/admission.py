@@ -35,7 +35,8 @@ _SMOOTHING = 0.2  # weight of the newest interval in the service rate's moving a
 
 
 class _Queue:
-    """One model's waiters: a heap of [-priority, arrival, future of the upstream]."""
+    """One model's waiters: a heap of [-priority, arrival, future of the upstream, the
+    upstream its last attempt failed on (if a retry)]."""
 
     __slots__ = ("heap", "interval", "last")
 
@@ -98,13 +99,15 @@ class Admission:
         if queue.heap:
             queue.completed(self.clock())
         while queue.heap:
+            head = queue.heap[0]
             try:
-                upstream = self.pool.pick(model)
+                upstream = self.pool.pick(model, avoid=head[3])  # type: ignore[arg-type]
             except GatewayError:  # none usable: the waiters wait on, or time out
                 return
             if upstream.full:
                 return
-            future = heapq.heappop(queue.heap)[2]
+            heapq.heappop(queue.heap)
+            future = head[2]
             self.waiting -= 1
             upstream.in_flight += 1
             assert isinstance(future, asyncio.Future)
@@ -116,7 +119,9 @@ class Admission:
         if len(queue.heap) >= self.max_queue:
             raise _busy(model, queue.retry_after(len(queue.heap) + 1), "queue is full")
         future: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
-        entry: list[object] = [-tier.priority, next(self._arrivals), future]
+        # A retry waits for another upstream than the one its last attempt failed on.
+        failed = next((u for u in self.pool.by_model[model] if u.url == ctx.upstream), None)
+        entry: list[object] = [-tier.priority, next(self._arrivals), future, failed]
         heapq.heappush(queue.heap, entry)
         self.waiting += 1
         started = self.clock()

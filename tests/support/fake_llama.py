@@ -45,6 +45,7 @@ class FakeLlama:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
+        self.max_in_flight = 0  # the most generation calls it answered at once
         self.cancelled = 0
         self.completed = 0
         self.record = True
@@ -171,6 +172,7 @@ class FakeLlama:
         if opts.get("status"):
             return _error(opts["status"], "fake failure on request", "invalid_request_error")
         self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.calls += 1
         shape = Shape(request.path == "/v1/completions", self.calls, opts)
         try:

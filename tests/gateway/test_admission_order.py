@@ -1,0 +1,84 @@
+"""The admission queue alone, against any mix of priorities and hang-ups: slots go in
+order of priority then arrival, a waiter that leaves takes nothing with it, and no slot
+is lost or given twice."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.admission import Admission
+from gateway.context import RequestContext
+from gateway.metrics import Metrics
+from gateway.resilience import AdmissionConfig
+from gateway.tiers import Tier
+from gateway.upstreams import Pool
+from tests.support.gateways import gateway_config
+
+TIERS = {f"p{n}": Tier(priority=n, max_queue_seconds=60) for n in range(4)}
+URL = "http://127.0.0.1:9"
+
+
+def context(tier: str) -> RequestContext:
+    fields = {"tier": tier, "model": "fake", "upstream": None, "queued_seconds": None}
+    return cast(RequestContext, SimpleNamespace(**fields))
+
+
+async def run(waiters: list[tuple[int, bool]]) -> None:
+    config = gateway_config(URL, models={"fake": {"upstreams": [URL], "slots": 1}})
+    pool = Pool.from_config(config)
+    admission = Admission(AdmissionConfig(), pool, Metrics(["fake"], TIERS), lambda: TIERS)
+    (upstream,) = pool.by_model["fake"]
+    upstream.in_flight = 1  # the one slot is taken: everyone below waits
+    served: list[int] = []
+
+    async def wait(index: int, priority: int) -> None:
+        got = await admission.wait(context(f"p{priority}"), upstream)
+        assert upstream.in_flight == 1
+        served.append(index)
+        admission.release(got)
+
+    tasks = []
+    for index, (priority, _) in enumerate(waiters):
+        tasks.append(asyncio.create_task(wait(index, priority)))
+        await asyncio.sleep(0)  # each joins the queue in turn
+    for task, (_, leaves) in zip(tasks, waiters, strict=True):
+        if leaves:
+            task.cancel()
+    await asyncio.sleep(0)
+    admission.release(upstream)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    staying = [(-p, i) for i, (p, leaves) in enumerate(waiters) if not leaves]
+    assert served == [i for _, i in sorted(staying)]
+    assert (upstream.in_flight, admission.waiting, pool.waiting["fake"]) == (0, 0, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=20))
+def test_slots_go_by_priority_then_arrival_and_leavers_take_none(
+    waiters: list[tuple[int, bool]],
+) -> None:
+    asyncio.run(run(waiters))
+
+
+def test_a_waiter_served_as_its_client_leaves_gives_the_slot_on() -> None:
+    async def race() -> Any:
+        config = gateway_config(URL, models={"fake": {"upstreams": [URL], "slots": 1}})
+        pool = Pool.from_config(config)
+        admission = Admission(AdmissionConfig(), pool, Metrics(["fake"], TIERS), lambda: TIERS)
+        (upstream,) = pool.by_model["fake"]
+        upstream.in_flight = 1
+        first = asyncio.create_task(admission.wait(context("p0"), upstream))
+        second = asyncio.create_task(admission.wait(context("p0"), upstream))
+        await asyncio.sleep(0)
+        admission.release(upstream)  # the slot is handed to `first` ...
+        first.cancel()  # ... whose client hangs up before it runs again
+        await asyncio.gather(first, return_exceptions=True)
+        assert await second is upstream  # the slot went on to the next
+        return upstream.in_flight, admission.waiting
+
+    assert asyncio.run(race()) == (1, 0)

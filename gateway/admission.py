@@ -100,6 +100,14 @@ class Admission:
             queue.completed(self.clock())
         while queue.heap:
             head = queue.heap[0]
+            future = head[2]
+            assert isinstance(future, asyncio.Future)
+            if future.done():
+                # Its client left (cancelling its task cancels the future it awaits) and its
+                # clean-up has not run yet: it leaves the queue here, and takes no slot.
+                heapq.heappop(queue.heap)
+                self.waiting -= 1
+                continue
             try:
                 upstream = self.pool.pick(model, avoid=head[3])  # type: ignore[arg-type]
             except GatewayError:  # none usable: the waiters wait on, or time out
@@ -107,10 +115,8 @@ class Admission:
             if upstream.full:
                 return
             heapq.heappop(queue.heap)
-            future = head[2]
             self.waiting -= 1
             upstream.in_flight += 1
-            assert isinstance(future, asyncio.Future)
             future.set_result(upstream)
 
     async def _wait(self, ctx: RequestContext, model: str) -> Upstream:
@@ -149,7 +155,10 @@ class Admission:
     def _leave(self, queue: _Queue, entry: list[object], future: asyncio.Future[Upstream]) -> None:
         """Out of the queue, unserved (timed out, or its client hung up)."""
         future.cancel()
-        queue.heap.remove(entry)
+        try:
+            queue.heap.remove(entry)
+        except ValueError:  # a hand-off found it cancelled and took it out already
+            return
         heapq.heapify(queue.heap)
         self.waiting -= 1
 

@@ -82,3 +82,28 @@ def test_a_waiter_served_as_its_client_leaves_gives_the_slot_on() -> None:
         return upstream.in_flight, admission.waiting
 
     assert asyncio.run(race()) == (1, 0)
+
+
+def test_a_slot_freed_before_a_leaving_waiter_runs_again_goes_to_the_next() -> None:
+    """A client hangs up (its task cancelled, and with it the future it awaits) and, in the
+    same turn of the loop, before its own clean-up runs, a slot is freed: the hand-off must
+    pass it by, not fail on its cancelled future nor lose the slot."""
+
+    async def race() -> None:
+        config = gateway_config(URL, models={"fake": {"upstreams": [URL], "slots": 1}})
+        pool = Pool.from_config(config)
+        admission = Admission(AdmissionConfig(), pool, Metrics(["fake"], TIERS), lambda: TIERS)
+        (upstream,) = pool.by_model["fake"]
+        upstream.in_flight = 1
+        leaving = asyncio.create_task(admission.wait(context("p0"), upstream))
+        staying = asyncio.create_task(admission.wait(context("p0"), upstream))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        admission.release(upstream)  # same turn: `leaving` has not run its clean-up yet
+        assert await staying is upstream
+        await asyncio.gather(leaving, return_exceptions=True)
+        assert (upstream.in_flight, admission.waiting, pool.waiting["fake"]) == (1, 0, [])
+        admission.release(upstream)
+        assert upstream.in_flight == 0
+
+    asyncio.run(race())

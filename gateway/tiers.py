@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -58,3 +59,13 @@ class Tier(PolicySettings):
 
     def allows_endpoint(self, endpoint: str) -> bool:
         return endpoint in self.endpoints
+
+
+def unknown_tiers(named: Iterable[tuple[str, str]], tiers: Mapping[str, Tier]) -> list[str]:
+    """A policy's cross-check: `path: unknown tier ...` for each (path, tier name) its
+    settings give that the policy document does not define."""
+    return [
+        f"{path}: unknown tier {name!r}; tiers are {sorted(tiers)}"
+        for path, name in named
+        if name not in tiers
+    ]

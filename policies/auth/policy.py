@@ -23,7 +23,7 @@ from gateway.credentials import SecretHash, bearer_token, hash_secret, printable
 from gateway.endpoints import GENERATING, MODEL_ENDPOINTS, MODELS
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
-from gateway.tiers import Tier
+from gateway.tiers import Tier, unknown_tiers
 from gateway.validate import cap_lengths
 from policies.auth.jwt import Claims, JwtConfigError, JwtError, JwtSettings, JwtVerifier
 from policies.auth.keycache import KeyCache
@@ -108,7 +108,6 @@ class AuthPolicy(Policy):
 
     @classmethod
     def problems(cls, settings: AuthSettings, env: PolicyEnv) -> list[str]:
-        found = []
         referenced = [
             (f"static_keys[{i}].tier", k.tier) for i, k in enumerate(settings.static_keys)
         ]
@@ -118,9 +117,7 @@ class AuthPolicy(Policy):
             referenced.append(("default_tier", settings.default_tier))
         if settings.jwt:
             referenced += [(f"jwt.tiers.{c}", tier) for c, tier in settings.jwt.tiers.items()]
-        for path, tier in referenced:
-            if tier not in env.tiers:
-                found.append(f"{path}: unknown tier {tier!r}; tiers are {sorted(env.tiers)}")
+        found = unknown_tiers(referenced, env.tiers)
         if settings.jwt:
             try:
                 JwtVerifier(settings.jwt)

@@ -20,6 +20,7 @@ from gateway.endpoints import GENERATING
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
 from gateway.streaming import STREAM_HEADERS
+from gateway.tiers import unknown_tiers
 from policies.cache.assemble import Assembler
 from policies.cache.coalesce import InFlight
 from policies.cache.control import directives
@@ -82,11 +83,7 @@ class CachePolicy(Policy):
 
     @classmethod
     def problems(cls, settings: CacheSettings, env: PolicyEnv) -> list[str]:
-        found = [
-            f"tiers.{name}: unknown tier {name!r}; tiers are {sorted(env.tiers)}"
-            for name in settings.tiers
-            if name not in env.tiers
-        ]
+        found = unknown_tiers(((f"tiers.{name}", name) for name in settings.tiers), env.tiers)
         if settings.semantic is not None:
             found += semantic_problems(settings.semantic, env)
         return found

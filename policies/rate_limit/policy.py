@@ -23,6 +23,7 @@ from gateway.context import REJECTED, UPSTREAM_ERROR, Reply, RequestContext
 from gateway.endpoints import GENERATING, MODEL_ENDPOINTS
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
+from gateway.tiers import unknown_tiers
 from policies.rate_limit.buckets import (
     MINUTE_MS,
     QUOTAS,
@@ -83,11 +84,7 @@ class RateLimitPolicy(Policy):
 
     @classmethod
     def problems(cls, settings: RateLimitSettings, env: PolicyEnv) -> list[str]:
-        return [
-            f"tiers.{name}: unknown tier {name!r}; tiers are {sorted(env.tiers)}"
-            for name in settings.tiers
-            if name not in env.tiers
-        ]
+        return unknown_tiers(((f"tiers.{name}", name) for name in settings.tiers), env.tiers)
 
     async def start(self) -> None:
         storage = self.env.config.storage

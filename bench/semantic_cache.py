@@ -22,7 +22,6 @@ import json
 import operator
 import random
 import statistics
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from gateway.config import GatewayConfig, ModelConfig, StorageConfig
-from gateway.local import EMBED_MODEL, free_port, model_file, server_args, wait_healthy
+from gateway.local import EMBED_MODEL, free_port, model_file, running_servers, server_args
 from gateway.policy import PolicyEnv
 from gateway.redis_client import RedisClient
 from gateway.resources import Resources
@@ -57,14 +56,9 @@ def embedding_server(url: str | None) -> Iterator[str]:
         yield url
         return
     port = free_port()
-    args = server_args(model_file(), port, embeddings=True, alias=EMBED_MODEL)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    command = server_args(model_file(), port, embeddings=True, alias=EMBED_MODEL)
+    with running_servers({EMBED_MODEL: (f"http://127.0.0.1:{port}", command)}) as urls:
+        yield urls[EMBED_MODEL]
 
 
 async def environment(url: str, redis_url: str | None) -> PolicyEnv:

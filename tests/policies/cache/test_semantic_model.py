@@ -8,17 +8,16 @@ again and nothing merely similar; a lower threshold does serve a paraphrase.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from gateway.local import LocalError, free_port, model_file, server_args, wait_healthy
+from gateway.local import free_port, model_file, server_args
 from gateway.upstreams import probe
 from policies.cache.semantic import SemanticIndex, SemanticSettings
+from tests.support.llama import llama_servers_or_fail, require_llama_server
 from tests.support.semantic import EMBED, semantic_env
 
 pytestmark = pytest.mark.e2e
@@ -37,23 +36,12 @@ def hardest_negative() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def embedding_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        model = model_file()
-        port = free_port()
-        args = server_args(model, port, embeddings=True, alias=EMBED)
-    except LocalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"real llama-server unavailable: {exc} (CI=true)", pytrace=False)
-        pytest.skip(f"real llama-server unavailable: {exc}")
-    log = tmp_path_factory.mktemp("embed") / "llama-server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    require_llama_server()
+    port = free_port()
+    command = server_args(model_file(), port, embeddings=True, alias=EMBED)
+    servers = {EMBED: (f"http://127.0.0.1:{port}", command)}
+    with llama_servers_or_fail(servers, tmp_path_factory.mktemp("embed")) as urls:
+        yield urls[EMBED]
 
 
 async def start(url: str, **changes: float) -> SemanticIndex:

@@ -16,7 +16,7 @@ from gateway.context import RequestContext
 from gateway.metrics import Metrics
 from gateway.resilience import AdmissionConfig
 from gateway.tiers import Tier
-from gateway.upstreams import Pool
+from gateway.upstreams import Pool, Upstream
 from tests.support.gateways import gateway_config
 
 TIERS = {f"p{n}": Tier(priority=n, max_queue_seconds=60) for n in range(4)}
@@ -28,12 +28,18 @@ def context(tier: str) -> RequestContext:
     return cast(RequestContext, SimpleNamespace(**fields))
 
 
-async def run(waiters: list[tuple[int, bool]]) -> None:
+def one_taken_slot() -> tuple[Pool, Admission, Upstream]:
+    """An upstream of one slot, taken: every request for it waits."""
     config = gateway_config(URL, models={"fake": {"upstreams": [URL], "slots": 1}})
     pool = Pool.from_config(config)
     admission = Admission(AdmissionConfig(), pool, Metrics(["fake"], TIERS), lambda: TIERS)
     (upstream,) = pool.by_model["fake"]
-    upstream.in_flight = 1  # the one slot is taken: everyone below waits
+    upstream.in_flight = 1
+    return pool, admission, upstream
+
+
+async def run(waiters: list[tuple[int, bool]]) -> None:
+    pool, admission, upstream = one_taken_slot()  # everyone below waits
     served: list[int] = []
 
     async def wait(index: int, priority: int) -> None:
@@ -67,11 +73,7 @@ def test_slots_go_by_priority_then_arrival_and_leavers_take_none(
 
 def test_a_waiter_served_as_its_client_leaves_gives_the_slot_on() -> None:
     async def race() -> Any:
-        config = gateway_config(URL, models={"fake": {"upstreams": [URL], "slots": 1}})
-        pool = Pool.from_config(config)
-        admission = Admission(AdmissionConfig(), pool, Metrics(["fake"], TIERS), lambda: TIERS)
-        (upstream,) = pool.by_model["fake"]
-        upstream.in_flight = 1
+        _, admission, upstream = one_taken_slot()
         first = asyncio.create_task(admission.wait(context("p0"), upstream))
         second = asyncio.create_task(admission.wait(context("p0"), upstream))
         await asyncio.sleep(0)
@@ -90,11 +92,7 @@ def test_a_slot_freed_before_a_leaving_waiter_runs_again_goes_to_the_next() -> N
     pass it by, not fail on its cancelled future nor lose the slot."""
 
     async def race() -> None:
-        config = gateway_config(URL, models={"fake": {"upstreams": [URL], "slots": 1}})
-        pool = Pool.from_config(config)
-        admission = Admission(AdmissionConfig(), pool, Metrics(["fake"], TIERS), lambda: TIERS)
-        (upstream,) = pool.by_model["fake"]
-        upstream.in_flight = 1
+        pool, admission, upstream = one_taken_slot()
         leaving = asyncio.create_task(admission.wait(context("p0"), upstream))
         staying = asyncio.create_task(admission.wait(context("p0"), upstream))
         await asyncio.sleep(0)

@@ -9,8 +9,10 @@ tier's `max_queue_seconds`, a request is answered 503 `server_busy`, with a `Ret
 from the model's observed service rate and the request's place in the queue.
 
 Cost with a free slot and nobody waiting (`Relay._attempt`): `Upstream.full`, a look at
-the model's queue and an increment; no await, no allocation. Slots bound this process only: several
-gateway replicas in front of the same llama-servers each keep their own count.
+the model's queue and an increment; no await, no allocation. With `leases` (`gateway.leases`)
+the bound holds across the gateway replicas sharing a Redis: a request also takes a lease
+there, a freed slot's lease goes to the head of the queue (within the replica's fair share),
+and while requests wait, a poll asks Redis every `poll_seconds` for slots others freed.
 """
 
 from __future__ import annotations
@@ -18,17 +20,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from typing import cast
 
 from gateway.circuit import HALF_OPEN
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.leases import Leases
 from gateway.metrics import NONE, Metrics
 from gateway.resilience import AdmissionConfig
 from gateway.tiers import Tier
 from gateway.upstreams import Pool, Upstream
+
+log = logging.getLogger("gateway.admission")
 
 _DEFAULT_TIER = Tier()  # requests without a tier (no auth policy)
 _SMOOTHING = 0.2  # weight of the newest interval in the service rate's moving average
@@ -36,7 +43,7 @@ _SMOOTHING = 0.2  # weight of the newest interval in the service rate's moving a
 
 class _Queue:
     """One model's waiters: a heap of [-priority, arrival, future of the upstream, the
-    upstream its last attempt failed on (if a retry)]."""
+    upstream its last attempt failed on (if a retry), its request]."""
 
     __slots__ = ("heap", "interval", "last")
 
@@ -78,6 +85,24 @@ class Admission:
         self.queues = {model: _Queue(heap) for model, heap in pool.waiting.items()}
         self.waiting = 0  # in all queues: while 0, a release is a decrement
         self._arrivals = itertools.count()
+        self.leases: Leases | None = None  # set by `start`: slots shared with other replicas
+        self.poll_seconds = config.poll_seconds
+        self._polls: dict[str, asyncio.Task[None]] = {}  # by model, while requests wait
+
+    async def lease(self, ctx: RequestContext, upstream: Upstream) -> Upstream:
+        """A slot on `upstream`, which has one free in this replica, once Redis says the
+        other replicas leave one too; else a wait in the queue. Give it back with `release`."""
+        assert self.leases is not None
+        upstream.in_flight += 1
+        try:
+            admitted, ctx.lease = await self.leases.take(upstream, waiting=False)
+        except BaseException:
+            upstream.in_flight -= 1
+            raise
+        if admitted:
+            return upstream
+        upstream.in_flight -= 1
+        return await self.wait(ctx, upstream)
 
     async def wait(self, ctx: RequestContext, picked: Upstream) -> Upstream:
         """A slot for `ctx`, once it waited its turn, on whichever upstream of the model frees
@@ -87,37 +112,114 @@ class Admission:
             picked.circuit.abandon(True)
         return await self._wait(ctx, str(ctx.model))
 
-    def release(self, upstream: Upstream) -> None:
+    def release(self, ctx: RequestContext, upstream: Upstream) -> None:
         upstream.in_flight -= 1
         if self.waiting:
             for model in upstream.models:
-                self._hand_off(model)
+                queue = self.queues[model]
+                if queue.heap:
+                    queue.completed(self.clock())
+                if self.leases is None:
+                    self._hand_off(model, queue)
+                elif ctx.lease is not None and self._hand_lease(queue, upstream, ctx):
+                    return
+        if ctx.lease is not None:
+            assert self.leases is not None
+            self.leases.give_back(upstream, ctx.lease)
+            ctx.lease = None
 
-    def _hand_off(self, model: str) -> None:
+    def _hand_off(self, model: str, queue: _Queue) -> None:
         """Free slots of `model`'s usable upstreams to the head of its queue."""
-        queue = self.queues[model]
-        if queue.heap:
-            queue.completed(self.clock())
-        while queue.heap:
-            head = queue.heap[0]
-            future = head[2]
-            assert isinstance(future, asyncio.Future)
-            if future.done():
-                # Its client left (cancelling its task cancels the future it awaits) and its
-                # clean-up has not run yet: it leaves the queue here, and takes no slot.
-                heapq.heappop(queue.heap)
-                self.waiting -= 1
-                continue
+        while (head := self._head(queue)) is not None:
             try:
                 upstream = self.pool.pick(model, avoid=head[3])  # type: ignore[arg-type]
             except GatewayError:  # none usable: the waiters wait on, or time out
                 return
             if upstream.full:
                 return
+            self._serve(queue, upstream, None)
+
+    def _hand_lease(self, queue: _Queue, upstream: Upstream, ctx: RequestContext) -> bool:
+        """The lease `ctx` is done with to the head of `queue`, if it may go to `upstream`
+        and this replica is within its share of it while other replicas wait."""
+        assert self.leases is not None
+        head = self._head(queue)
+        if head is None or head[3] is upstream or not upstream.usable or upstream.full:
+            return False
+        if upstream.in_flight >= self.leases.share(upstream):
+            return False
+        self._serve(queue, upstream, ctx.lease)
+        ctx.lease = None
+        return True
+
+    def _head(self, queue: _Queue) -> list[object] | None:
+        while queue.heap:
+            head = queue.heap[0]
+            future = head[2]
+            assert isinstance(future, asyncio.Future)
+            if not future.done():
+                return head
+            # Its client left (cancelling its task cancels the future it awaits) and its
+            # clean-up has not run yet: it leaves the queue here, and takes no slot.
             heapq.heappop(queue.heap)
             self.waiting -= 1
+        return None
+
+    def _serve(self, queue: _Queue, upstream: Upstream, lease: str | None) -> None:
+        """The head of `queue` goes to `upstream`, with `lease` if the slot is shared."""
+        head = heapq.heappop(queue.heap)
+        self.waiting -= 1
+        upstream.in_flight += 1
+        waiter = cast(RequestContext, head[4])
+        waiter.lease = lease
+        head[2].set_result(upstream)  # type: ignore[attr-defined]
+
+    async def _poll(self, model: str, queue: _Queue) -> None:
+        """While `model`'s requests wait, ask Redis for slots other replicas freed."""
+        try:
+            while queue.heap:
+                try:
+                    served = await self._poll_once(model, queue)
+                except Exception:  # a fault of the gateway's own: logged; the poll goes on
+                    log.exception("polling for slots of %s failed", model)
+                    served = False
+                if not served:
+                    await asyncio.sleep(self.poll_seconds)
+        finally:
+            del self._polls[model]  # no await since the queue was found empty
+
+    async def _poll_once(self, model: str, queue: _Queue) -> bool:
+        assert self.leases is not None
+        head = self._head(queue)
+        if head is None:
+            return False
+        candidates = [u for u in self.pool.by_model[model] if u.usable and u is not head[3]]
+        for upstream in sorted(candidates, key=lambda u: u.in_flight):
+            if upstream.full:  # taken by this replica: others may wait for its share
+                await self.leases.peek(upstream)
+                continue
             upstream.in_flight += 1
-            future.set_result(upstream)
+            try:
+                admitted, lease = await self.leases.take(upstream, waiting=True)
+            finally:
+                upstream.in_flight -= 1
+            if not admitted:
+                continue
+            head = self._head(queue)  # who is first now: it may have left meanwhile
+            if head is None or head[3] is upstream or upstream.full:
+                if lease is not None:
+                    self.leases.give_back(upstream, lease)
+                return False
+            self._serve(queue, upstream, lease)
+            return True
+        return False
+
+    async def close(self) -> None:
+        for task in list(self._polls.values()):
+            task.cancel()
+        await asyncio.gather(*self._polls.values(), return_exceptions=True)
+        if self.leases is not None:
+            await self.leases.close()
 
     async def _wait(self, ctx: RequestContext, model: str) -> Upstream:
         queue = self.queues[model]
@@ -127,9 +229,13 @@ class Admission:
         future: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
         # A retry waits for another upstream than the one its last attempt failed on.
         failed = next((u for u in self.pool.by_model[model] if u.url == ctx.upstream), None)
-        entry: list[object] = [-tier.priority, next(self._arrivals), future, failed]
+        entry: list[object] = [-tier.priority, next(self._arrivals), future, failed, ctx]
         heapq.heappush(queue.heap, entry)
         self.waiting += 1
+        if self.leases is not None and model not in self._polls:
+            self._polls[model] = asyncio.create_task(
+                self._poll(model, queue), name="admission.poll"
+            )
         started = self.clock()
         try:
             async with asyncio.timeout(tier.max_queue_seconds):
@@ -143,7 +249,7 @@ class Admission:
             raise _busy(model, queue.retry_after(position), message) from None
         except BaseException:  # the client hung up: its place, or its slot, goes to another
             if _served(future):
-                self.release(future.result())
+                self.release(ctx, future.result())
             else:
                 self._leave(queue, entry, future)
             raise

@@ -155,6 +155,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         relay = Relay(state.config, state.runtime, state.pool, session, tracing)
         state.relay = relay
         await state.runtime.start()
+        await relay.start(state.runtime.resources)
         try:
             async with (
                 running(

@@ -65,6 +65,8 @@ class RequestContext:
     upstream_seconds: float | None = None
     # Seconds spent waiting for an upstream slot (`gateway.admission`), when it waited.
     queued_seconds: float | None = None
+    # Its lease on the upstream's slot in Redis while an attempt runs (`gateway.leases`).
+    lease: str | None = None
     # SSE events written to the client: what a stream that broke off had generated.
     events_sent: int = 0
     finished: float | None = None

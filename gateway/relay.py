@@ -27,10 +27,12 @@ from gateway.context import (
 from gateway.endpoints import MODEL_ENDPOINTS
 from gateway.errors import GatewayError, bad_request, internal_error
 from gateway.failover import Failover
+from gateway.leases import shared_slots
 from gateway.logs import current_request
 from gateway.outbound import upstream_payload
 from gateway.policy import Chain
 from gateway.resilience import Failure
+from gateway.resources import Resources
 from gateway.runtime import PolicyRuntime
 from gateway.tracing import Tracing
 from gateway.upstreams import Pool, Upstream
@@ -47,6 +49,7 @@ class Relay:
         session: aiohttp.ClientSession,
         tracing: Tracing | None = None,
     ) -> None:
+        self.config = config
         self.runtime = runtime
         self.tracing = tracing
         self.metrics = runtime.metrics
@@ -201,12 +204,14 @@ class Relay:
         model frees one first when all are taken (or others wait already)."""
         if upstream.full or self.waiting.get(ctx.model or ""):
             upstream = await self.admission.wait(ctx, upstream)
-        else:
+        elif self.admission.leases is None or not upstream.limit:
             upstream.in_flight += 1
+        else:  # shared with other replicas (`gateway.leases`)
+            upstream = await self.admission.lease(ctx, upstream)
         try:
             return await self.caller.attempt(ctx, chain, upstream, payload)
         finally:
-            self.admission.release(upstream)
+            self.admission.release(ctx, upstream)
 
     async def _failed(
         self,
@@ -231,12 +236,19 @@ class Relay:
                 last.error.message += f" ({ctx.attempts} attempts)"
             raise last.error from last
 
+    async def start(self, resources: Resources) -> None:
+        """Share the upstreams' slots with the other replicas, when configured to."""
+        self.admission.leases = await shared_slots(
+            self.config, resources, self.metrics.dependency_errors
+        )
+
     async def drain(self) -> None:
         """Wait for completion work still running (at shutdown)."""
         while self.completions:
             await asyncio.gather(*self.completions, return_exceptions=True)
         if self.access_log is not None:
             self.access_log.flush()
+        await self.admission.close()
 
 
 async def _finish(ctx: RequestContext, response: web.Response) -> web.StreamResponse:

@@ -87,3 +87,15 @@ class AdmissionConfig(PolicySettings):
     overcommit: int = Field(0, ge=0)
     # Requests waiting per model; the next one is answered 503 server_busy.
     max_queue: int = Field(256, ge=0)
+    # With `storage.redis_url`, the bound holds across every gateway replica (and worker
+    # process) sharing that Redis: a request holds a lease on its upstream's slot there
+    # while it runs (`gateway.leases`). Off: each process bounds only its own requests.
+    across_replicas: bool = True
+    # A lease runs out this long after it was last renewed (every third of it while its
+    # request runs): a replica that dies frees its slots within this time.
+    lease_seconds: PositiveFloat = 15.0
+    # While requests wait here for slots that other replicas hold, how often this replica
+    # asks Redis for one.
+    poll_seconds: float = Field(0.05, ge=0.005, le=5)
+    # Prefix of the Redis keys of the leases: replicas that share slots share it.
+    key_prefix: str = "llama-gateway:"

@@ -15,7 +15,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
@@ -23,6 +22,7 @@ from gateway.context import REJECTED, UPSTREAM_ERROR, Reply, RequestContext
 from gateway.endpoints import GENERATING, MODEL_ENDPOINTS
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
+from gateway.redis_scripts import where as redis_where
 from gateway.tiers import unknown_tiers
 from policies.rate_limit.buckets import (
     MINUTE_MS,
@@ -40,7 +40,7 @@ from policies.rate_limit.settings import (
     RateLimitSettings,
 )
 from policies.rate_limit.slots import Held, Keeper
-from policies.rate_limit.store import ADMIT, SETTLE, Backend, Unavailable, open_client
+from policies.rate_limit.store import ADMIT, SETTLE, Backend, Unavailable, backend, open_client
 
 log = logging.getLogger("policies.rate_limit")
 
@@ -91,15 +91,14 @@ class RateLimitPolicy(Policy):
         client = await self.env.resources.get(
             "redis", lambda: _async(open_client(storage)), _close_client
         )
-        where = _where(storage.redis_url)
 
         async def create() -> Backend:
-            backend = Backend(client, storage.redis_timeout_seconds, where)
-            await backend.load()
-            return backend
+            made = backend(client, storage, redis_where(storage.redis_url))
+            await made.load()
+            return made
 
-        backend = await self.env.resources.get("rate_limit.backend", create, _nothing)
-        self.backend, self.keeper = backend, Keeper(backend, self._ttl_ms)
+        shared = await self.env.resources.get("rate_limit.backend", create, _nothing)
+        self.backend, self.keeper = shared, Keeper(shared, self._ttl_ms)
 
     async def readiness(self) -> Mapping[str, Check]:
         if self.backend is None or not self.env.config.storage.redis_url:
@@ -264,15 +263,6 @@ def tokens_used(ctx: RequestContext, admission: Admission) -> int:
     # unknowable), or an answer came without usage: the reservation stands, so that
     # leaving early is not a way to free generation.
     return admission.reserved
-
-
-def _where(url: str | None) -> str:
-    """The Redis address for logs, without credentials."""
-    if url is None:
-        return "embedded store"
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 async def _async(value: Any) -> Any:

@@ -1,61 +1,22 @@
-"""Where the buckets live: Redis, or an embedded store running the very same Lua scripts.
-
-Scripts are package data files, read and hashed once; calls go by EVALSHA and a script
-the server does not know (NOSCRIPT: a restarted or flushed Redis) is loaded and the call
-retried once. Every call is bounded in time; an unreachable or slow Redis surfaces as
-`Unavailable`, and the first failure of an incident and the recovery are logged once.
-"""
+"""Where the buckets live: Redis, or an embedded store running the very same Lua scripts
+(run by `gateway.redis_scripts.Backend`)."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
-import time
-from importlib.resources import files
-from typing import Any, Protocol
 
 from gateway.config import StorageConfig
-from gateway.redis_client import ConnectionLost, RedisClient, ReplyError, Unreachable
+from gateway.redis_client import RedisClient
+from gateway.redis_scripts import Backend, Client, Script, Unavailable
 from policies.rate_limit.embedded import Embedded
+
+__all__ = ["ADMIT", "SETTLE", "TOUCH", "Backend", "Unavailable", "backend", "open_client"]
 
 log = logging.getLogger("policies.rate_limit")
 
-
-class Unavailable(Exception):
-    """Redis did not answer in time, or not at all."""
-
-    def __init__(self, message: str, *, maybe_ran: bool = False) -> None:
-        super().__init__(message)
-        # The call reached Redis and may have run (no answer in time, or the connection
-        # was lost with it in flight): its effects may stand.
-        self.maybe_ran = maybe_ran
-
-
-class _NoScript(Exception):
-    """EVALSHA named a script the server does not have."""
-
-
-class Script:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.text = (files("policies.rate_limit") / "scripts" / f"{name}.lua").read_text("utf-8")
-        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
-
-
-PROBE_SECONDS = 0.5
-
-ADMIT = Script("admit")
-SETTLE = Script("settle")
-TOUCH = Script("touch")
-
-
-class Client(Protocol):
-    async def call(self, *args: Any) -> Any: ...
-
-    def abort(self) -> None: ...
-
-    async def close(self) -> None: ...
+ADMIT = Script("policies.rate_limit", "admit")
+SETTLE = Script("policies.rate_limit", "settle")
+TOUCH = Script("policies.rate_limit", "touch")
 
 
 def open_client(storage: StorageConfig) -> Client:
@@ -65,96 +26,12 @@ def open_client(storage: StorageConfig) -> Client:
     return RedisClient(storage.redis_url)
 
 
-class Backend:
-    """Runs the scripts on one Redis client and keeps track of outages."""
-
-    def __init__(self, client: Client, timeout: float, where: str) -> None:
-        self.client = client
-        self.timeout = timeout  # for a whole call, connecting included
-        self.where = where
-        self.down_since: float | None = None
-        self.failures = 0
-        # While Redis is failing, calls fail at once and one call per `PROBE_SECONDS`
-        # tries it: an outage costs requests no waiting.
-        self.probe_at = 0.0
-
-    async def load(self) -> None:
-        """Register the scripts (best effort: a Redis down at start-up is not fatal)."""
-        try:
-            for script in (ADMIT, SETTLE, TOUCH):
-                await self._bounded("SCRIPT", "LOAD", script.text)
-        except Unavailable:
-            pass  # logged; EVALSHA loads them on first use
-
-    async def run(self, script: Script, keys: list[str], args: list[Any]) -> list[int]:
-        if self.down_since is not None:
-            now = time.monotonic()
-            if now < self.probe_at:
-                self.failures += 1
-                raise Unavailable("Redis is failing; next try shortly")
-            self.probe_at = now + PROBE_SECONDS
-        try:
-            result = await self._bounded("EVALSHA", script.sha, len(keys), *keys, *args)
-        except _NoScript:
-            log.info("Redis lacks the %s script (restarted or flushed); loading it", script.name)
-            try:
-                await self._bounded("SCRIPT", "LOAD", script.text)
-                result = await self._bounded("EVALSHA", script.sha, len(keys), *keys, *args)
-            except _NoScript as exc:  # loaded, yet unknown: a misbehaving server
-                self._failed(exc)
-                raise Unavailable(str(exc)) from exc
-        if self.down_since is not None:
-            self._recovered()
-        return [int(x) for x in result] if isinstance(result, list) else [int(result)]
-
-    async def ping(self) -> bool:
-        """Whether Redis answers now (for readiness probes); a success ends an outage."""
-        try:
-            await self._bounded("PING")
-        except Unavailable:
-            return False
-        if self.down_since is not None:
-            self._recovered()
-        return True
-
-    async def _bounded(self, *args: Any) -> Any:
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await self.client.call(*args)
-        except TimeoutError as exc:
-            self.client.abort()  # the next call starts afresh, not behind a stuck one
-            self._failed(exc)
-            raise Unavailable(f"no answer within {self.timeout:g} s", maybe_ran=True) from exc
-        except ReplyError as exc:
-            if str(exc).startswith("NOSCRIPT"):
-                raise _NoScript(str(exc)) from exc
-            self._failed(exc)
-            raise Unavailable(f"Redis answered: {exc}") from exc
-        except (Unreachable, OSError) as exc:
-            self._failed(exc)
-            lost = isinstance(exc, ConnectionLost)
-            raise Unavailable(f"{exc.__class__.__name__}: {exc}", maybe_ran=lost) from exc
-
-    def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            self.probe_at = self.down_since + PROBE_SECONDS
-            log.error(
-                "Redis at %s failed (%s: %s); rate limits follow their failure_mode until it "
-                "answers again",
-                self.where,
-                exc.__class__.__name__,
-                str(exc) or "no answer in time",
-            )
-
-    def _recovered(self) -> None:
-        assert self.down_since is not None
-        log.warning(
-            "Redis at %s answers again after %.1f s; %d calls failed meanwhile",
-            self.where,
-            time.monotonic() - self.down_since,
-            self.failures,
-        )
-        self.down_since = None
-        self.failures = 0
+def backend(client: Client, storage: StorageConfig, where: str) -> Backend:
+    return Backend(
+        client,
+        storage.redis_timeout_seconds,
+        where,
+        (ADMIT, SETTLE, TOUCH),
+        log,
+        "rate limits follow their failure_mode",
+    )

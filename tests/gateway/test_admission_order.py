@@ -25,6 +25,7 @@ URL = "http://127.0.0.1:9"
 
 def context(tier: str) -> RequestContext:
     fields = {"tier": tier, "model": "fake", "upstream": None, "queued_seconds": None}
+    fields["lease"] = None
     return cast(RequestContext, SimpleNamespace(**fields))
 
 
@@ -43,10 +44,11 @@ async def run(waiters: list[tuple[int, bool]]) -> None:
     served: list[int] = []
 
     async def wait(index: int, priority: int) -> None:
-        got = await admission.wait(context(f"p{priority}"), upstream)
+        ctx = context(f"p{priority}")
+        got = await admission.wait(ctx, upstream)
         assert upstream.in_flight == 1
         served.append(index)
-        admission.release(got)
+        admission.release(ctx, got)
 
     tasks = []
     for index, (priority, _) in enumerate(waiters):
@@ -56,7 +58,7 @@ async def run(waiters: list[tuple[int, bool]]) -> None:
         if leaves:
             task.cancel()
     await asyncio.sleep(0)
-    admission.release(upstream)
+    admission.release(context("p0"), upstream)
     await asyncio.gather(*tasks, return_exceptions=True)
     staying = [(-p, i) for i, (p, leaves) in enumerate(waiters) if not leaves]
     assert served == [i for _, i in sorted(staying)]
@@ -77,7 +79,7 @@ def test_a_waiter_served_as_its_client_leaves_gives_the_slot_on() -> None:
         first = asyncio.create_task(admission.wait(context("p0"), upstream))
         second = asyncio.create_task(admission.wait(context("p0"), upstream))
         await asyncio.sleep(0)
-        admission.release(upstream)  # the slot is handed to `first` ...
+        admission.release(context("p0"), upstream)  # the slot is handed to `first` ...
         first.cancel()  # ... whose client hangs up before it runs again
         await asyncio.gather(first, return_exceptions=True)
         assert await second is upstream  # the slot went on to the next
@@ -97,11 +99,12 @@ def test_a_slot_freed_before_a_leaving_waiter_runs_again_goes_to_the_next() -> N
         staying = asyncio.create_task(admission.wait(context("p0"), upstream))
         await asyncio.sleep(0)
         leaving.cancel()
-        admission.release(upstream)  # same turn: `leaving` has not run its clean-up yet
+        # Same turn: `leaving` has not run its clean-up yet.
+        admission.release(context("p0"), upstream)
         assert await staying is upstream
         await asyncio.gather(leaving, return_exceptions=True)
         assert (upstream.in_flight, admission.waiting, pool.waiting["fake"]) == (1, 0, [])
-        admission.release(upstream)
+        admission.release(context("p0"), upstream)
         assert upstream.in_flight == 0
 
     asyncio.run(race())

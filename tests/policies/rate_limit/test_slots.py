@@ -43,7 +43,7 @@ async def test_admission_answered_too_late_frees_its_slot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Calls are not held back after a failure: this test is about the slot, not probing.
-    monkeypatch.setattr("policies.rate_limit.store.PROBE_SECONDS", 0.0)
+    monkeypatch.setattr("gateway.redis_scripts.PROBE_SECONDS", 0.0)
     async with ReplyGate() as gate:
         storage = {"redis_url": gate.url, "redis_timeout_seconds": 0.2}
         policy = limit_policy(prefix, default={"concurrency": 2}, failure_mode="open")

@@ -37,6 +37,7 @@ PG_TYPES = {
     "ttft_ms": "float8",
     "cost": "float8",
     "attempts": "integer",
+    "queued_ms": "float8",
 }
 _TIMES = ("started_at", "finished_at")
 # How the rows travel: like the table, but with the times as epoch seconds.

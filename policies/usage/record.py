@@ -69,6 +69,8 @@ class UsageRow(NamedTuple):
     cost: float
     # Calls made to upstreams (more than one after failover; 0 when none was made).
     attempts: int
+    # Time waited in the gateway's queue for an upstream slot; None when it did not wait.
+    queued_ms: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -84,13 +86,25 @@ class UsageRow(NamedTuple):
 
 
 COLUMNS: tuple[str, ...] = UsageRow._fields
-_NULLABLE = {"request_id", "principal", "key_id", "subject", "tier", "model", "upstream", "ttft_ms"}
+_NULLABLE = {
+    "request_id",
+    "principal",
+    "key_id",
+    "subject",
+    "tier",
+    "model",
+    "upstream",
+    "ttft_ms",
+    "queued_ms",
+}
 REQUIRED = tuple(name for name in COLUMNS if name not in _NULLABLE)
 _REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRED))
 
 
-# Columns added since journals were first written: a row from before has none of them.
-LATER = ("attempts",)
+# Columns added since journals were first written, in order: a row from before has none
+# of them, or the first ones only.
+LATER = ("attempts", "queued_ms")
+_LATER_DEFAULTS = (0, None)  # `attempts` is then given by `_before_attempts`
 
 
 def _before_attempts(row: UsageRow) -> UsageRow:
@@ -104,13 +118,13 @@ def row_from_json(data: Any) -> UsageRow:
     A row written before the columns of `LATER` existed is read with their defaults."""
     if not isinstance(data, list):
         return UsageRow.from_dict(data)
-    earlier = len(data) == len(COLUMNS) - len(LATER)
-    if earlier:
-        data = [*data, 0]
+    missing = len(COLUMNS) - len(data)
+    if 0 < missing <= len(LATER):
+        data = [*data, *_LATER_DEFAULTS[-missing:]]
     if len(data) != len(COLUMNS) or None in _REQUIRED_VALUES(data):
         raise ValueError("usage record with missing fields")
     row = UsageRow._make(data)
-    return _before_attempts(row) if earlier else row
+    return _before_attempts(row) if missing == len(LATER) else row
 
 
 def utc(epoch: float) -> datetime:
@@ -179,4 +193,7 @@ class RowBuilder:
             ),
             cost=price.cost(prompt, completion, ctx.cached) if price is not None else 0.0,
             attempts=ctx.attempts,
+            queued_ms=(
+                round(ctx.queued_seconds * 1000, 3) if ctx.queued_seconds is not None else None
+            ),
         )

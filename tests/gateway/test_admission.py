@@ -4,6 +4,7 @@ by tier priority, bounded in number and time, and leave at once when their clien
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.support.auth import sha256
 from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
 from tests.support.replicas import access_lines, settle, start_fakes
+from tests.support.usage import usage_settings, wait_for_rows
 from tests.support.waiting import eventually
 
 FREE, PREMIUM = "free-key-for-the-admission-tests-0123456789", "premium-key-0123456789abcdef01"
@@ -186,3 +188,25 @@ def test_retry_after_follows_the_observed_service_rate() -> None:
         queue.completed(220.0 + 0.1 * i)  # now ten a second
     assert queue.retry_after(1) == 1  # never under a second
     assert 5 <= queue.retry_after(50) <= 6  # the average nears 0.1 s
+
+
+async def test_the_usage_row_records_the_time_queued(
+    aiohttp_client: Any, aiohttp_server: Any, pg_url: str, tmp_path: Path
+) -> None:
+    (fake,), urls = await start_fakes(aiohttp_server, 1)
+    config = gateway_config(
+        urls[0],
+        models={"fake": {"upstreams": urls, "slots": 1}},
+        storage={"database_url": pg_url, "data_dir": str(tmp_path)},
+        policies=[usage_settings()],
+    )
+    client = await aiohttp_client(create_app(config))
+    holder = asyncio.create_task(client.post("/v1/chat/completions", json=chat("h", delay=0.3)))
+    await eventually(lambda: fake.in_flight == 1)
+    started = time.monotonic()
+    assert (await client.post("/v1/chat/completions", json=chat("second"))).status == 200
+    waited_ms = (time.monotonic() - started) * 1000
+    assert (await holder).status == 200
+    rows = sorted(await wait_for_rows(pg_url, 2), key=lambda row: row["started_at"])
+    assert rows[0]["queued_ms"] is None  # the holder found its slot free
+    assert 0 < rows[1]["queued_ms"] <= waited_ms

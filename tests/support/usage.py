@@ -134,6 +134,7 @@ def row(n: int, **fields: Any) -> UsageRow:
         "ttft_ms": 1.0,
         "cost": 0.25,
         "attempts": 1,
+        "queued_ms": None,
     }
     values.update(fields)
     return UsageRow(**values)

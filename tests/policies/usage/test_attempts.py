@@ -1,4 +1,5 @@
-"""The `attempts` column: rows journalled or stored before it existed stay readable."""
+"""The `attempts` and `queued_ms` columns: rows journalled or stored before they existed
+stay readable."""
 
 from __future__ import annotations
 
@@ -25,26 +26,34 @@ INSERT = (
 @pytest.mark.parametrize("upstream", ["http://u", None])
 def test_a_journal_row_from_before_attempts_is_read(upstream: str | None) -> None:
     earlier = row(1, upstream=upstream).as_dict()
-    del earlier["attempts"]
+    del earlier["attempts"], earlier["queued_ms"]
     expected = 1 if upstream else 0
     as_array = orjson.loads(orjson.dumps(list(earlier.values())))
-    assert len(as_array) == len(COLUMNS) - 1
+    assert len(as_array) == len(COLUMNS) - 2
     assert row_from_json(as_array).attempts == expected
     assert row_from_json(earlier).attempts == expected
+    assert row_from_json(as_array).queued_ms is None
     assert row_from_json(list(row(2, attempts=3))).attempts == 3
+
+
+def test_a_journal_row_from_before_queued_ms_is_read() -> None:
+    earlier = list(row(1, attempts=2))[:-1]
+    read = row_from_json(orjson.loads(orjson.dumps(earlier)))
+    assert (read.attempts, read.queued_ms) == (2, None)
+    assert row_from_json(list(row(2, queued_ms=12.5))).queued_ms == 12.5
 
 
 def test_a_short_or_incomplete_journal_row_is_still_refused() -> None:
     values = list(row(1))
     with pytest.raises(ValueError, match="missing fields"):
-        row_from_json(values[:-2])
+        row_from_json(values[:-3])
     values[COLUMNS.index("status")] = None
     with pytest.raises(ValueError, match="missing fields"):
         row_from_json(values[:-1])
 
 
 def before_attempts() -> list[tuple[int, str, str]]:
-    return [m for m in migrations() if m.name != "attempts"]
+    return [m for m in migrations() if m.name not in ("attempts", "queued")]
 
 
 async def test_sqlite_rows_stored_before_count_one_call_if_relayed(tmp_path: Path) -> None:

@@ -88,6 +88,15 @@ class Admission:
         self.leases: Leases | None = None  # set by `start`: slots shared with other replicas
         self.poll_seconds = config.poll_seconds
         self._polls: dict[str, asyncio.Task[None]] = {}  # by model, while requests wait
+        for upstream in pool.upstreams:
+            upstream.freed = self.freed
+
+    def freed(self, upstream: Upstream) -> None:
+        """`upstream` can take more (healthy again, more slots): to its models' waiters now,
+        not at the next release. With leases, the poll finds it."""
+        if self.waiting and self.leases is None:
+            for model in upstream.models:
+                self._hand_off(model, self.queues[model])
 
     async def lease(self, ctx: RequestContext, upstream: Upstream) -> Upstream:
         """A slot on `upstream`, which has one free in this replica, once Redis says the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 
 import aiohttp
@@ -44,6 +45,9 @@ class Upstream:
     models: list[str] = field(default_factory=list)
     # Rotates ties between equally loaded upstreams.
     picks: int = 0
+    # Told when it can take more requests (healthy again, more slots): `gateway.admission`
+    # then hands it to requests waiting for a slot.
+    freed: Callable[[Upstream], None] | None = None
     # What it serves (`gateway.identity`), once a probe has read it; kept while it is down,
     # read afresh when it is back (None while that read fails).
     identity: str | None = None
@@ -75,7 +79,9 @@ class Upstream:
     def set_slots(self, slots: int | None) -> None:
         self.slots = slots
         on = slots is not None and self.overcommit is not None
-        self.limit = slots + (self.overcommit or 0) if on and slots else 0
+        before, self.limit = self.limit, slots + (self.overcommit or 0) if on and slots else 0
+        if self.freed is not None and (self.limit > before or (before and not self.limit)):
+            self.freed(self)
 
     @property
     def usable(self) -> bool:
@@ -100,6 +106,8 @@ class Upstream:
                 extra={"upstream": self.url, "model": self.model, "reason": reason},
             )
             self.state = state
+            if state == HEALTHY and self.freed is not None:
+                self.freed(self)
 
 
 @dataclass(slots=True)

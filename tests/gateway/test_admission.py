@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.admission import _Queue
 from gateway.app import STATE, create_app
+from gateway.upstreams import LOADING
 from tests.support.auth import sha256
 from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
@@ -210,3 +211,43 @@ async def test_the_usage_row_records_the_time_queued(
     rows = sorted(await wait_for_rows(pg_url, 2), key=lambda row: row["started_at"])
     assert rows[0]["queued_ms"] is None  # the holder found its slot free
     assert 0 < rows[1]["queued_ms"] <= waited_ms
+
+
+async def test_an_upstream_back_takes_a_waiter_at_once(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Not at the next release: the holder's answer is still a second away."""
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    fakes[1].loading = True
+    client = await gateway(aiohttp_client, tmp_path, urls)
+    pool = client.app[STATE].pool
+    await eventually(lambda: pool.by_model["fake"][1].state == LOADING)
+    holder = asyncio.create_task(post(client, chat("holder", delay=1.0)))
+    await eventually(lambda: fakes[0].in_flight == 1)
+    waiter = asyncio.create_task(post(client, chat("waiter")))
+    await queued(client, 1)
+    fakes[1].loading = False  # its next probe finds it healthy
+    assert (await waiter)[0] == 200
+    assert not holder.done()
+    assert [r["messages"][0]["content"] for r in fakes[1].requests] == ["waiter"]
+    assert (await holder)[0] == 200
+
+
+async def test_more_slots_read_from_props_take_waiters_at_once(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    (fake,), urls = await start_fakes(aiohttp_server, 1)
+    fake.total_slots = 1
+    config = gateway_config(urls[0], storage={"data_dir": str(tmp_path)})
+    client = await aiohttp_client(create_app(config))
+    (upstream,) = client.app[STATE].pool.by_model["fake"]
+    await eventually(lambda: upstream.limit == 1)
+    holder = asyncio.create_task(client.post("/v1/chat/completions", json=chat("h", delay=1.0)))
+    await eventually(lambda: fake.in_flight == 1)
+    waiter = asyncio.create_task(client.post("/v1/chat/completions", json=chat("waiter")))
+    await queued(client, 1)
+    fake.total_slots = 2
+    assert (await waiter).status == 200
+    assert not holder.done()
+    assert fake.max_in_flight == 2
+    assert (await holder).status == 200

@@ -42,6 +42,7 @@ FAKE = web.AppKey("fake", "FakeLlama")
 class FakeLlama:
     def __init__(self) -> None:
         self.loading = False
+        self.total_slots = 4  # what /props reports
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
@@ -126,7 +127,7 @@ class FakeLlama:
         return web.json_response(
             {
                 "model_path": self.model_path,
-                "total_slots": 4,
+                "total_slots": self.total_slots,
                 "build_info": "b0-fake",
                 "default_generation_settings": settings,
             }

@@ -255,10 +255,10 @@ def failover_report(
     print(f"  {len(results)} streams, {len(around)} sent before the kill")
     print(f"  failed before any byte (goal 0): {len(unstarted)}")
     print(f"  cut mid-stream (in flight on the killed server): {len(cut)}")
-    print(
-        f"  circuit open after {opened if opened is None else round(opened, 3)} s, "
-        f"probe down after {down if down is None else round(down, 3)} s"
-    )
+    out = "never" if down is None else f"{down:.3f} s"
+    circuit = "never (not needed)" if opened is None else f"{opened:.3f} s"
+    print(f"  out of rotation (marked down: a refused connect or its probe) after {out}")
+    print(f"  circuit open after {circuit}")
 
 
 def main() -> None:

@@ -22,10 +22,11 @@ from gateway.exposition import MetricsEndpoint, publish_forever
 from gateway.metrics import Metrics, multiprocess_dir
 from gateway.policy import Chain
 from gateway.policydoc import PolicySource
+from gateway.probe import probe_forever
 from gateway.relay import Relay
 from gateway.runtime import PolicyRuntime
 from gateway.tracing import Tracing
-from gateway.upstreams import Pool, probe_forever
+from gateway.upstreams import Pool
 
 log = logging.getLogger("gateway.app")
 

@@ -12,11 +12,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from gateway.prefix import PrefixConfig
 from gateway.private import private_dir
 from gateway.resilience import AdmissionConfig, BreakerConfig, RetryConfig
 from gateway.settings import PolicySettings as PolicySettings  # re-exported
@@ -58,12 +59,16 @@ class UpstreamConfig(PolicySettings):
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     admission: AdmissionConfig = AdmissionConfig()  # a tier-priority queue for the slots
+    prefix: PrefixConfig = PrefixConfig()  # for the models with `routing: prefix`
 
 
 class ModelConfig(PolicySettings):
     upstreams: list[str] = Field(min_length=1)
     api_key: str | None = None
     slots: int | None = Field(None, ge=1)  # per upstream; unset: `/props` `total_slots`
+    # How a request picks one of the upstreams: the fewest requests in flight, or the one
+    # that already holds the longest part of its prompt in its cache (`gateway.prefix`).
+    routing: Literal["least_in_flight", "prefix"] = "least_in_flight"
 
     @field_validator("upstreams")
     @classmethod

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 
 from gateway.errors import GatewayError, bad_request
+from gateway.prefix import Prompt
 from gateway.validate import check_fields
 
 # Outcomes handed to `on_complete`.
@@ -65,6 +66,8 @@ class RequestContext:
     upstream_seconds: float | None = None
     # Seconds spent waiting for an upstream slot (`gateway.admission`), when it waited.
     queued_seconds: float | None = None
+    # Its prompt's blocks, when its model is routed by prefix (`gateway.prefix`).
+    prefix: Prompt | None = None
     # Its lease on the upstream's slot in Redis while an attempt runs (`gateway.leases`).
     lease: str | None = None
     # SSE events written to the client: what a stream that broke off had generated.

@@ -155,6 +155,13 @@ class Metrics(MetricSet):
             "timeout, loading, server_error).",
             ("model", "reason"),
         )
+        self.prefix_routes = self.counter(
+            "prefix_routes",
+            "Requests of the models routed by prefix, by how their upstream was chosen: match "
+            "(it was sent the longest part of the prompt), anchor (no part was matched: the "
+            "rendezvous hash of the first block), load (the load guard overrode either).",
+            ("model", "route"),
+        )
 
     def set_tiers(self, tiers: Iterable[str]) -> None:
         """The tier names in force (after each policy load): the only tier label values."""

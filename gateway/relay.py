@@ -31,6 +31,7 @@ from gateway.leases import shared_slots
 from gateway.logs import current_request
 from gateway.outbound import upstream_payload
 from gateway.policy import Chain
+from gateway.prefix import ROUTES
 from gateway.resilience import Failure
 from gateway.resources import Resources
 from gateway.runtime import PolicyRuntime
@@ -59,6 +60,11 @@ class Relay:
             config.upstream.admission, pool, runtime.metrics, lambda: runtime.document.tiers
         )
         self.waiting = pool.waiting
+        self.routes = {
+            (model, route): runtime.metrics.prefix_routes.labels(model, route)
+            for model in pool.prefix
+            for route in ROUTES
+        }
         self.session = session
         self.max_body = config.server.max_body_bytes
         self.caller = Caller(config, session, tracing, _finish)
@@ -182,7 +188,10 @@ class Relay:
         # Built once (a retry sends the same bytes), and before `pick`: a body that cannot be
         # sent must not take a half-open circuit's one trial and never report on it.
         payload = upstream_payload(ctx)
-        upstream = self.pool.pick(ctx.model)
+        prompt = ctx.prefix = self.pool.prompt(ctx.model, ctx.endpoint, ctx.body or {})
+        upstream = self.pool.pick(ctx.model, prompt=prompt)
+        if prompt is not None:
+            self.routes[ctx.model, prompt.route].inc()
         started = time.perf_counter()
         try:
             try:
@@ -208,6 +217,8 @@ class Relay:
             upstream.in_flight += 1
         else:  # shared with other replicas (`gateway.leases`)
             upstream = await self.admission.lease(ctx, upstream)
+        if ctx.prefix is not None and upstream.prefixes is not None:
+            upstream.prefixes.add(ctx.prefix.chain)
         try:
             return await self.caller.attempt(ctx, chain, upstream, payload)
         finally:

@@ -1,23 +1,23 @@
-"""Upstream llama-server processes: fewest-in-flight balancing, /health probing and what
-model each serves (`gateway.identity`)."""
+"""Upstream llama-server processes: their state, fewest-in-flight balancing (or by prefix,
+`gateway.prefix`) and what model each serves (`gateway.identity`); `gateway.probe` keeps
+their state from /health and /props."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
+from typing import Any
 
-import aiohttp
-import orjson
 from yarl import URL
 
 from gateway.circuit import CLOSED, STATE_NAMES, Circuit
 from gateway.config import GatewayConfig
 from gateway.endpoints import ENDPOINTS, MODELS
 from gateway.errors import GatewayError, upstream_unavailable
-from gateway.identity import MODELS_PATH, PROPS_PATH, model_identity, upstream_identity
+from gateway.identity import MODELS_PATH, PROPS_PATH, model_identity
+from gateway.prefix import PrefixConfig, PrefixIndex, Prompt, choose, prompt_of, stable_hash
 from gateway.resilience import BreakerConfig
 
 log = logging.getLogger("gateway.upstreams")
@@ -58,6 +58,10 @@ class Upstream:
     models_url: URL = field(init=False)
     # Fed by real calls (`gateway.circuit`): an open one keeps the upstream out of rotation.
     circuit: Circuit = field(init=False)
+    # What it was sent, for the models routed by prefix (`gateway.prefix`), and its name
+    # in their rendezvous hashing.
+    prefixes: PrefixIndex | None = None
+    seed: int = field(init=False)
     breaker: InitVar[BreakerConfig | None] = None
 
     def __post_init__(self, breaker: BreakerConfig | None) -> None:
@@ -70,6 +74,7 @@ class Upstream:
         address = URL(self.url)
         if address.user is not None or address.password is not None:
             self.url = str(address.with_user(None))
+        self.seed = stable_hash(self.url.encode())
         self.circuit = Circuit(breaker or BreakerConfig(), self.url, self.model)
 
     @property
@@ -119,6 +124,8 @@ class Pool:
     # Each model's requests waiting for a slot (the heaps of `gateway.admission`), here for
     # `llama_gateway_queue_depth` to read.
     waiting: dict[str, list[list[object]]] = field(default_factory=dict)
+    # The models routed by prefix (`gateway.prefix`), with its settings.
+    prefix: dict[str, PrefixConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.waiting = {model: [] for model in self.by_model}
@@ -128,6 +135,8 @@ class Pool:
         shared: dict[str, Upstream] = {}
         by_model: dict[str, list[Upstream]] = {}
         breaker, admission = config.upstream.breaker, config.upstream.admission
+        routed = [model for model, spec in config.models.items() if spec.routing == "prefix"]
+        prefix = dict.fromkeys(routed, config.upstream.prefix)
         overcommit = admission.overcommit if admission.enabled else None
         for model, spec in config.models.items():
             by_model[model] = []
@@ -141,17 +150,26 @@ class Pool:
                     upstream.set_slots(spec.slots)
                 upstream.models.append(model)
                 by_model[model].append(upstream)
-        return cls(by_model)
+                if model in prefix and upstream.prefixes is None:
+                    upstream.prefixes = PrefixIndex(config.upstream.prefix.max_blocks)
+        return cls(by_model, prefix=prefix)
 
     @property
     def upstreams(self) -> list[Upstream]:
         return list({id(u): u for ups in self.by_model.values() for u in ups}.values())
 
-    def pick(self, model: str, avoid: Upstream | None = None) -> Upstream:
+    def prompt(self, model: str, endpoint: str, body: dict[str, Any]) -> Prompt | None:
+        """The blocks of a request's prompt, if its model is routed by prefix."""
+        return prompt_of(endpoint, body) if model in self.prefix else None
+
+    def pick(
+        self, model: str, avoid: Upstream | None = None, prompt: Prompt | None = None
+    ) -> Upstream:
         """The usable upstream of `model` with the fewest requests in flight; `avoid` (the
         one a retry follows) only when no other is usable; one with a free slot before a
         full one (a full one is returned only when all are: then the request waits for a
-        slot). A half-open circuit's upstream is picked for one request at a time, its trial."""
+        slot). With a `prompt`, the one `gateway.prefix` prefers within its load guard. A
+        half-open circuit's upstream is picked for one request at a time, its trial."""
         candidates = self.by_model.get(model)
         if candidates is None:
             raise GatewayError(
@@ -176,6 +194,9 @@ class Pool:
             raise upstream_unavailable(
                 f"No upstream for model '{model}' is ready ({states}); retry in a few seconds."
             )
+        if prompt is not None and model in self.prefix:
+            usable = [u for u in candidates if u is not avoid and u.usable] or [best]
+            best = choose(prompt, usable, best, self.prefix[model])
         if not best.full:
             best.picks = next(self._counter)
             if best.circuit.state != CLOSED:
@@ -214,76 +235,3 @@ def _lighter(upstream: Upstream, best: Upstream) -> bool:
     return upstream.in_flight < best.in_flight or (
         upstream.in_flight == best.in_flight and upstream.picks < best.picks
     )
-
-
-async def probe(session: aiohttp.ClientSession, upstream: Upstream, probe_timeout: float) -> None:
-    try:
-        async with session.get(
-            upstream.health_url, timeout=aiohttp.ClientTimeout(total=probe_timeout)
-        ) as resp:
-            await resp.read()
-            if resp.status == 200:
-                if upstream.state != HEALTHY:  # back: it may serve another model file now
-                    upstream.identity = None
-                await _read_identity(session, upstream, probe_timeout)
-                upstream.mark(HEALTHY)
-            elif resp.status == 503:
-                upstream.mark(LOADING, "health answered 503 (loading the model)")
-            else:
-                upstream.mark(DOWN, f"health answered {resp.status}")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        upstream.mark(DOWN, f"health probe failed: {exc.__class__.__name__} {exc}")
-
-
-async def _read_identity(
-    session: aiohttp.ClientSession, upstream: Upstream, probe_timeout: float
-) -> None:
-    """What a healthy upstream serves. A route it does not have (404: a server other than
-    llama-server may lack `/props`) says nothing; any other failure keeps what it had, as an
-    identity read from one answer of two would differ from the last and churn stored answers."""
-    timeout = aiohttp.ClientTimeout(total=probe_timeout)
-    headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else None
-    answers = []
-    try:
-        for url in (upstream.props_url, upstream.models_url):
-            async with session.get(url, timeout=timeout, headers=headers) as resp:
-                body = await resp.read()
-            if resp.status not in (200, 404):
-                log.debug("upstream %s answered %s to %s", upstream.url, resp.status, url.path)
-                return
-            answers.append(orjson.loads(body) if resp.status == 200 else None)
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-        log.debug("cannot read what upstream %s serves: %r", upstream.url, exc)
-        return
-    identity = upstream_identity(*answers)
-    if identity is not None:
-        upstream.identity = identity
-    _read_slots(upstream, answers[0])
-
-
-def _read_slots(upstream: Upstream, props: object) -> None:
-    """The upstream's slots from `/props` `total_slots`, unless configured."""
-    slots = props.get("total_slots") if isinstance(props, dict) else None
-    if upstream.slots_configured or type(slots) is not int or slots < 1:
-        return
-    if slots != upstream.slots:
-        log.info(
-            "upstream %s has %d slots",
-            upstream.url,
-            slots,
-            extra={"upstream": upstream.url, "model": upstream.model, "slots": slots},
-        )
-        upstream.set_slots(slots)
-
-
-async def probe_forever(
-    session: aiohttp.ClientSession, pool: Pool, interval: float, probe_timeout: float
-) -> None:
-    async def one(upstream: Upstream) -> None:
-        await probe(session, upstream, probe_timeout)
-        # At once: an upstream marked healthy is not picked under another's identity.
-        pool.refresh_identities()
-
-    while True:
-        await asyncio.gather(*(one(u) for u in pool.upstreams))
-        await asyncio.sleep(interval)

@@ -21,7 +21,8 @@ import pytest
 
 from gateway.identity import MODELS_PATH, PROPS_PATH, upstream_identity
 from gateway.local import CHAT_MODEL, EMBED_MODEL, free_port, model_file, server_args
-from gateway.upstreams import HEALTHY, Upstream, probe
+from gateway.probe import probe
+from gateway.upstreams import HEALTHY, Upstream
 from tests.support.llama import llama_servers_or_fail, require_llama_server
 
 pytestmark = pytest.mark.e2e

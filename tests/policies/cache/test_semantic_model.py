@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.local import free_port, model_file, server_args
-from gateway.upstreams import probe
+from gateway.probe import probe
 from policies.cache.semantic import SemanticIndex, SemanticSettings
 from tests.support.llama import llama_servers_or_fail, require_llama_server
 from tests.support.semantic import EMBED, semantic_env

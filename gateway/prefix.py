@@ -1,0 +1,201 @@
+"""Prefix-cache-aware routing (`routing: prefix`): the next turn of a conversation goes to
+the llama-server that was last sent the longest part of its prompt, where the KV cache of
+that prefix most likely still is, so that only the new part of the prompt is evaluated.
+
+A prompt is cut into blocks: a chat request's tools, then each message (role and content;
+a content longer than BLOCK_CHARS in pieces of that size), a completion's prompt in pieces
+of BLOCK_CHARS. Each block is named by a hash chained over the blocks before it: equal
+names, equal prefixes. Each upstream remembers the names of what it was sent in an LRU of
+bounded size (`PrefixIndex`): approximate, as a prefix the server has evicted still counts
+until the LRU forgets it, and one another gateway replica sent it is not known.
+
+With no match, the first block's stable name (`anchor`, the same in every gateway process)
+ranks the upstreams by rendezvous hashing: a new conversation goes to its first-ranked
+upstream when that one is as lightly loaded as any, and a later turn that this replica has
+no record of (another replica served the earlier ones) goes there too, so replicas agree
+without talking to each other in the common case. Whatever the preference, the load guard
+(`choose`) routes by load when the preferred upstream is full and another is not, or is
+much busier than the least busy one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from pydantic import Field
+
+from gateway.endpoints import CHAT_COMPLETIONS, COMPLETIONS
+from gateway.settings import PolicySettings
+
+# Characters per block of a long text: a prefix is matched to the last whole block it
+# shares; a block is hashed once per request, whatever the size.
+BLOCK_CHARS = 1024
+_MASK = (1 << 64) - 1
+
+# How a request was routed, the label values of `llama_gateway_prefix_routes_total`.
+MATCH, ANCHOR, LOAD = ROUTES = ("match", "anchor", "load")
+
+
+class PrefixConfig(PolicySettings):
+    # Block names remembered per upstream (about 100 bytes each), least recently sent first out.
+    max_blocks: int = Field(65536, ge=1)
+    # Route by load instead when the upstream holding the prefix has more than this many
+    # requests in flight above the least busy one...
+    imbalance_requests: int = Field(1, ge=0)
+    # ... and more than this many times as many.
+    imbalance_ratio: float = Field(1.5, ge=1)
+
+
+class Routable(Protocol):
+    """What `choose` reads of an upstream (`gateway.upstreams.Upstream`)."""
+
+    in_flight: int
+    seed: int
+    prefixes: PrefixIndex | None
+
+    @property
+    def full(self) -> bool: ...
+
+
+U = TypeVar("U", bound=Routable)
+
+
+@dataclass(slots=True)
+class Prompt:
+    """The blocks of one request's prompt, by name."""
+
+    chain: list[int]
+    anchor: int  # the first block's name, the same in every process
+    follow_up: bool  # it continues a conversation: some earlier turn may be cached
+    route: str = LOAD  # how it was routed, once it was
+
+
+class PrefixIndex:
+    """The block names last sent to one upstream, an LRU of at most `capacity`."""
+
+    __slots__ = ("capacity", "names")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.names: OrderedDict[int, None] = OrderedDict()
+
+    def match(self, chain: Sequence[int]) -> int:
+        """How many leading blocks of `chain` were sent here."""
+        names, matched = self.names, 0
+        for name in chain:
+            if name not in names:
+                break
+            matched += 1
+        return matched
+
+    def add(self, chain: Sequence[int]) -> None:
+        """Remember `chain`, its first blocks as the most recent: a match starts there, and
+        what many prompts share (a system prompt) is forgotten last."""
+        names = self.names
+        for name in reversed(chain):
+            if name in names:
+                names.move_to_end(name)
+            else:
+                names[name] = None
+        while len(names) > self.capacity:
+            names.popitem(last=False)
+
+
+def stable_hash(data: bytes) -> int:
+    """64 bits of `data` that every process computes alike (str hashes are salted)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def prompt_of(endpoint: str, body: dict[str, Any]) -> Prompt | None:
+    """The prompt's blocks; None for endpoints with no prompt to cache, or nothing to go on."""
+    if endpoint == CHAT_COMPLETIONS.name:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return None
+        tools = body.get("tools")
+        blocks: list[str | bytes] = [_dumps(tools)] if tools else []
+        follow_up = False
+        for message in messages:
+            if not isinstance(message, dict):
+                break
+            role, content = message.get("role"), message.get("content")
+            follow_up = follow_up or role == "assistant"
+            if isinstance(content, str) and len(message) <= 2:
+                blocks.extend(f"{role}\0{piece}" for piece in _pieces(content))
+            else:  # parts, tool calls, names: the message as a whole
+                blocks.append(_dumps(message))
+        return _prompt(blocks, follow_up)
+    if endpoint == COMPLETIONS.name:
+        text = body.get("prompt")
+        if isinstance(text, str):
+            return _prompt(list(_pieces(text)), False)
+        return _prompt([_dumps(text)], False) if text else None
+    return None
+
+
+def _dumps(value: object) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what orjson cannot write (an integer past 64 bits) is still named
+        return repr(value).encode()
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i : i + BLOCK_CHARS] for i in range(0, len(text), BLOCK_CHARS)] or [""]
+
+
+def _prompt(blocks: Sequence[str | bytes], follow_up: bool) -> Prompt | None:
+    if not blocks:
+        return None
+    first = blocks[0]
+    anchor = stable_hash(first.encode() if isinstance(first, str) else first)
+    chain, name = [], 0
+    for block in blocks:
+        name = hash((name, block))
+        chain.append(name)
+    return Prompt(chain, anchor, follow_up)
+
+
+def rank(anchor: int, seed: int) -> int:
+    """The rendezvous weight of the upstream named `seed` for `anchor` (splitmix64)."""
+    x = anchor ^ seed
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def choose(prompt: Prompt, candidates: Sequence[U], least: U, config: PrefixConfig) -> U:
+    """The upstream for `prompt` of `candidates` (usable ones; `least` the least busy),
+    with how it was chosen in `prompt.route`."""
+    preferred, longest = least, 0
+    for upstream in candidates:
+        matched = upstream.prefixes.match(prompt.chain) if upstream.prefixes else 0
+        if matched > longest or (matched == longest and matched and _lighter(upstream, preferred)):
+            preferred, longest = upstream, matched
+    prompt.route = MATCH
+    if not longest:
+        # A new conversation only where it costs nothing; a later turn as if matched.
+        ties = [u for u in candidates if prompt.follow_up or not _lighter(least, u)]
+        preferred = max(ties, key=lambda u: rank(prompt.anchor, u.seed))
+        prompt.route = ANCHOR
+    if preferred is least or not _much_busier(preferred, least, config):
+        return preferred
+    prompt.route = LOAD
+    return least
+
+
+def _lighter(upstream: Routable, other: Routable) -> bool:
+    full = upstream.full
+    return not full if full != other.full else upstream.in_flight < other.in_flight
+
+
+def _much_busier(upstream: Routable, least: Routable, config: PrefixConfig) -> bool:
+    if upstream.full and not least.full:  # never wait for a slot while another has one
+        return True
+    busy, idle = upstream.in_flight, least.in_flight
+    return busy - idle > config.imbalance_requests and busy > idle * config.imbalance_ratio

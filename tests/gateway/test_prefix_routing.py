@@ -1,0 +1,177 @@
+"""`routing: prefix` through the gateway, against fake llama-servers: a conversation's turns
+stay on one upstream, across gateway replicas too; the load guard routes by load when that
+upstream is busy; least_in_flight, the control, scatters the same turns."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import STATE, create_app
+from gateway.prefix import prompt_of, rank
+from tests.support.fake_llama import FakeLlama
+from tests.support.gateways import gateway_config
+from tests.support.metrics import scrape, value
+from tests.support.replicas import DEAD, start_fakes
+from tests.support.waiting import eventually
+
+SYSTEM = "You are the assistant of conversation {}. " + "Context words. " * 200
+
+
+async def gateway(
+    aiohttp_client: Any,
+    urls: list[str],
+    routing: str = "prefix",
+    sections: dict[str, Any] | None = None,
+    **model: Any,
+) -> TestClient[Any, Any]:
+    models = {"fake": {"upstreams": urls, "routing": routing, **model}}
+    config = gateway_config(urls[0], models=models, **(sections or {}))
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    return client
+
+
+def turns(conversation: int, count: int) -> list[list[dict[str, str]]]:
+    """The message lists a client sends in `count` turns of a conversation."""
+    history = [{"role": "system", "content": SYSTEM.format(conversation)}]
+    sent = []
+    for turn in range(count):
+        history = [*history, {"role": "user", "content": f"question {turn}"}]
+        sent.append(history)
+        history = [*history, {"role": "assistant", "content": f"answer {turn}"}]
+    return sent
+
+
+def served_by(fakes: list[FakeLlama], conversation: int) -> list[int]:
+    """Which fake (by index) got each turn of `conversation`, in order of arrival."""
+    system = SYSTEM.format(conversation)
+    seen = []
+    for index, fake in enumerate(fakes):
+        for body in fake.requests:
+            if body["messages"][0]["content"] == system:
+                seen.append((len(body["messages"]), index))
+    return [index for _, index in sorted(seen)]
+
+
+async def chat(client: TestClient[Any, Any], messages: list[Any], **extra: Any) -> None:
+    resp = await client.post(
+        "/v1/chat/completions", json={"model": "fake", "messages": messages, **extra}
+    )
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+
+
+async def interleaved(clients: list[TestClient[Any, Any]], conversations: int, count: int) -> None:
+    """Turn 1 of every conversation, then turn 2 of each, ...; with several clients, each
+    conversation's turns go to them in turn."""
+    for turn in range(count):
+        for conversation in range(conversations):
+            client = clients[(conversation + turn) % len(clients)]
+            await chat(client, turns(conversation, count)[turn])
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_each_conversation_stays_on_one_upstream(
+    aiohttp_client: Any, aiohttp_server: Any, replicas: int
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    clients = [await gateway(aiohttp_client, urls) for _ in range(replicas)]
+    await interleaved(clients, 7, 4)
+    placements = [served_by(fakes, c) for c in range(7)]
+    assert all(len(p) == 4 and len(set(p)) == 1 for p in placements), placements
+    # Conversations spread over both upstreams (rendezvous on their first block).
+    assert {p[0] for p in placements} == {0, 1}
+    samples = await scrape(clients[0])
+    routes = {
+        r: value(samples, "llama_gateway_prefix_routes_total", model="fake", route=r)
+        for r in ("match", "anchor", "load")
+    }
+    # One replica: the first turns by anchor, the rest matched. Two: this replica saw every
+    # other request, and had never seen the first turns of half of the conversations.
+    assert routes["load"] == 0
+    if replicas == 1:
+        assert routes == {"match": 21, "anchor": 7, "load": 0}
+
+
+async def test_a_turn_new_to_this_replica_follows_its_anchor_to_a_slightly_busier_upstream(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    one, other = [await gateway(aiohttp_client, urls) for _ in range(2)]
+    first, second = turns(0, 2)
+    await chat(one, first)
+    [home] = served_by(fakes, 0)
+    # Another conversation whose anchor is the same upstream, held in flight there by the
+    # other replica, which has never seen conversation 0.
+    seeds = [u.seed for u in other.app[STATE].pool.by_model["fake"]]
+    held_turn = next(
+        t for c in range(1, 100) if _top(t := turns(c, 1)[0], seeds) == _top(first, seeds)
+    )
+    held = asyncio.create_task(chat(other, held_turn, fake={"first_byte_delay": 0.5}))
+    await eventually(lambda: fakes[home].in_flight)
+    await chat(other, second)
+    await held
+    assert served_by(fakes, 0) == [home, home]
+
+
+def _top(messages: list[Any], seeds: list[int]) -> int:
+    prompt = prompt_of("chat.completions", {"messages": messages})
+    assert prompt is not None
+    return max(range(len(seeds)), key=lambda i: rank(prompt.anchor, seeds[i]))
+
+
+async def test_least_in_flight_scatters_the_same_conversations(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    client = await gateway(aiohttp_client, urls, routing="least_in_flight")
+    await interleaved([client], 7, 4)
+    placements = [served_by(fakes, c) for c in range(7)]
+    assert sum(len(set(p)) > 1 for p in placements) >= 4, placements
+
+
+async def test_the_load_guard_takes_the_free_upstream_over_a_full_one(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    client = await gateway(aiohttp_client, urls, slots=1)
+    first, second = turns(0, 2)
+    await chat(client, first)
+    [home] = served_by(fakes, 0)
+    # Turn 2 of the same conversation, held in flight on its upstream: that slot is taken.
+    held = asyncio.create_task(chat(client, second, fake={"first_byte_delay": 0.5}))
+    await eventually(lambda: fakes[home].in_flight)
+    await chat(client, second)  # again, while the other upstream is idle
+    await held
+    # Turn 1 and the held turn 2 at home, the second turn 2 on the other.
+    assert [len(fakes[home].requests), len(fakes[1 - home].requests)] == [2, 1]
+    samples = await scrape(client)
+    assert value(samples, "llama_gateway_prefix_routes_total", model="fake", route="load") == 1
+
+
+async def test_a_dead_preferred_upstream_is_failed_over(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 1)
+    sections = {"upstream": {"breaker": {"enabled": False}}}
+    client = await gateway(aiohttp_client, [DEAD, urls[0]], sections=sections)
+    for conversation in range(6):
+        for messages in turns(conversation, 2):
+            await chat(client, messages)
+    assert len(fakes[0].requests) == 12
+
+
+async def test_embeddings_and_unroutable_bodies_are_routed_by_load(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    client = await gateway(aiohttp_client, urls)
+    for _ in range(4):
+        resp = await client.post("/v1/embeddings", json={"model": "fake", "input": ["a"]})
+        assert resp.status == 200
+    assert [len(f.requests) for f in fakes] == [2, 2]
+    samples = await scrape(client)
+    assert value(samples, "llama_gateway_prefix_routes_total", model="fake", route="anchor") == 0

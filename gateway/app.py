@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -32,6 +33,7 @@ log = logging.getLogger("gateway.app")
 
 _PATHS = [e.path for e in ENDPOINTS]
 _SERVED = f"{', '.join(_PATHS[:-1])} and {_PATHS[-1]}"
+_PARAM = re.compile(r"\{(\w+)\}")
 
 
 @dataclass
@@ -72,7 +74,8 @@ def create_app(
         app.router.add_get(path, _guarded(handler, metrics, path))
     for endpoint in ENDPOINTS:
         add = app.router.add_post if endpoint.method == "POST" else app.router.add_get
-        add(endpoint.path, _endpoint(endpoint.name))
+        # A path parameter takes the rest of the path: a model's name may hold a slash.
+        add(_PARAM.sub(r"{\1:.+}", endpoint.path), _endpoint(endpoint.name))
     _mount_policy_routes(app, runtime, taken={*core, *_PATHS})
     app.router.add_route("*", "/{tail:.*}", _guarded(not_found, metrics, "unknown"))
     return app

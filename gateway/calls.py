@@ -23,6 +23,7 @@ from gateway.streaming import UPSTREAM_BROKEN, relay_stream
 from gateway.tracing import Tracing
 from gateway.upstreams import Upstream
 
+NOT_SUPPORTED = 501
 Finish = Callable[[RequestContext, web.Response], Awaitable[web.StreamResponse]]
 
 
@@ -72,7 +73,9 @@ class Caller:
             circuit.abandon(trial)
             raise
         try:
-            if resp.status >= 500:
+            # 501: what llama-server does not serve (rerank without `--reranking`), said by
+            # a healthy upstream: relayed as it is, neither retried nor held against it.
+            if resp.status >= 500 and resp.status != NOT_SUPPORTED:
                 raise await self._refused(resp, circuit, trial)
             circuit.success(trial)
             protocol = resp.connection.protocol if resp.connection else None

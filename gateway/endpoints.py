@@ -1,10 +1,10 @@
 """The endpoints the gateway serves, one entry each.
 
 Everything else derives from `ENDPOINTS`: the routes, the upstream URLs, the names a
-tier's `endpoints:` and a JWT's `required_scopes` accept, the body checks and what the
-policies do per endpoint. A request carries its endpoint's name (`ctx.endpoint`, the
-`endpoint` metric label); the sets below answer per-request questions about a name
-with one lookup, built once at import.
+tier's `endpoints:` and a JWT's `required_scopes` accept (`PERMISSIONS`), the body checks,
+the OpenAPI document (`gateway.openapi`) and what the policies do per endpoint. A request
+carries its endpoint's name (`ctx.endpoint`, the `endpoint` metric label); the sets below
+answer per-request questions about a name with one lookup, built once at import.
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ class Endpoint:
     # It generates tokens: the length fields (`max_tokens`, ...) and a tier's cap apply,
     # a rate limit reserves the answer's tokens, a stream is asked for its usage.
     generates: bool = False
+    # The endpoint whose permission it shares (detokenize goes with tokenize): a tier's
+    # `endpoints:` and a JWT's `required_scopes` name that one. None: its own name.
+    grouped_with: str | None = None
+    # Integer fields of its own, each from 1 to 2**31 - 1 (llama-server reads them as int32).
+    counts: tuple[str, ...] = ()
+    # Its input may hold token ids: each an integer below the model's vocabulary size
+    # (llama-server fails with a 500 on one out of range).
+    token_ids: bool = False
+
+    @property
+    def permission(self) -> str:
+        return self.grouped_with or self.name
 
     @property
     def names_model(self) -> bool:
@@ -58,18 +70,50 @@ COMPLETIONS = Endpoint(
 EMBEDDINGS = Endpoint(
     "embeddings", "/v1/embeddings", upstream_path="/v1/embeddings", input_field="input"
 )
-MODELS = Endpoint("models", "/v1/models")  # the model list, answered by the gateway
+# Relevance scores of documents for a query (a reranking model's llama-server).
+RERANK = Endpoint(
+    "rerank", "/v1/rerank", upstream_path="/v1/rerank", input_field="documents", counts=("top_n",)
+)
+# Text to token ids and back with a model's vocabulary: `model` names the model, as elsewhere.
+TOKENIZE = Endpoint(
+    "tokenize", "/v1/tokenize", upstream_path="/tokenize", input_field="content", token_ids=True
+)
+DETOKENIZE = Endpoint(
+    "detokenize",
+    "/v1/detokenize",
+    upstream_path="/detokenize",
+    input_field="tokens",
+    grouped_with="tokenize",
+    token_ids=True,
+)
+# Answered by the gateway: the model list, and one model of it.
+MODELS = Endpoint("models", "/v1/models")
+MODEL = Endpoint("models.retrieve", "/v1/models/{model}", grouped_with="models")
 
-ENDPOINTS: tuple[Endpoint, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MODELS)
+ENDPOINTS: tuple[Endpoint, ...] = (
+    CHAT_COMPLETIONS,
+    COMPLETIONS,
+    EMBEDDINGS,
+    RERANK,
+    TOKENIZE,
+    DETOKENIZE,
+    MODELS,
+    MODEL,
+)
 BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
+# What a tier's `endpoints:` and a JWT's `required_scopes` name: one per group of endpoints.
+PERMISSIONS: tuple[str, ...] = tuple(dict.fromkeys(e.permission for e in ENDPOINTS))
+PERMISSION: dict[str, str] = {e.name: e.permission for e in ENDPOINTS}
 # Names of the endpoints whose body names a model (all but the model list).
 MODEL_ENDPOINTS: frozenset[str] = frozenset(e.name for e in ENDPOINTS if e.names_model)
 # Names of the endpoints that generate tokens.
 GENERATING: frozenset[str] = frozenset(e.name for e in ENDPOINTS if e.generates)
+MODEL_PERMISSIONS: frozenset[str] = frozenset(PERMISSION[name] for name in MODEL_ENDPOINTS)
 
 if TYPE_CHECKING:
     EndpointName: TypeAlias = str
 else:
-    # In a settings model: one of NAMES, or pydantic's "Input should be 'chat.completions', ...".
-    EndpointName = Literal[NAMES]
+    # In a settings model: one of PERMISSIONS, or pydantic's "Input should be
+    # 'chat.completions', ...".
+    EndpointName = Literal[PERMISSIONS]

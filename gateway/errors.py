@@ -8,6 +8,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.endpoints import MODELS
+
 
 class GatewayError(Exception):
     """An answer the gateway gives instead of the upstream's.
@@ -56,6 +58,16 @@ class GatewayError(Exception):
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it; GET "
+        f"{MODELS.path} lists the models you can use.",
+        code="model_not_found",
+        param="model",
+    )
 
 
 def upstream_unavailable(message: str) -> GatewayError:

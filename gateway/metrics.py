@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway.context import DISCONNECTED, INTERNAL_ERROR, RequestContext
+from gateway.endpoints import BY_NAME
 from gateway.metricset import MetricSet
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -189,7 +190,8 @@ class Metrics(MetricSet):
         if ctx.outcome == DISCONNECTED:
             series.disconnects.inc()
         elif ctx.outcome == INTERNAL_ERROR:
-            self.internal_errors.labels(ctx.request.path).inc()
+            # The route, not the path: `/v1/models/{model}` takes any name.
+            self.internal_errors.labels(BY_NAME[ctx.endpoint].path).inc()
 
 
 class _Series:

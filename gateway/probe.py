@@ -58,6 +58,7 @@ async def _read_identity(
     if identity is not None:
         upstream.identity = identity
     _read_slots(upstream, answers[0])
+    upstream.vocab = _vocab(answers[1])
 
 
 def _read_slots(upstream: Upstream, props: object) -> None:
@@ -73,6 +74,15 @@ def _read_slots(upstream: Upstream, props: object) -> None:
             extra={"upstream": upstream.url, "model": upstream.model, "slots": slots},
         )
         upstream.set_slots(slots)
+
+
+def _vocab(models: object) -> int | None:
+    """`meta.n_vocab` of llama-server's /v1/models (its one model), if it says."""
+    data = models.get("data") if isinstance(models, dict) else None
+    entry = data[0] if isinstance(data, list) and data else None
+    meta = entry.get("meta") if isinstance(entry, dict) else None
+    size = meta.get("n_vocab") if isinstance(meta, dict) else None
+    return size if type(size) is int and size > 0 else None
 
 
 async def probe_forever(

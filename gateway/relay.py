@@ -8,12 +8,12 @@ import logging
 import time
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from gateway.access import AccessLog
 from gateway.admission import Admission
 from gateway.calls import Caller
+from gateway.catalog import Catalog
 from gateway.config import GatewayConfig
 from gateway.context import (
     DISCONNECTED,
@@ -37,6 +37,7 @@ from gateway.resources import Resources
 from gateway.runtime import PolicyRuntime
 from gateway.tracing import Tracing
 from gateway.upstreams import Pool, Upstream
+from gateway.validate import check_vocabulary
 
 log = logging.getLogger("gateway.relay")
 
@@ -70,12 +71,7 @@ class Relay:
         self.caller = Caller(config, session, tracing, _finish)
         self.access_log = AccessLog() if config.logging.access_log else None
         self.default_model = next(iter(config.models)) if len(config.models) == 1 else None
-        created = int(time.time())
-        self.models: list[dict[str, str | int]] = [
-            {"id": name, "object": "model", "created": created, "owned_by": "llama-gateway"}
-            for name in config.models
-        ]
-        self.models_body = orjson.dumps({"object": "list", "data": self.models})
+        self.catalog = Catalog(config.models)
         self.completions: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -125,7 +121,7 @@ class Relay:
                 if reply is None:
                     if ctx.endpoint in MODEL_ENDPOINTS:
                         return await self._proxy(ctx, chain)
-                    reply = Reply(200, self._models_body(ctx))  # the model list
+                    reply = Reply(200, self.catalog.answer(ctx))  # the model list, or one
                 if reply.status >= 400 and ctx.outcome == OK:
                     ctx.outcome = REJECTED
                 return await self._send(ctx, chain, reply)
@@ -161,13 +157,6 @@ class Relay:
             log.warning("a policy failed again while answering an internal error: %r", again)
         return await _finish(ctx, response)
 
-    def _models_body(self, ctx: RequestContext) -> bytes:
-        allowed = ctx.model_allowed
-        if allowed is None:
-            return self.models_body
-        visible = [m for m in self.models if allowed(str(m["id"]))]
-        return orjson.dumps({"object": "list", "data": visible})
-
     async def _send(self, ctx: RequestContext, chain: Chain, reply: Reply) -> web.StreamResponse:
         response = web.Response(status=reply.status, body=reply.body, headers=reply.headers)
         response.headers["Content-Type"] = reply.content_type
@@ -185,6 +174,7 @@ class Relay:
         await ctx.json()
         if ctx.model is None:
             raise bad_request("Missing required parameter: 'model'.", param="model")
+        check_vocabulary(ctx.endpoint, ctx.body or {}, self.pool.vocab(ctx.model))
         # Built once (a retry sends the same bytes), and before `pick`: a body that cannot be
         # sent must not take a half-open circuit's one trial and never report on it.
         payload = upstream_payload(ctx)

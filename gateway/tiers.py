@@ -17,15 +17,16 @@ from functools import cached_property
 from pydantic import Field, ValidationInfo, field_validator
 
 from gateway.config import PolicySettings
-from gateway.endpoints import MODEL_ENDPOINTS, NAMES, EndpointName
+from gateway.endpoints import ENDPOINTS, MODEL_PERMISSIONS, PERMISSIONS, EndpointName
 from gateway.settings import PositiveFloat
 
 _NOTHING = re.compile(r"(?!)")  # matches no string
-_MODEL_FREE = ", ".join(name for name in NAMES if name not in MODEL_ENDPOINTS)
+_MODEL_FREE = ", ".join(name for name in PERMISSIONS if name not in MODEL_PERMISSIONS)
 
 
 class Tier(PolicySettings):
-    endpoints: list[EndpointName] = Field(default_factory=lambda: list(NAMES))
+    # Endpoints by permission (`gateway.endpoints.PERMISSIONS`: `tokenize` allows detokenize).
+    endpoints: list[EndpointName] = Field(default_factory=lambda: list(PERMISSIONS))
     # Model names or shell-style patterns ("gemma*"); "*" allows every configured model,
     # an empty list none (then the tier may use no endpoint that takes a model).
     models: list[str] = Field(default_factory=lambda: ["*"])
@@ -39,7 +40,7 @@ class Tier(PolicySettings):
     @field_validator("models")
     @classmethod
     def _some_model_for_model_endpoints(cls, models: list[str], info: ValidationInfo) -> list[str]:
-        using = sorted(MODEL_ENDPOINTS.intersection(info.data.get("endpoints", ())))
+        using = sorted(MODEL_PERMISSIONS.intersection(info.data.get("endpoints", ())))
         if not models and using:
             raise ValueError(
                 f"an empty list allows no model, so {', '.join(using)} would always be "
@@ -57,8 +58,13 @@ class Tier(PolicySettings):
     def allows_model(self, model: str) -> bool:
         return self._model_pattern.match(model) is not None
 
+    @cached_property
+    def _endpoint_names(self) -> frozenset[str]:
+        return frozenset(e.name for e in ENDPOINTS if e.permission in self.endpoints)
+
     def allows_endpoint(self, endpoint: str) -> bool:
-        return endpoint in self.endpoints
+        """Whether the endpoint of this name (`ctx.endpoint`) is in the tier's endpoints."""
+        return endpoint in self._endpoint_names
 
 
 def unknown_tiers(named: Iterable[tuple[str, str]], tiers: Mapping[str, Tier]) -> list[str]:

@@ -14,8 +14,8 @@ from yarl import URL
 
 from gateway.circuit import CLOSED, STATE_NAMES, Circuit
 from gateway.config import GatewayConfig
-from gateway.endpoints import ENDPOINTS, MODELS
-from gateway.errors import GatewayError, upstream_unavailable
+from gateway.endpoints import ENDPOINTS
+from gateway.errors import model_not_found, upstream_unavailable
 from gateway.identity import MODELS_PATH, PROPS_PATH, model_identity
 from gateway.prefix import PrefixConfig, PrefixIndex, Prompt, choose, prompt_of, stable_hash
 from gateway.resilience import BreakerConfig
@@ -51,6 +51,8 @@ class Upstream:
     # What it serves (`gateway.identity`), once a probe has read it; kept while it is down,
     # read afresh when it is back (None while that read fails).
     identity: str | None = None
+    # The size of its model's vocabulary (`meta.n_vocab` of /v1/models), once a probe read it.
+    vocab: int | None = None
     # Parsed once: building URLs per request is measurable on the hot path.
     endpoint_urls: dict[str, URL] = field(init=False)
     health_url: URL = field(init=False)
@@ -172,13 +174,7 @@ class Pool:
         half-open circuit's upstream is picked for one request at a time, its trial."""
         candidates = self.by_model.get(model)
         if candidates is None:
-            raise GatewayError(
-                404,
-                f"The model '{model}' does not exist; GET {MODELS.path} lists the models you "
-                "can use.",
-                code="model_not_found",
-                param="model",
-            )
+            raise model_not_found(model)
         best: Upstream | None = None
         for upstream in candidates:
             if (
@@ -202,6 +198,11 @@ class Pool:
             if best.circuit.state != CLOSED:
                 best.circuit.take()
         return best
+
+    def vocab(self, model: str) -> int | None:
+        """The smallest vocabulary any upstream of `model` has (they serve one model)."""
+        sizes = [u.vocab for u in self.by_model.get(model, ()) if u.vocab is not None]
+        return min(sizes) if sizes else None
 
     def identity(self, model: str) -> str | None:
         """What serves `model` now; None until a probe has read it from an upstream."""

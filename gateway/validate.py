@@ -25,6 +25,10 @@ LENGTHS = (*READ_LENGTHS, "max_output_tokens")
 # Answers generated per prompt: llama-server reads `n_cmpl`, else OpenAI's `n`.
 CHOICES = ("n_cmpl", "n")
 _COUNTS = (*LENGTHS, *CHOICES)
+# With the endpoint's own (rerank's `top_n`).
+_COUNTS_OF = {e.name: (*_COUNTS, *e.counts) for e in ENDPOINTS}
+# The input field that may hold token ids, per endpoint.
+_TOKEN_IDS = {e.name: e.input_field for e in ENDPOINTS if e.token_ids and e.input_field}
 # llama-server reads these as 32-bit integers: a larger one wraps around (2**32 - 1 is -1).
 INT32_MAX = 2**31 - 1
 
@@ -61,13 +65,41 @@ def check_fields(endpoint: str, body: dict[str, Any]) -> None:
         value = body.get(name)
         if value is not None and not _is_integer(value):
             raise bad_request(f"'{name}' must be an integer, not {_type_name(value)}.", param=name)
-    for name in _COUNTS:
+    for name in _COUNTS_OF.get(endpoint, _COUNTS):
         value = body.get(name)
         if value is not None:
             _check_count(name, value)
     messages = _MESSAGES.get(endpoint)
     if messages is not None and not isinstance(body.get(messages), list):
         raise bad_request(f"'{messages}' must be an array of message objects.", param=messages)
+    check_vocabulary(endpoint, body, INT32_MAX + 1)
+
+
+def check_vocabulary(endpoint: str, body: dict[str, Any], size: int | None) -> None:
+    """The token ids of an input that may hold some (tokenize's mixed `content`,
+    detokenize's `tokens`) are integers below `size`: the model's vocabulary, once read
+    from its upstreams (llama-server answers one out of range with a 500, which would
+    count against the upstream's circuit)."""
+    field = _TOKEN_IDS.get(endpoint)
+    if field is None or size is None:
+        return
+    value = body.get(field)
+    if not isinstance(value, list):  # text to tokenize, or not ours to check
+        return
+    for item in value:
+        if isinstance(item, str):  # a piece of text, in tokenize's mixed content
+            continue
+        if not _is_integer(item):
+            raise bad_request(
+                f"'{field}' must hold token ids (integers), not {_type_name(item)}.", param=field
+            )
+        if not 0 <= item < size:
+            raise bad_request(
+                f"Invalid '{field}': {item} is not a token id of this model; ids go from 0 to "
+                f"{size - 1}.",
+                param=field,
+                code="invalid_token_id",
+            )
 
 
 def _check_count(name: str, value: Any) -> None:

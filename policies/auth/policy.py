@@ -20,7 +20,7 @@ from pydantic import Field
 
 from gateway.context import Reply, RequestContext
 from gateway.credentials import SecretHash, bearer_token, hash_secret, printable_ascii
-from gateway.endpoints import GENERATING, MODEL_ENDPOINTS, MODELS
+from gateway.endpoints import GENERATING, MODEL_ENDPOINTS, MODELS, PERMISSION
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier, unknown_tiers
@@ -241,7 +241,7 @@ class AuthPolicy(Policy):
                 )
         if tier is None:
             raise forbidden("Your token names no tier and no default tier is configured.")
-        scope = self.scopes.get(ctx.endpoint)
+        scope = self.scopes.get(PERMISSION[ctx.endpoint])
         if scope is not None and scope not in claims.scopes:
             raise forbidden(f"Your token lacks the scope {scope!r} that {ctx.request.path} needs.")
         return Caller(f"jwt:{claims.subject}", claims.subject, tier)

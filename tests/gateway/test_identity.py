@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from gateway.app import STATE
 from gateway.identity import model_identity, upstream_identity
 from gateway.upstreams import DOWN, HEALTHY, Pool, Upstream
-from tests.support.fake_llama import FakeLlama
+from tests.support.fake_llama import FakeLlama, models_answer
 from tests.support.gateways import CHAT, GatewayFactory
 from tests.support.waiting import eventually
 
@@ -210,7 +210,7 @@ async def test_a_server_without_props_keeps_working_and_has_an_identity(
 
 
 def fake_models() -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+    return models_answer()
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.cli import main
+from gateway.endpoints import ENDPOINTS
 from gateway.tiers import Tier
 from tests.support.auth import sha256
 from tests.support.fake_llama import FakeLlama
@@ -35,8 +36,18 @@ def test_an_empty_model_list_with_model_endpoints_is_refused() -> None:
         ValidationError, match=r"an empty list allows no model, so chat\.completions"
     ):
         Tier(endpoints=["chat.completions", "models"], models=[])
-    with pytest.raises(ValidationError, match="completions, embeddings would always be refused"):
+    with pytest.raises(
+        ValidationError, match="completions, embeddings, rerank, tokenize would always be refused"
+    ):
         Tier(models=[])
+
+
+def test_a_tier_names_endpoints_by_permission_one_for_each_group() -> None:
+    tier = Tier(endpoints=["tokenize", "models"])
+    allowed = [e.name for e in ENDPOINTS if tier.allows_endpoint(e.name)]
+    assert allowed == ["tokenize", "detokenize", "models", "models.retrieve"]
+    with pytest.raises(ValidationError, match=r"Input should be 'chat\.completions'"):
+        Tier(endpoints=["detokenize"])
 
 
 def test_check_config_names_the_tier_whose_model_list_is_empty(
@@ -77,5 +88,6 @@ def test_an_unknown_endpoint_name_is_refused_with_the_names_there_are() -> None:
     (error,) = exc.value.errors()
     assert error["loc"] == ("endpoints", 0)
     assert error["msg"] == (
-        "Input should be 'chat.completions', 'completions', 'embeddings' or 'models'"
+        "Input should be 'chat.completions', 'completions', 'embeddings', 'rerank', "
+        "'tokenize' or 'models'"
     )

@@ -17,6 +17,9 @@ request body may carry `"fake": {...}` (the gateway passes unknown fields throug
 - `tool_call`: true: a chat answer that calls a tool
 
 `/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`).
+`/v1/rerank` (and `/rerank`), `/tokenize` and `/detokenize` answer as llama-server does
+(`tests.support.fake_tokens`); `reranking = False` stands for a server started without
+`--reranking` (501).
 
 Whole-server switches, for failover tests: `fail(status, n)` answers the next `n` calls
 (generation and embeddings) with `status` (503 with llama-server's loading message), and
@@ -34,6 +37,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.support import fake_tokens
 from tests.support.fake_answers import Shape, chunk_base, sse
 
 FAKE = web.AppKey("fake", "FakeLlama")
@@ -66,6 +70,7 @@ class FakeLlama:
         # `fail`: the status (0: drop the connection) of the next `failing` calls.
         self.failing = 0
         self.fail_status = 0
+        self.reranking = True  # started with --reranking
 
     def fail(self, status: int, count: int) -> None:
         self.fail_status, self.failing = status, count
@@ -91,6 +96,8 @@ class FakeLlama:
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        for path in ("/v1/rerank", "/rerank", "/tokenize", "/detokenize"):
+            app.router.add_post(path, self.utility)
         return app
 
     @web.middleware
@@ -116,7 +123,7 @@ class FakeLlama:
         return web.json_response({"status": "ok"})
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        return web.json_response(models_answer())
 
     async def props(self, request: web.Request) -> web.Response:
         self.props_reads += 1
@@ -161,10 +168,26 @@ class FakeLlama:
         usage = {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)}
         return _json({"object": "list", "model": "fake", "data": data, "usage": usage})
 
+    async def utility(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self._note(request, body)
+        failure = self._failure(request)
+        if failure is not None:
+            return failure
+        if request.path == "/tokenize":
+            status, answer = fake_tokens.tokenize(body)
+        elif request.path == "/detokenize":
+            status, answer = fake_tokens.detokenize(body)
+        else:
+            status, answer = fake_tokens.rerank(body, self.reranking)
+        return _json(answer, status)
+
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self._note(request, body)
         opts: dict[str, Any] = body.get("fake") or {}
+        if not isinstance(opts, dict):  # a client's own field of that name
+            opts = {}
         if self.loading:
             return _error(503, "Loading model", "unavailable_error")
         failure = self._failure(request)
@@ -236,6 +259,12 @@ class FakeLlama:
             await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()
         return out
+
+
+def models_answer() -> dict[str, Any]:
+    """What its `/v1/models` says: one model, with the vocabulary size llama-server gives."""
+    meta = {"n_vocab": fake_tokens.VOCAB, "n_ctx": 4096}
+    return {"object": "list", "data": [{"id": "fake", "object": "model", "meta": meta}]}
 
 
 def _json(value: dict[str, Any], status: int = 200) -> web.Response:

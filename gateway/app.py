@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway import cors
 from gateway.background import running
 from gateway.config import GatewayConfig
 from gateway.endpoints import ENDPOINTS
@@ -77,7 +78,9 @@ def create_app(
         # A path parameter takes the rest of the path: a model's name may hold a slash.
         add(_PARAM.sub(r"{\1:.+}", endpoint.path), _endpoint(endpoint.name))
     _mount_policy_routes(app, runtime, taken={*core, *_PATHS})
-    app.router.add_route("*", "/{tail:.*}", _guarded(not_found, metrics, "unknown"))
+    unknown = _guarded(not_found, metrics, "unknown")
+    cors.install(app, config.server.cors, unknown)
+    app.router.add_route("*", "/{tail:.*}", unknown)
     return app
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from gateway.cors import CorsConfig
 from gateway.prefix import PrefixConfig
 from gateway.private import private_dir
 from gateway.resilience import AdmissionConfig, BreakerConfig, RetryConfig
@@ -43,6 +44,7 @@ class ServerConfig(PolicySettings):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    cors: CorsConfig = CorsConfig()  # for browser clients; off without origins
 
 
 class UpstreamConfig(PolicySettings):

@@ -15,13 +15,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway import cors
+from gateway import __version__, cors
 from gateway.background import running
 from gateway.config import GatewayConfig
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import GatewayError, internal_error
 from gateway.exposition import MetricsEndpoint, publish_forever
 from gateway.metrics import Metrics, multiprocess_dir
+from gateway.openapi import document
 from gateway.policy import Chain
 from gateway.policydoc import PolicySource
 from gateway.probe import probe_forever
@@ -44,6 +45,7 @@ class State:
     pool: Pool
     draining: bool = False
     relay: Relay | None = None
+    openapi: bytes | None = None  # made on first request, once the router is frozen
 
 
 STATE = web.AppKey("state", State)
@@ -70,6 +72,7 @@ def create_app(
         "/health": health,
         "/ready": ready,
         "/metrics": MetricsEndpoint(metrics, state.pool).handle,
+        "/openapi.json": openapi,
     }
     for path, handler in core.items():
         app.router.add_get(path, _guarded(handler, metrics, path))
@@ -210,10 +213,18 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503, dumps=_dumps)
 
 
+async def openapi(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.openapi is None:
+        state.openapi = orjson.dumps(document(request.app.router, __version__))
+    return web.Response(body=state.openapi, content_type="application/json")
+
+
 async def not_found(request: web.Request) -> web.Response:
     return GatewayError(
         404,
-        f"Unknown request URL: {request.method} {request.path}. The gateway serves {_SERVED}.",
+        f"Unknown request URL: {request.method} {request.path}. The gateway serves {_SERVED}"
+        " (GET /openapi.json describes every route).",
         code="unknown_url",
     ).response()
 

@@ -93,7 +93,7 @@ async def test_head_answers_every_get_route_with_its_status_and_headers(
     every_policy: TestClient[Any, Any],
 ) -> None:
     paths = _get_paths(every_policy)
-    assert {"/v1/models", "/v1/models/fake", "/health"} <= set(paths)
+    assert {"/v1/models", "/v1/models/fake", "/health", "/openapi.json"} <= set(paths)
     for path in paths:
         got = await every_policy.get(path)
         await got.read()

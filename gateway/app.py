@@ -36,6 +36,14 @@ log = logging.getLogger("gateway.app")
 _PATHS = [e.path for e in ENDPOINTS]
 _SERVED = f"{', '.join(_PATHS[:-1])} and {_PATHS[-1]}"
 _PARAM = re.compile(r"\{(\w+)\}")
+# Any character, a decoded newline (%0A) included: `.` would leave such a path to
+# aiohttp's own plain-text 404.
+_ANY = r"[\s\S]"
+
+
+def _rest_of_path(param: re.Match[str]) -> str:
+    """A path parameter takes the rest of the path: a model's name may hold a slash."""
+    return "{" + param[1] + ":" + _ANY + "+}"
 
 
 @dataclass
@@ -78,12 +86,11 @@ def create_app(
         app.router.add_get(path, _guarded(handler, metrics, path))
     for endpoint in ENDPOINTS:
         add = app.router.add_post if endpoint.method == "POST" else app.router.add_get
-        # A path parameter takes the rest of the path: a model's name may hold a slash.
-        add(_PARAM.sub(r"{\1:.+}", endpoint.path), _endpoint(endpoint.name))
+        add(_PARAM.sub(_rest_of_path, endpoint.path), _endpoint(endpoint.name))
     _mount_policy_routes(app, runtime, taken={*core, *_PATHS})
     unknown = _guarded(not_found, metrics, "unknown")
     cors.install(app, config.server.cors, unknown)
-    app.router.add_route("*", "/{tail:.*}", unknown)
+    app.router.add_route("*", "/{tail:" + _ANY + "*}", unknown)
     return app
 
 

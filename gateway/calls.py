@@ -23,7 +23,10 @@ from gateway.streaming import UPSTREAM_BROKEN, relay_stream
 from gateway.tracing import Tracing
 from gateway.upstreams import Upstream
 
+# What llama-server does not serve (rerank without `--reranking`), said by a healthy
+# upstream: relayed as it is, neither retried nor held against its circuit.
 NOT_SUPPORTED = 501
+JSON = "application/json"
 Finish = Callable[[RequestContext, web.Response], Awaitable[web.StreamResponse]]
 
 
@@ -73,8 +76,6 @@ class Caller:
             circuit.abandon(trial)
             raise
         try:
-            # 501: what llama-server does not serve (rerank without `--reranking`), said by
-            # a healthy upstream: relayed as it is, neither retried nor held against it.
             if resp.status >= 500 and resp.status != NOT_SUPPORTED:
                 raise await self._refused(resp, circuit, trial)
             circuit.success(trial)
@@ -124,6 +125,8 @@ class Caller:
         else:
             ctx.outcome = UPSTREAM_ERROR
             ctx.error = upstream_message(data)
+            if not _is_json(content_type):  # a proxy's page, a crash's plain text
+                content_type, data = JSON, _unshaped(status).body()
         headers = CIMultiDict({"Content-Type": content_type})
         await chain.on_response(ctx, headers)
         if chain.wants_events:
@@ -132,6 +135,23 @@ class Caller:
             for receive in ctx.taps:
                 receive(data)
         return await self.finish(ctx, web.Response(status=status, body=data, headers=headers))
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == JSON or kind.endswith("+json")
+
+
+def _unshaped(status: int) -> GatewayError:
+    """An upstream's error that is not JSON, in OpenAI's shape: every error is (the
+    upstream's own words are in the log, `error` of the access line)."""
+    return GatewayError(
+        status,
+        f"The upstream answered {status} without an error a client can read; retry, or"
+        " report the request ID to the operator.",
+        type="server_error" if status >= 500 else "invalid_request_error",
+        code="upstream_error",
+    )
 
 
 async def _read(resp: aiohttp.ClientResponse) -> bytes:

@@ -104,3 +104,16 @@ async def test_head_answers_every_get_route_with_its_status_and_headers(
         expected = {k.lower(): v for k, v in got.headers.items() if k.lower() not in skip}
         found = {k.lower(): v for k, v in head.headers.items() if k.lower() not in skip}
         assert found == expected, path
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("/v1/models/a%0Ab", "model_not_found"), ("/v1/chat%0Acompletions", "unknown_url")],
+)
+async def test_a_path_with_a_newline_in_it_gets_a_json_404(
+    gateway: TestClient[Any, Any], path: str, code: str
+) -> None:
+    resp = await gateway.get(path)
+    assert resp.status == 404
+    assert resp.content_type == "application/json"
+    assert (await resp.json())["error"]["code"] == code

@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.support.fake_llama import FakeLlama
@@ -134,3 +135,16 @@ async def test_client_authorization_is_not_sent_upstream(
         "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-client"}
     )
     assert fake.headers[-1]["Authorization"] == "Bearer upstream-secret"
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_an_upstream_error_that_is_not_json_reaches_the_client_in_openais_shape(
+    gateway: TestClient[Any, Any], status: int
+) -> None:
+    body = {**CHAT, "fake": {"status": status, "plain": True}}
+    resp = await gateway.post("/v1/chat/completions", json=body)
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    error = (await resp.json())["error"]
+    assert error["code"] == "upstream_error"
+    assert error["type"] == ("server_error" if status == 500 else "invalid_request_error")

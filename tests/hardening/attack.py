@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
+from gateway.endpoints import ENDPOINTS
 from tests.hardening.checks import (
     check_error_shape,
     check_lengths,
@@ -17,12 +18,7 @@ from tests.hardening.live import LiveGateway
 from tests.hardening.wire import Answer, Header, exchange, request
 
 # Requests the policy chain serves (anything else is a route of the core or a 404).
-CHAIN = {
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/completions"),
-    ("POST", "/v1/embeddings"),
-    ("GET", "/v1/models"),
-}
+CHAIN = {(e.method, e.path) for e in ENDPOINTS if "{" not in e.path}
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ JWT_SECRET = "hardening-jwt-secret-" + "k" * 24
 JWT_SECRET_ENV = "HARDENING_JWT_SECRET"
 ADMIN_TOKEN = "hardening-admin-token-0123456789abcdef"
 CAP = 16  # the `free` tier's max_tokens
+ORIGIN = "https://app.example.com"  # the one origin CORS allows
 TIERS = {
     "free": {"models": ["fake"], "max_tokens": CAP},
     "premium": {},
@@ -210,6 +211,7 @@ class LiveGateway:
 def raw_config(fake_url: str, data: Path, prefix: str) -> dict[str, Any]:
     """The gateway's configuration, as a YAML file would hold it."""
     return {
+        "server": {"cors": {"origins": [ORIGIN]}},
         "models": {"fake": {"upstreams": [fake_url]}},
         # The fake answers at once; a busy machine must not turn that into a 504.
         "upstream": {

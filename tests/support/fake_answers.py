@@ -75,7 +75,7 @@ class Shape:
             "id": "chatcmpl-fake",
             "object": kind,
             "created": int(time.time()),
-            "model": body.get("model", "fake"),
+            "model": body.get("model") or "fake",  # llama-server: its own name for a null one
             "choices": [choice],
             "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens},
         }

@@ -3,7 +3,8 @@
 It answers like llama-server (shapes from its sources) and misbehaves on request: a
 request body may carry `"fake": {...}` (the gateway passes unknown fields through):
 
-- `status`: answer this HTTP status with llama-server's error shape
+- `status`: answer this HTTP status with llama-server's error shape (in plain text with
+  `plain`)
 - `first_byte_delay`: seconds to wait before the response head
 - `chunks`: number of content events in a stream (default 3)
 - `delay`: seconds between stream events
@@ -193,6 +194,8 @@ class FakeLlama:
         failure = self._failure(request)
         if failure is not None:
             return failure
+        if opts.get("status") and opts.get("plain"):  # as a proxy or a crash answers
+            return web.Response(status=opts["status"], text="Internal Server Error")
         if opts.get("status"):
             return _error(opts["status"], "fake failure on request", "invalid_request_error")
         self.in_flight += 1

@@ -32,6 +32,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _int32(number: float) -> int:
+    """A JSON number as llama-server reads a token id: an int32, wrapped around."""
+    value = int(number) if abs(number) < 2**63 else 0
+    return (value + 2**31) % 2**32 - 2**31
+
+
 def _piece(token: int) -> str:
     return chr(token)
 
@@ -63,7 +69,7 @@ def rerank(body: dict[str, Any], served: bool) -> Answer:
     tokens = sum(len(query) + len(d) + 2 for d in documents)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return 200, {
-        "model": body.get("model", "fake"),
+        "model": body.get("model") or "fake",
         "object": "list",
         "usage": usage,
         "results": results[:top_n],
@@ -74,13 +80,15 @@ def tokenize(body: dict[str, Any]) -> Answer:
     if "content" not in body:
         return 200, {"tokens": []}
     content = body["content"]
+    if not isinstance(content, str | list):
+        return _bad("[json.exception.type_error.302] type must be string")
     parts = content if isinstance(content, list) else [content]
     tokens: list[int] = []
     for part in parts:
         if isinstance(part, str):
             tokens += [ord(c) % VOCAB for c in part]
         elif _is_int(part) or isinstance(part, float):
-            tokens.append(int(part))
+            tokens.append(_int32(part))
         else:
             return _bad("[json.exception.type_error.302] type must be string")
     if body.get("with_pieces") is not True:
@@ -99,7 +107,7 @@ def detokenize(body: dict[str, Any]) -> Answer:
     for token in tokens:
         if not (_is_int(token) or isinstance(token, float)):
             return _bad("[json.exception.type_error.302] type must be number")
-        if not 0 <= int(token) < VOCAB:
-            return _out_of_range(int(token))
-        pieces.append(_piece(int(token)))
+        if not 0 <= _int32(token) < VOCAB:
+            return _out_of_range(_int32(token))
+        pieces.append(_piece(_int32(token)))
     return 200, {"content": "".join(pieces)}

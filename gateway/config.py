@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from gateway.db import pool_options
 from gateway.prefix import PrefixConfig
 from gateway.private import private_dir
 from gateway.resilience import AdmissionConfig, BreakerConfig, RetryConfig
@@ -97,6 +98,7 @@ def postgres_url(url: str | None) -> str | None:
         return None
     if not re.match(r"^postgres(ql)?://", url):
         raise ValueError("must be a postgresql:// URL (or empty for the embedded store)")
+    pool_options(url)  # `?pgbouncer=` takes true or false
     return url
 
 

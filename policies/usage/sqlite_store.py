@@ -27,6 +27,7 @@ from policies.usage.report import (
     sort_groups,
 )
 from policies.usage.schema import StoreUnavailable, migrations
+from policies.usage.upkeep import Upkeep, upkeep_sqlite
 
 _TIMES = (COLUMNS.index("started_at"), COLUMNS.index("finished_at"))
 assert _TIMES == (2, 3), "SqliteUsageStore.insert converts columns 2 and 3"
@@ -49,8 +50,11 @@ class SqliteUsageStore:
     dependency = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, StoreUnavailable)
 
-    def __init__(self, path: Path, *, wait_seconds: float = 5.0) -> None:
+    def __init__(
+        self, path: Path, *, wait_seconds: float = 5.0, retention_days: int | None = None
+    ) -> None:
         self.path = path
+        self.upkeep = Upkeep(retention_days)  # retention (`policies.usage.upkeep`)
         self.wait_seconds = wait_seconds
         self.conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # the one connection: one user at a time
@@ -81,6 +85,8 @@ class SqliteUsageStore:
         values = [(*row[:2], _iso(row[2]), _iso(row[3]), *row[4:]) for row in rows]
         db = self._db()
         async with self._lock:  # one transaction at a time on the one connection
+            if self.upkeep.due() and (cutoff := self.upkeep.cutoff()) is not None:
+                await upkeep_sqlite(db, _sqlite_time(cutoff))
             before = db.total_changes
             try:
                 # BEGIN inside the try: aiosqlite runs a statement whose caller was

@@ -38,6 +38,7 @@ PG_TYPES = {
     "cost": "float8",
     "attempts": "integer",
     "queued_ms": "float8",
+    "cached_tokens": "integer",
 }
 _TIMES = ("started_at", "finished_at")
 # How the rows travel: like the table, but with the times as epoch seconds.

@@ -113,7 +113,7 @@ class SqliteUsageStore:
             raise StoreUnavailable(
                 "the usage table does not exist: run `llama-gateway db migrate`"
             ) from exc
-        empty = ReportRow("all", 0, 0, 0, 0, 0.0, None, None)
+        empty = ReportRow("all", 0, 0, 0, 0, 0, 0.0, None, None)
         return sort_groups(grouped), total[0] if total else empty
 
     async def _query(self, group: str, bounds: tuple[str, str]) -> list[ReportRow]:
@@ -125,8 +125,8 @@ class SqliteUsageStore:
             for q in PERCENTILES
         )
         sql = f"""WITH ranked AS (
-            SELECT {group} AS grp, prompt_tokens, completion_tokens, status, outcome, cost,
-                latency_ms,
+            SELECT {group} AS grp, prompt_tokens, completion_tokens, cached_tokens, status,
+                outcome, cost, latency_ms,
                 row_number() OVER (PARTITION BY {group} ORDER BY latency_ms) - 1 AS i,
                 count(*) OVER (PARTITION BY {group}) AS n
             FROM usage_records WHERE started_at >= ? AND started_at < ?)
@@ -138,12 +138,13 @@ class SqliteUsageStore:
 
 
 def _sqlite_row(row: tuple[Any, ...]) -> ReportRow:
-    group, requests, prompt, completion, errors, cost, n, p50a, p50b, p95a, p95b = row
+    group, requests, prompt, completion, cached, errors, cost, n, p50a, p50b, p95a, p95b = row
     return ReportRow(
         group,
         requests,
         prompt,
         completion,
+        cached,
         errors,
         float(cost),
         interpolate(p50a, p50b, n, PERCENTILES[0]),

@@ -163,8 +163,8 @@ class PostgresUsageStore:
 
 
 def _pg_row(record: Any) -> ReportRow:
-    group, requests, prompt, completion, errors, cost, p50, p95 = tuple(record)
-    return ReportRow(group, requests, prompt, completion, errors, float(cost), p50, p95)
+    group, requests, prompt, completion, cached, errors, cost, p50, p95 = tuple(record)
+    return ReportRow(group, requests, prompt, completion, cached, errors, float(cost), p50, p95)
 
 
 def open_usage_store(

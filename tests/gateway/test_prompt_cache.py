@@ -34,6 +34,10 @@ JSON = st.recursive(
     ),
     max_leaves=8,
 )
+# A count (in range, out of range, of the wrong type) or anything at all.
+COUNT = st.integers(-1, 2**31) | st.booleans() | st.integers(-(2**63), 2**64 - 1) | JSON
+DETAILS = JSON | st.fixed_dictionaries({"cached_tokens": COUNT})
+TIMINGS = JSON | st.fixed_dictionaries({"cache_n": COUNT, "prompt_n": COUNT})
 
 
 async def served_by(aiohttp_client: Any, urls: list[str], **sections: Any) -> TestClient[Any, Any]:
@@ -140,7 +144,7 @@ def test_the_details_count_is_preferred_to_the_timings() -> None:
     assert sse.cached_tokens({"usage": usage, "timings": [6]}, usage) is None
 
 
-@given(details=JSON, timings=JSON)
+@given(details=DETAILS, timings=TIMINGS)
 def test_any_json_in_either_place_gives_a_count_or_none(details: Any, timings: Any) -> None:
     answer = {"usage": {"prompt_tokens_details": details}, "timings": timings}
     answer = orjson.loads(orjson.dumps(answer))  # as the relay gets it

@@ -15,6 +15,7 @@ from gateway.cli import main
 from tests.support.deploy import (
     ENV_REFERENCE,
     K8S,
+    ROOT,
     SECRET_ENV,
     configmap_files,
     configured,
@@ -75,6 +76,7 @@ def test_every_port_is_the_configured_one(tmp_path: Path) -> None:
     assert [named[p["port"]] for p in ingress_ports] == [port]
     annotations = one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == port
+    assert f"EXPOSE {port}\n" in (ROOT / "Dockerfile").read_text()
 
 
 def test_the_grace_period_covers_the_pause_the_drain_and_the_journal(tmp_path: Path) -> None:

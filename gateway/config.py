@@ -44,6 +44,9 @@ class ServerConfig(PolicySettings):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # After SIGTERM, `/ready` answers 503 this long while every request is still served, so
+    # that a load balancer polling `/ready` stops sending new ones before the listener closes.
+    drain_delay_seconds: float = Field(0.0, ge=0, le=300)
 
 
 class UpstreamConfig(PolicySettings):

@@ -60,6 +60,7 @@ class AccessLog:
             "ttft_ms": ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
             "queued_ms": None if queued is None else round(queued * 1000, 3),
             "prompt_tokens": usage.get("prompt_tokens"),
+            "cached_tokens": ctx.cached_tokens,
             "completion_tokens": usage.get("completion_tokens"),
             "client": request.remote,
             "error": ctx.error,

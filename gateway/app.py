@@ -67,8 +67,9 @@ def create_app(
     # The body limit is enforced per request with an OpenAI-shaped 413; aiohttp's own
     # limit must not be lower.
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    metrics = Metrics(models=config.models)
     pool = Pool.from_config(config)
+    served = [(model, u.url) for model, upstreams in pool.by_model.items() for u in upstreams]
+    metrics = Metrics(models=config.models, upstreams=served)
     runtime = PolicyRuntime(
         PolicySource(config, config_path), chain=chain, metrics=metrics, upstreams=pool
     )

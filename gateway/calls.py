@@ -121,7 +121,7 @@ class Caller:
         ctx.status = status
         ctx.first_byte_at = time.perf_counter()
         if status < 400:
-            ctx.usage = body_usage(data)
+            ctx.usage, ctx.cached_tokens = body_usage(data)
         else:
             ctx.outcome = UPSTREAM_ERROR
             ctx.error = upstream_message(data)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from gateway.cors import CorsConfig
+from gateway.db import pool_options
 from gateway.prefix import PrefixConfig
 from gateway.private import private_dir
 from gateway.resilience import AdmissionConfig, BreakerConfig, RetryConfig
@@ -44,6 +45,9 @@ class ServerConfig(PolicySettings):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # After SIGTERM, `/ready` answers 503 this long while every request is still served, so
+    # that a load balancer polling `/ready` stops sending new ones before the listener closes.
+    drain_delay_seconds: float = Field(0.0, ge=0, le=300)
     cors: CorsConfig = CorsConfig()  # for browser clients; off without origins
 
 
@@ -99,6 +103,7 @@ def postgres_url(url: str | None) -> str | None:
         return None
     if not re.match(r"^postgres(ql)?://", url):
         raise ValueError("must be a postgresql:// URL (or empty for the embedded store)")
+    pool_options(url)  # `?pgbouncer=` takes true or false
     return url
 
 

@@ -61,6 +61,9 @@ class RequestContext:
     outcome: str = OK
     error: str | None = None
     usage: dict[str, Any] | None = None
+    # Prompt tokens of the upstream's answer it took from its prompt (KV) cache instead of
+    # evaluating them, when it said (`gateway.sse.cached_tokens`). Not `cached` below.
+    cached_tokens: int | None = None
     first_byte_at: float | None = None
     # Seconds spent on the upstream call (sending the request to its last byte), when made.
     upstream_seconds: float | None = None

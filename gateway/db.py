@@ -1,8 +1,9 @@
 """Database plumbing shared by policies: connections and versioned SQL migrations.
 
-A migration is a package-data file `NNN_name.sql`; applied versions are recorded in
-`schema_migrations`. Each pending migration runs in its own transaction together with its
-record, so a failed one leaves nothing behind. Versions share one namespace per database.
+A migration is a package-data file `NNN_name.sql` (`NNN_name.postgres.sql` for PostgreSQL
+alone: SQLite never sees it); applied versions are recorded in `schema_migrations`. Each
+pending migration runs in its own transaction together with its record, so a failed one
+leaves nothing behind. Versions share one namespace per database.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiosqlite
 import asyncpg
@@ -27,9 +29,12 @@ from gateway.private import PRIVATE_FILE_MODE, private_dir, private_file
 
 log = logging.getLogger("gateway.db")
 
-_FILE = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
+_FILE = re.compile(r"(\d{3})_([a-z0-9_]+)(?:\.(postgres))?\.sql")
+POSTGRES = "postgres"
 # Any fixed bigint will do; it only has to be the same for every gateway process.
 _PG_LOCK = 0x6C6C_616D_6167_7731
+# The query parameter of a PostgreSQL URL that says a PgBouncer pools transactions.
+PGBOUNCER = "pgbouncer"
 _TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,
     name text NOT NULL,
@@ -41,6 +46,7 @@ class Migration(NamedTuple):
     version: int
     name: str
     sql: str
+    only: str | None = None  # the one kind of database it is for (POSTGRES), or None: all
 
 
 class MigrationError(RuntimeError):
@@ -57,12 +63,13 @@ def load_migrations(package: str, folder: str = "migrations") -> list[Migration]
         if match is None:
             raise MigrationError(
                 f"{package}/{folder}/{entry.name}: name it NNN_name.sql "
-                "(three digits, then lowercase letters, digits and underscores)"
+                "(three digits, then lowercase letters, digits and underscores; "
+                "NNN_name.postgres.sql for PostgreSQL alone)"
             )
         version = int(match[1])
         if version in found:
             raise MigrationError(f"{package}/{folder}: two migrations have version {version}")
-        found[version] = Migration(version, match[2], entry.read_text("utf-8"))
+        found[version] = Migration(version, match[2], entry.read_text("utf-8"), match[3])
     return [found[version] for version in sorted(found)]
 
 
@@ -79,7 +86,7 @@ if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
 
 
 async def migrate_postgres(
-    target: asyncpg.Pool[Any] | PgConnection, migrations: Iterable[tuple[int, str, str]]
+    target: asyncpg.Pool[Any] | PgConnection, migrations: Iterable[Migration | tuple[int, str, str]]
 ) -> list[Migration]:
     """Apply the pending migrations; returns those this call applied.
 
@@ -94,6 +101,8 @@ async def migrate_postgres(
         await target.execute(_TABLE)
     applied: list[Migration] = []
     for migration in sorted(Migration(*m) for m in migrations):
+        if migration.only not in (None, POSTGRES):
+            continue
         if await _apply_postgres(target, migration):
             log.info("applied migration %03d_%s", migration.version, migration.name)
             applied.append(migration)
@@ -120,7 +129,7 @@ async def _apply_postgres(conn: PgConnection, migration: Migration) -> bool:
 
 
 async def migrate_sqlite(
-    db: aiosqlite.Connection, migrations: Iterable[tuple[int, str, str]]
+    db: aiosqlite.Connection, migrations: Iterable[Migration | tuple[int, str, str]]
 ) -> list[Migration]:
     """Apply the pending migrations; returns those this call applied.
 
@@ -130,6 +139,8 @@ async def migrate_sqlite(
     await db.execute(_TABLE)
     applied: list[Migration] = []
     for migration in sorted(Migration(*m) for m in migrations):
+        if migration.only is not None:
+            continue
         await db.execute("BEGIN IMMEDIATE")
         try:
             rows = await db.execute_fetchall(
@@ -176,12 +187,18 @@ async def open_postgres_pool(
     *,
     max_size: int = 4,
     wait_seconds: float = 5.0,
-    migrations: Iterable[tuple[int, str, str]] = (),
+    migrations: Iterable[Migration | tuple[int, str, str]] = (),
 ) -> asyncpg.Pool[asyncpg.Record]:
     """A small pool (the gateway's queries are short, and replicas share one server), with
     `migrations` applied; nothing is left open when they fail."""
+    dsn, options = pool_options(dsn)
     pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, command_timeout=wait_seconds, timeout=wait_seconds
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        command_timeout=wait_seconds,
+        timeout=wait_seconds,
+        **options,
     )
     try:
         if pending := list(migrations):
@@ -190,6 +207,23 @@ async def open_postgres_pool(
         await pool.close()
         raise
     return pool
+
+
+def pool_options(dsn: str) -> tuple[str, dict[str, Any]]:
+    """The URL for asyncpg, and its options: `pgbouncer=true` in the URL's query (taken out:
+    PostgreSQL would take it for a setting) says that a PgBouncer in transaction pooling
+    mode is in between, where a prepared statement may not outlive its transaction, so
+    asyncpg keeps none (PgBouncer before 1.21 cannot route them to their connection)."""
+    url = urlsplit(dsn)
+    query = parse_qsl(url.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != PGBOUNCER]
+    if len(kept) == len(query):
+        return dsn, {}
+    flag = next(v for k, v in query if k == PGBOUNCER).lower()
+    if flag not in ("true", "false"):
+        raise ValueError(f"{PGBOUNCER}= in a PostgreSQL URL takes true or false, not {flag!r}")
+    dsn = urlunsplit(url._replace(query=urlencode(kept)))
+    return dsn, {"statement_cache_size": 0} if flag == "true" else {}
 
 
 def _private_sqlite(path: Path) -> None:
@@ -205,7 +239,10 @@ def _private_sqlite(path: Path) -> None:
 
 
 async def open_sqlite(
-    path: Path, *, wait_seconds: float = 5.0, migrations: Iterable[tuple[int, str, str]] = ()
+    path: Path,
+    *,
+    wait_seconds: float = 5.0,
+    migrations: Iterable[Migration | tuple[int, str, str]] = (),
 ) -> aiosqlite.Connection:
     """A connection in autocommit mode with WAL, so readers never wait for the writer, with
     `migrations` applied; nothing is left open when they fail. Each commit is fsynced

@@ -39,7 +39,14 @@ def multiprocess_dir() -> str | None:
 class Metrics(MetricSet):
     """The application's metrics: the core's own, and those its policies register."""
 
-    def __init__(self, models: Iterable[str] = (), tiers: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        models: Iterable[str] = (),
+        tiers: Iterable[str] = (),
+        upstreams: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """`upstreams`: the configured (model, upstream URL) pairs, whose per-upstream
+        token series exist at 0 from the start."""
         super().__init__()
         self.models = frozenset(models)
         self.tiers: frozenset[str] = frozenset()
@@ -50,6 +57,9 @@ class Metrics(MetricSet):
         self._define_token_metrics()
         self._define_resource_metrics()
         self.set_tiers(tiers)
+        self._by_upstream: dict[tuple[str, str], tuple[Any, Any]] = {}
+        for model, url in upstreams:
+            self._upstream_tokens(model, url)
 
     def _define_shared_metrics(self) -> None:
         self.policy_reloads = self.counter(
@@ -116,6 +126,19 @@ class Metrics(MetricSet):
             "tokens",
             "Tokens reported by the upstream, by model, tier and type (prompt, completion).",
             ("model", "tier", "type"),
+        )
+        self.upstream_prompt_tokens = self.counter(
+            "upstream_prompt_tokens",
+            "Prompt tokens of the answers relayed, as the upstream that served each reported "
+            "them, by model and upstream.",
+            ("model", "upstream"),
+        )
+        self.prompt_tokens_cached = self.counter(
+            "prompt_tokens_cached",
+            "Prompt tokens the upstream took from its prompt (KV) cache instead of evaluating "
+            "them, as it reported them (cached_tokens, or llama.cpp's timings.cache_n), by "
+            "model and upstream.",
+            ("model", "upstream"),
         )
 
     def _define_resource_metrics(self) -> None:
@@ -187,11 +210,32 @@ class Metrics(MetricSet):
         upstream = ctx.upstream_seconds
         if upstream is not None:
             series.relayed(ctx, total, upstream)
+            usage, url = ctx.usage, ctx.upstream
+            if usage is not None and url is not None:
+                self._count_prompt(model, url, usage.get("prompt_tokens"), ctx.cached_tokens)
         if ctx.outcome == DISCONNECTED:
             series.disconnects.inc()
         elif ctx.outcome == INTERNAL_ERROR:
             # The route, not the path: `/v1/models/{model}` takes any name.
             self.internal_errors.labels(BY_NAME[ctx.endpoint].path).inc()
+
+    def _count_prompt(self, model: str, url: str, prompt: Any, cached: int | None) -> None:
+        """The prompt tokens of a relayed answer, and those its upstream had cached."""
+        children = self._by_upstream.get((model, url))
+        if children is None:  # an upstream not given at start (tests build bare Metrics)
+            children = self._upstream_tokens(model, url)
+        if type(prompt) is int and prompt > 0:
+            children[0].inc(prompt)
+        if cached:
+            children[1].inc(cached)
+
+    def _upstream_tokens(self, model: str, url: str) -> tuple[Any, Any]:
+        children = (
+            self.upstream_prompt_tokens.labels(model, url),
+            self.prompt_tokens_cached.labels(model, url),
+        )
+        self._by_upstream[model, url] = children
+        return children
 
 
 class _Series:

@@ -117,25 +117,52 @@ def prompt_of(endpoint: str, body: dict[str, Any]) -> Prompt | None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return None
-        tools = body.get("tools")
-        blocks: list[str | bytes] = [_dumps(tools)] if tools else []
-        follow_up = False
-        for message in messages:
-            if not isinstance(message, dict):
-                break
-            role, content = message.get("role"), message.get("content")
-            follow_up = follow_up or role == "assistant"
-            if isinstance(content, str) and len(message) <= 2:
-                blocks.extend(f"{role}\0{piece}" for piece in _pieces(content))
-            else:  # parts, tool calls, names: the message as a whole
-                blocks.append(_dumps(message))
-        return _prompt(blocks, follow_up)
+        return _chat(messages, body.get("tools"))
     if endpoint == COMPLETIONS.name:
         text = body.get("prompt")
         if isinstance(text, str):
-            return _prompt(list(_pieces(text)), False)
-        return _prompt([_dumps(text)], False) if text else None
+            chain = _chain(0, None, text, [])
+            return Prompt(chain, stable_hash(text[:BLOCK_CHARS].encode()), False)
+        if text:
+            block = _dumps(text)
+            return Prompt([hash(block)], stable_hash(block), False)
     return None
+
+
+def _chat(messages: list[Any], tools: object) -> Prompt | None:
+    chain: list[int] = []
+    first = _dumps(tools) if tools else None
+    if first is not None:
+        chain.append(hash(first))
+    follow_up = False
+    for message in messages:
+        if not isinstance(message, dict):
+            break
+        role, content = message.get("role"), message.get("content")
+        follow_up = follow_up or role == "assistant"
+        name = chain[-1] if chain else 0
+        if isinstance(role, str) and isinstance(content, str) and len(message) <= 2:
+            _chain(name, role, content, chain)
+            if first is None:
+                first = f"{role}\0{content[:BLOCK_CHARS]}".encode()
+        else:  # parts, tool calls, names: the message as a whole
+            block = _dumps(message)
+            chain.append(hash((name, block)))
+            first = block if first is None else first
+    if first is None:
+        return None
+    return Prompt(chain, stable_hash(first), follow_up)
+
+
+def _chain(name: int, role: str | None, text: str, chain: list[int]) -> list[int]:
+    """`chain` with the names of `text`'s pieces of BLOCK_CHARS (one, if shorter) added."""
+    if len(text) <= BLOCK_CHARS:
+        chain.append(hash((name, role, text)))
+        return chain
+    for start in range(0, len(text), BLOCK_CHARS):
+        name = hash((name, role, text[start : start + BLOCK_CHARS]))
+        chain.append(name)
+    return chain
 
 
 def _dumps(value: object) -> bytes:
@@ -143,22 +170,6 @@ def _dumps(value: object) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # what orjson cannot write (an integer past 64 bits) is still named
         return repr(value).encode()
-
-
-def _pieces(text: str) -> list[str]:
-    return [text[i : i + BLOCK_CHARS] for i in range(0, len(text), BLOCK_CHARS)] or [""]
-
-
-def _prompt(blocks: Sequence[str | bytes], follow_up: bool) -> Prompt | None:
-    if not blocks:
-        return None
-    first = blocks[0]
-    anchor = stable_hash(first.encode() if isinstance(first, str) else first)
-    chain, name = [], 0
-    for block in blocks:
-        name = hash((name, block))
-        chain.append(name)
-    return Prompt(chain, anchor, follow_up)
 
 
 def rank(anchor: int, seed: int) -> int:

@@ -28,9 +28,10 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then drain.
 
-    Draining: `/ready` turns 503, the listener closes, idle keep-alive connections are
-    closed, in-flight requests (streams included) get `shutdown_grace_seconds` to
-    finish, then completion work is flushed and resources are closed.
+    Draining: `/ready` turns 503 (and stays so `drain_delay_seconds` while every request
+    is still served), the listener closes, idle keep-alive connections are closed,
+    in-flight requests (streams included) get `shutdown_grace_seconds` to finish, then
+    completion work is flushed and resources are closed.
     """
     app = create_app(config, config_path=config_path)
     runner = GatewayRunner(
@@ -47,14 +48,28 @@ async def serve(
         if on_listening is not None:
             on_listening(port)
         await _until_stopped(app, stop or asyncio.Event())
+        app[STATE].draining = True
+        await _announce_drain(config.server)
         log.info(
             "shutting down: draining in-flight requests",
             extra={"grace_seconds": config.server.shutdown_grace_seconds},
         )
-        app[STATE].draining = True
     finally:
         await runner.cleanup()
         log.info("stopped")
+
+
+async def _announce_drain(server: ServerConfig) -> None:
+    """Keep serving, not ready, until load balancers polling `/ready` have seen it: a
+    request they send after the listener closes is refused and goes elsewhere, but one on a
+    connection the gateway closes at that moment (kept alive, or not yet accepted) fails."""
+    if server.drain_delay_seconds > 0:
+        log.info(
+            "not ready: still serving for %g s before draining",
+            server.drain_delay_seconds,
+            extra={"drain_delay_seconds": server.drain_delay_seconds},
+        )
+        await asyncio.sleep(server.drain_delay_seconds)
 
 
 def _tune_garbage_collector() -> None:

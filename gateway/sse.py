@@ -15,6 +15,8 @@ DONE = b"data: [DONE]\n\n"
 # llama-server writes compact JSON; the spaced form covers other OpenAI-style servers.
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _ERROR_MARKER = b'data: {"error"'
+# The largest token count taken from an answer: what an `integer` column holds.
+MAX_COUNT = 2**31 - 1
 
 
 def mentions_usage(data: bytes) -> bool:
@@ -53,16 +55,36 @@ def event_json(event: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def body_usage(body: bytes) -> dict[str, Any] | None:
-    """The `usage` object of a non-streaming JSON answer."""
+def body_usage(body: bytes) -> tuple[dict[str, Any] | None, int | None]:
+    """The `usage` object of a non-streaming JSON answer, and its `cached_tokens`."""
     if not mentions_usage(body):
-        return None
+        return None, None
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        return None, None
     usage = value.get("usage") if isinstance(value, dict) else None
-    return usage if isinstance(usage, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    return usage, cached_tokens(value, usage)
+
+
+def cached_tokens(answer: dict[str, Any], usage: dict[str, Any]) -> int | None:
+    """Prompt tokens the upstream took from its prompt (KV) cache, as an answer (or a
+    stream's usage event) reports them: `usage.prompt_tokens_details.cached_tokens`
+    (llama-server builds since 2026), else llama.cpp's `timings.cache_n`; None when
+    neither is a count (absent, not an integer, negative, or beyond a 32-bit column)."""
+    details = usage.get("prompt_tokens_details")
+    if type(details) is dict:
+        count = details.get("cached_tokens")
+        if type(count) is int and 0 <= count <= MAX_COUNT:
+            return count
+    timings = answer.get("timings")
+    if type(timings) is dict:
+        count = timings.get("cache_n")
+        if type(count) is int and 0 <= count <= MAX_COUNT:
+            return count
+    return None
 
 
 def upstream_message(body: bytes, limit: int = 200) -> str:

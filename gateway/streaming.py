@@ -106,7 +106,8 @@ async def _process(ctx: RequestContext, chain: Chain, ready: bytes, slow: bool) 
         if sse.mentions_usage(event):
             data = sse.event_json(event)
             if data is not None and isinstance(data.get("usage"), dict):
-                ctx.usage = data["usage"]
+                ctx.usage = usage = data["usage"]
+                ctx.cached_tokens = sse.cached_tokens(data, usage)
                 # The usage-only event the gateway asked for on the client's behalf.
                 if not ctx.client_wants_usage and data.get("choices") == []:
                     continue

@@ -200,6 +200,19 @@ UPSTREAMS = (
         ),
         "Requests being processed and waiting for a free slot in each llama-server.",
     ),
+    PanelSpec(
+        "Prompt tokens from cache, by upstream",
+        "percentunit",
+        (
+            Query(
+                f"sum by (upstream) (rate(llama_gateway_prompt_tokens_cached_total{R}))"
+                f" / sum by (upstream) (rate(llama_gateway_upstream_prompt_tokens_total{R}))",
+                "{{upstream}}",
+            ),
+        ),
+        "Share of the prompt tokens each upstream took from its prompt (KV) cache instead of "
+        "evaluating them, as its answers reported: prompt time saved.",
+    ),
 )
 
 USAGE = (

@@ -8,7 +8,7 @@ venv=${LLAMA_GATEWAY_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 # The first install builds llama.cpp (about 15 minutes on 2 cores); pip caches the wheel.
-"$venv/bin/python" -m pip install -q -e '.[test,local,docs]'
+"$venv/bin/python" -m pip install -q -e '.[test,local,docs,deploy]'
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 "$venv/bin/mypy"

@@ -1,12 +1,12 @@
 """Batch inserts into PostgreSQL that cost the gateway little CPU per row.
 
 A batch goes by binary COPY into a temporary staging table (one per connection, emptied
-at every commit), then `INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING` moves it into
-`usage_records`, both in one transaction: a batch is stored whole or not at all, and a
-replay never duplicates a row. COPY encodes the row tuples as they come, with no
-per-column lists and none of the per-element type checks that array parameters cost;
-times travel as epoch seconds (float8) and become timestamptz in the database, so no
-datetime object is built per row.
+at every commit), then `INSERT ... SELECT ... ON CONFLICT (id, started_at) DO NOTHING`
+moves it into `usage_records` (partitioned by month: migration 008), both in one
+transaction: a batch is stored whole or not at all, and a replay never duplicates a row.
+COPY encodes the row tuples as they come, with no per-column lists and none of the
+per-element type checks that array parameters cost; times travel as epoch seconds
+(float8) and become timestamptz in the database, so no datetime object is built per row.
 
 A role without the TEMPORARY privilege (PUBLIC has it unless revoked) cannot create the
 staging table: its batches go as array parameters (`unnest`), same guarantees, more CPU.
@@ -38,6 +38,7 @@ PG_TYPES = {
     "cost": "float8",
     "attempts": "integer",
     "queued_ms": "float8",
+    "cached_tokens": "integer",
 }
 _TIMES = ("started_at", "finished_at")
 # How the rows travel: like the table, but with the times as epoch seconds.
@@ -53,12 +54,12 @@ CREATE_STAGING = (
 )
 FROM_STAGING = (
     f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT {_SELECT} FROM pg_temp.{STAGING}"
-    " ON CONFLICT (id) DO NOTHING"
+    " ON CONFLICT (id, started_at) DO NOTHING"
 )
 FROM_ARRAYS = (
     f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT {_SELECT} FROM unnest("
     + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_WIRE_TYPES.values()))
-    + f") AS r({_COLUMN_LIST}) ON CONFLICT (id) DO NOTHING"
+    + f") AS r({_COLUMN_LIST}) ON CONFLICT (id, started_at) DO NOTHING"
 )
 
 

@@ -62,6 +62,9 @@ class UsageSettings(PolicySettings):
     shutdown_seconds: float = Field(10.0, gt=0)
     retry_initial_seconds: float = Field(0.5, gt=0)
     retry_max_seconds: float = Field(30.0, gt=0)
+    # Rows older than this many days are dropped (PostgreSQL: whole monthly partitions,
+    # once all of a month is past it; SQLite: the rows). None: kept for ever.
+    retention_days: int | None = Field(None, ge=1)
 
     def writer_options(self) -> WriterOptions:
         return WriterOptions(
@@ -106,7 +109,9 @@ class UsagePolicy(Policy):
         options = self.settings.writer_options()
 
         async def create() -> UsageWriter:
-            store = open_usage_store(storage.database_url, storage.sqlite_path)
+            store = open_usage_store(
+                storage.database_url, storage.sqlite_path, self.settings.retention_days
+            )
             writer = UsageWriter(store, Journal(storage.data_path), self.metrics, options)
             await writer.start()
             return writer

@@ -71,6 +71,8 @@ class UsageRow(NamedTuple):
     attempts: int
     # Time waited in the gateway's queue for an upstream slot; None when it did not wait.
     queued_ms: float | None
+    # Prompt tokens the upstream took from its prompt (KV) cache; None when it did not say.
+    cached_tokens: int | None
 
     def as_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -96,6 +98,7 @@ _NULLABLE = {
     "upstream",
     "ttft_ms",
     "queued_ms",
+    "cached_tokens",
 }
 REQUIRED = tuple(name for name in COLUMNS if name not in _NULLABLE)
 _REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRED))
@@ -103,8 +106,8 @@ _REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRE
 
 # Columns added since journals were first written, in order: a row from before has none
 # of them, or the first ones only.
-LATER = ("attempts", "queued_ms")
-_LATER_DEFAULTS = (0, None)  # `attempts` is then given by `_before_attempts`
+LATER = ("attempts", "queued_ms", "cached_tokens")
+_LATER_DEFAULTS = (0, None, None)  # `attempts` is then given by `_before_attempts`
 
 
 def _before_attempts(row: UsageRow) -> UsageRow:
@@ -196,4 +199,5 @@ class RowBuilder:
             queued_ms=(
                 round(ctx.queued_seconds * 1000, 3) if ctx.queued_seconds is not None else None
             ),
+            cached_tokens=ctx.cached_tokens,
         )

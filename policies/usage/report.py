@@ -28,7 +28,8 @@ ERROR_CONDITION = "outcome IN ('rejected', 'upstream_error', 'internal_error')"
 PERCENTILES = (0.5, 0.95)
 # The sums of a report line, in ReportRow's order, as both stores' SQL computes them.
 SUMS = (
-    f"count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+    "count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+    " coalesce(sum(cached_tokens), 0),"
     f" coalesce(sum(CASE WHEN {ERROR_CONDITION} THEN 1 ELSE 0 END), 0), coalesce(sum(cost), 0)"
 )
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -49,6 +50,8 @@ class ReportRow:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    # Of the prompt tokens, those the upstreams took from their prompt cache (as reported).
+    cached_tokens: int
     errors: int
     cost: float
     p50_ms: float | None
@@ -123,11 +126,16 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
 def format_table(
     rows: list[ReportRow], total: ReportRow, by: str | None, since: datetime, until: datetime
 ) -> str:
     head = (by or "all").upper()
-    header = [head, "REQUESTS", "PROMPT TOK", "COMPL TOK", "ERRORS", "COST", "P50 MS", "P95 MS"]
+    header = [head, "REQUESTS", "PROMPT TOK", "CACHED", "COMPL TOK", "ERRORS", "COST"]
+    header += ["P50 MS", "P95 MS"]
     lines = [[*_cells(row)] for row in rows] if by else []
     if by:
         lines.append(["TOTAL", *_cells(total)[1:]])
@@ -151,6 +159,7 @@ def _cells(row: ReportRow) -> list[str]:
         "-" if row.group is None else row.group,
         f"{row.requests:,}",
         f"{row.prompt_tokens:,}",
+        _share(row.cached_tokens, row.prompt_tokens),
         f"{row.completion_tokens:,}",
         f"{row.errors:,}",
         _number(row.cost, 4),

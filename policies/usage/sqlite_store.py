@@ -27,6 +27,7 @@ from policies.usage.report import (
     sort_groups,
 )
 from policies.usage.schema import StoreUnavailable, migrations
+from policies.usage.upkeep import Upkeep, upkeep_sqlite
 
 _TIMES = (COLUMNS.index("started_at"), COLUMNS.index("finished_at"))
 assert _TIMES == (2, 3), "SqliteUsageStore.insert converts columns 2 and 3"
@@ -49,8 +50,11 @@ class SqliteUsageStore:
     dependency = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, StoreUnavailable)
 
-    def __init__(self, path: Path, *, wait_seconds: float = 5.0) -> None:
+    def __init__(
+        self, path: Path, *, wait_seconds: float = 5.0, retention_days: int | None = None
+    ) -> None:
         self.path = path
+        self.upkeep = Upkeep(retention_days)  # retention (`policies.usage.upkeep`)
         self.wait_seconds = wait_seconds
         self.conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # the one connection: one user at a time
@@ -81,6 +85,8 @@ class SqliteUsageStore:
         values = [(*row[:2], _iso(row[2]), _iso(row[3]), *row[4:]) for row in rows]
         db = self._db()
         async with self._lock:  # one transaction at a time on the one connection
+            if self.upkeep.due() and (cutoff := self.upkeep.cutoff()) is not None:
+                await upkeep_sqlite(db, _sqlite_time(cutoff))
             before = db.total_changes
             try:
                 # BEGIN inside the try: aiosqlite runs a statement whose caller was
@@ -107,7 +113,7 @@ class SqliteUsageStore:
             raise StoreUnavailable(
                 "the usage table does not exist: run `llama-gateway db migrate`"
             ) from exc
-        empty = ReportRow("all", 0, 0, 0, 0, 0.0, None, None)
+        empty = ReportRow("all", 0, 0, 0, 0, 0, 0.0, None, None)
         return sort_groups(grouped), total[0] if total else empty
 
     async def _query(self, group: str, bounds: tuple[str, str]) -> list[ReportRow]:
@@ -119,8 +125,8 @@ class SqliteUsageStore:
             for q in PERCENTILES
         )
         sql = f"""WITH ranked AS (
-            SELECT {group} AS grp, prompt_tokens, completion_tokens, status, outcome, cost,
-                latency_ms,
+            SELECT {group} AS grp, prompt_tokens, completion_tokens, cached_tokens, status,
+                outcome, cost, latency_ms,
                 row_number() OVER (PARTITION BY {group} ORDER BY latency_ms) - 1 AS i,
                 count(*) OVER (PARTITION BY {group}) AS n
             FROM usage_records WHERE started_at >= ? AND started_at < ?)
@@ -132,12 +138,13 @@ class SqliteUsageStore:
 
 
 def _sqlite_row(row: tuple[Any, ...]) -> ReportRow:
-    group, requests, prompt, completion, errors, cost, n, p50a, p50b, p95a, p95b = row
+    group, requests, prompt, completion, cached, errors, cost, n, p50a, p50b, p95a, p95b = row
     return ReportRow(
         group,
         requests,
         prompt,
         completion,
+        cached,
         errors,
         float(cost),
         interpolate(p50a, p50b, n, PERCENTILES[0]),

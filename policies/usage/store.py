@@ -1,6 +1,6 @@
 """Where usage rows end up: PostgreSQL (shared by replicas) or the embedded SQLite file.
 
-Inserts are idempotent on the record id (`ON CONFLICT (id) DO NOTHING`), so a batch
+Inserts are idempotent on the record id (`ON CONFLICT ... DO NOTHING`), so a batch
 written twice (a replay after an ambiguous failure) leaves one row per request, and
 transactional, so a batch is stored whole or not at all.
 """
@@ -24,6 +24,7 @@ from policies.usage.record import UsageRow
 from policies.usage.report import PERCENTILES, SUMS, ReportRow, group_column, sort_groups
 from policies.usage.schema import StoreUnavailable, migrations
 from policies.usage.sqlite_store import SqliteUsageStore
+from policies.usage.upkeep import Upkeep, upkeep_postgres
 
 log = logging.getLogger("policies.usage.store")
 
@@ -74,9 +75,16 @@ class PostgresUsageStore:
     errors = PG_ERRORS
 
     def __init__(
-        self, dsn: str, *, wait_seconds: float = 5.0, report_timeout: float = REPORT_TIMEOUT
+        self,
+        dsn: str,
+        *,
+        wait_seconds: float = 5.0,
+        report_timeout: float = REPORT_TIMEOUT,
+        retention_days: int | None = None,
     ) -> None:
         self.dsn = dsn
+        # Partitions ahead, and retention (`policies.usage.upkeep`), from the writer's batches.
+        self.upkeep = Upkeep(retention_days)
         self.wait_seconds = wait_seconds
         self.report_timeout = report_timeout
         self.pool: asyncpg.Pool[asyncpg.Record] | None = None
@@ -118,6 +126,8 @@ class PostgresUsageStore:
     async def insert(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
+        if self.upkeep.due():
+            await upkeep_postgres(self._db(), self.upkeep)
         if self.staging:
             try:
                 return await copy_batch(self._db(), rows)
@@ -153,12 +163,14 @@ class PostgresUsageStore:
 
 
 def _pg_row(record: Any) -> ReportRow:
-    group, requests, prompt, completion, errors, cost, p50, p95 = tuple(record)
-    return ReportRow(group, requests, prompt, completion, errors, float(cost), p50, p95)
+    group, requests, prompt, completion, cached, errors, cost, p50, p95 = tuple(record)
+    return ReportRow(group, requests, prompt, completion, cached, errors, float(cost), p50, p95)
 
 
-def open_usage_store(database_url: str | None, sqlite_path: Path) -> UsageStore:
+def open_usage_store(
+    database_url: str | None, sqlite_path: Path, retention_days: int | None = None
+) -> UsageStore:
     """PostgreSQL when a database URL is configured, else the embedded SQLite file."""
     if database_url:
-        return PostgresUsageStore(database_url)
-    return SqliteUsageStore(sqlite_path)
+        return PostgresUsageStore(database_url, retention_days=retention_days)
+    return SqliteUsageStore(sqlite_path, retention_days=retention_days)

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from gateway.app import STATE
 from gateway.identity import model_identity, upstream_identity
 from gateway.upstreams import DOWN, HEALTHY, Pool, Upstream
-from tests.support.fake_llama import FakeLlama, models_answer
+from tests.support.fake_llama import FakeLlama
+from tests.support.fake_tokens import models_answer
 from tests.support.gateways import CHAT, GatewayFactory
 from tests.support.waiting import eventually
 

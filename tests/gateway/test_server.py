@@ -13,6 +13,7 @@ import pytest
 
 from gateway import sse
 from tests.support.processes import GatewayProcess, start_gateway
+from tests.support.waiting import eventually
 
 STREAM = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -21,8 +22,8 @@ STREAM = {"model": "fake", "stream": True, "messages": [{"role": "user", "conten
 async def gateway_process(fake_url: str, tmp_path: Path) -> AsyncIterator[Any]:
     started: list[GatewayProcess] = []
 
-    async def start(grace: float, extra: str = "") -> GatewayProcess:
-        started.append(await start_gateway(fake_url, tmp_path, grace, extra))
+    async def start(grace: float, extra: str = "", drain_delay: float = 0) -> GatewayProcess:
+        started.append(await start_gateway(fake_url, tmp_path, grace, extra, drain_delay))
         return started[-1]
 
     yield start
@@ -46,6 +47,29 @@ async def test_sigterm_lets_in_flight_streams_finish(gateway_process: Any) -> No
         assert await asyncio.wait_for(gw.proc.wait(), 10) == 0
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(gw.url + "/health")
+
+
+async def test_during_the_drain_delay_ready_says_503_and_new_requests_are_served(
+    gateway_process: Any,
+) -> None:
+    gw = await gateway_process(grace=5, drain_delay=5)
+    # A fresh connection for each call: one the listener accepted after SIGTERM.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+
+        async def ready_is(status: int) -> bool:
+            async with s.get(gw.url + "/ready") as resp:
+                return resp.status == status
+
+        await eventually(lambda: ready_is(200))
+        gw.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: ready_is(503))
+        async with s.get(gw.url + "/ready") as resp:
+            assert (resp.status, (await resp.json())["draining"]) == (503, True)
+        async with s.post(gw.url + "/v1/chat/completions", json={**STREAM, "stream": False}) as r:
+            assert r.status == 200
+        assert await asyncio.wait_for(gw.proc.wait(), 30) == 0
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await s.get(gw.url + "/health")
 
 
 async def test_streams_longer_than_the_grace_period_are_cut(gateway_process: Any) -> None:

@@ -56,7 +56,12 @@ async def test_usage_event_reaches_a_client_that_asked_for_it(
         {
             **usage_events[0],
             "choices": [],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            "usage": {
+                "prompt_tokens": 5,
+                "completion_tokens": 3,
+                "total_tokens": 8,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
         }
     ]
     assert fake.requests[-1]["stream_options"] == {"include_usage": True}

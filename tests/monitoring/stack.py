@@ -244,6 +244,7 @@ async def fake_llama() -> AsyncIterator[str]:
     """The fake llama-server on a free port; yields its URL."""
     fake = FakeLlama()
     fake.record = False
+    fake.cached_tokens = 3  # of each prompt's 5 tokens: the prompt-cache panel has data
     runner = web.AppRunner(fake.app())
     await runner.setup()
     port = free_port()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+PROMPT_TOKENS = 5  # every generation call's prompt, as the fake counts it
 
 
 def chunk_base() -> dict[str, Any]:
@@ -21,18 +24,52 @@ def sse(value: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(value) + b"\n\n"
 
 
+@dataclass(frozen=True, slots=True)
+class PromptCache:
+    """What an answer says of llama-server's prompt cache: `cached` tokens of the prompt
+    were reused (any value: hostile ones too), in `usage.prompt_tokens_details.cached_tokens`
+    (unless not `details`: builds before 2026) and in `timings.cache_n`."""
+
+    cached: Any = 0
+    details: bool = True
+
+    def usage(self, completion: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": PROMPT_TOKENS,  # cached ones included, as llama-server counts
+            "completion_tokens": completion,
+            "total_tokens": PROMPT_TOKENS + completion,
+        }
+        if self.details:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
+        return usage
+
+    def timings(self, completion: int) -> dict[str, Any]:
+        reused = self.cached if type(self.cached) is int and self.cached >= 0 else 0
+        return {
+            "cache_n": self.cached,
+            "prompt_n": max(PROMPT_TOKENS - reused, 0),
+            "prompt_ms": 1.0,
+            "predicted_n": completion,
+            "predicted_ms": 2.0,
+        }
+
+
 class Shape:
     """The answer of one generation call: chat (`chat.completion`) or `text_completion`."""
 
-    def __init__(self, text: bool, call: int, opts: dict[str, Any]) -> None:
+    def __init__(
+        self, text: bool, call: int, opts: dict[str, Any], cache: PromptCache = PromptCache()
+    ) -> None:
         self.text = text
+        self.cache = cache
         self.prefix = f"call{call} " if opts.get("unique") else ""
         self.finish = opts.get("finish_reason", "stop")
         self.tool_call = bool(opts.get("tool_call"))
 
     def events(
-        self, chunks: int, final_usage: dict[str, Any] | None, text: str = "tok{i} "
+        self, chunks: int, final_fields: dict[str, Any] | None, text: str = "tok{i} "
     ) -> list[bytes]:
+        """The stream's events; `final_fields` go into the finishing chunk (usage, timings)."""
         base = chunk_base()
         if self.text:
             base["object"] = "text_completion"
@@ -52,8 +89,8 @@ class Shape:
                     sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
                 )
             final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish}]}
-        if final_usage:
-            final["usage"] = final_usage
+        if final_fields:
+            final.update(final_fields)
         events.append(sse(final))
         return events
 
@@ -77,7 +114,8 @@ class Shape:
             "created": int(time.time()),
             "model": body.get("model") or "fake",  # llama-server: its own name for a null one
             "choices": [choice],
-            "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens},
+            "usage": self.cache.usage(tokens),
+            "timings": self.cache.timings(tokens),
         }
 
 

@@ -26,6 +26,10 @@ Whole-server switches, for failover tests: `fail(status, n)` answers the next `n
 (generation and embeddings) with `status` (503 with llama-server's loading message), and
 `fail(0, n)` drops their connections before any response head; `/health` stays 200.
 
+Answers report the prompt cache as llama-server does (`usage.prompt_tokens_details.
+cached_tokens` and `timings.cache_n`): `cached_tokens` sets the number (or any value),
+`cache_details = False` leaves out `prompt_tokens_details` (builds before 2026).
+
 Run it alone: `python -m tests.support.fake_llama --port 9000` (from the top of the repository).
 """
 
@@ -39,7 +43,7 @@ import orjson
 from aiohttp import web
 
 from tests.support import fake_tokens
-from tests.support.fake_answers import Shape, chunk_base, sse
+from tests.support.fake_answers import PROMPT_TOKENS, PromptCache, Shape, chunk_base, sse
 
 FAKE = web.AppKey("fake", "FakeLlama")
 
@@ -57,6 +61,10 @@ class FakeLlama:
         self.record = True
         self.prompt_tokens = 0
         self.predicted_tokens = 0
+        # What answers say of the prompt cache: the cached prompt tokens (anything, for
+        # hostile tests), and whether in `usage.prompt_tokens_details` too (else only timings).
+        self.cached_tokens: Any = 0
+        self.cache_details = True
         # Every request as it arrived (body bytes, before any parsing) and the status answered:
         # what the hardening suite checks the gateway forwarded.
         self.received: list[tuple[str, bytes]] = []
@@ -124,7 +132,7 @@ class FakeLlama:
         return web.json_response({"status": "ok"})
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response(models_answer())
+        return web.json_response(fake_tokens.models_answer())
 
     async def props(self, request: web.Request) -> web.Response:
         self.props_reads += 1
@@ -175,12 +183,7 @@ class FakeLlama:
         failure = self._failure(request)
         if failure is not None:
             return failure
-        if request.path == "/tokenize":
-            status, answer = fake_tokens.tokenize(body)
-        elif request.path == "/detokenize":
-            status, answer = fake_tokens.detokenize(body)
-        else:
-            status, answer = fake_tokens.rerank(body, self.reranking)
+        status, answer = fake_tokens.answer(request.path, body, self.reranking)
         return _json(answer, status)
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -201,7 +204,8 @@ class FakeLlama:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.calls += 1
-        shape = Shape(request.path == "/v1/completions", self.calls, opts)
+        cache = PromptCache(self.cached_tokens, self.cache_details)
+        shape = Shape(request.path == "/v1/completions", self.calls, opts, cache)
         try:
             if opts.get("first_byte_delay"):
                 await asyncio.sleep(opts["first_byte_delay"])
@@ -210,7 +214,7 @@ class FakeLlama:
             else:
                 response = _json(shape.completion(body, opts.get("chunks", 3)))
             self.completed += 1
-            self.prompt_tokens += 5
+            self.prompt_tokens += PROMPT_TOKENS
             self.predicted_tokens += int(opts.get("chunks", 3))
             return response
         except asyncio.CancelledError:
@@ -233,9 +237,9 @@ class FakeLlama:
         delay = float(opts.get("delay", 0))
         usage_mode = opts.get("usage", "separate")
         include = (body.get("stream_options") or {}).get("include_usage") is True
-        usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
-        final_usage = usage if usage_mode == "in_final" else None
-        for i, event in enumerate(shape.events(chunks, final_usage, opts.get("text", "tok{i} "))):
+        last = {"usage": shape.cache.usage(chunks), "timings": shape.cache.timings(chunks)}
+        final = last if usage_mode == "in_final" else None
+        for i, event in enumerate(shape.events(chunks, final, opts.get("text", "tok{i} "))):
             if i == opts.get("drop_after"):
                 assert request.transport is not None
                 request.transport.abort()
@@ -256,18 +260,12 @@ class FakeLlama:
                 await asyncio.sleep(delay)
             await out.write(event)
         if usage_mode == "always" or (usage_mode == "separate" and include):
-            await out.write(sse({**chunk_base(), "choices": [], "usage": usage}))
+            await out.write(sse({**chunk_base(), "choices": [], **last}))
         await out.write(b"data: [DONE]\n\n")
         if opts.get("linger_after_done"):  # the answer is over, the response not yet ended
             await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()
         return out
-
-
-def models_answer() -> dict[str, Any]:
-    """What its `/v1/models` says: one model, with the vocabulary size llama-server gives."""
-    meta = {"n_vocab": fake_tokens.VOCAB, "n_ctx": 4096}
-    return {"object": "list", "data": [{"id": "fake", "object": "model", "meta": meta}]}
 
 
 def _json(value: dict[str, Any], status: int = 200) -> web.Response:

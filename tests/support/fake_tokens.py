@@ -15,6 +15,21 @@ VOCAB = 0xD800
 Answer = tuple[int, dict[str, Any]]
 
 
+def models_answer() -> dict[str, Any]:
+    """What the fake's `/v1/models` says: one model, with the vocabulary size llama-server gives."""
+    meta = {"n_vocab": VOCAB, "n_ctx": 4096}
+    return {"object": "list", "data": [{"id": "fake", "object": "model", "meta": meta}]}
+
+
+def answer(path: str, body: dict[str, Any], reranking: bool) -> Answer:
+    """The answer to a call of `/tokenize`, `/detokenize` or a rerank route."""
+    if path == "/tokenize":
+        return tokenize(body)
+    if path == "/detokenize":
+        return detokenize(body)
+    return rerank(body, reranking)
+
+
 def error(status: int, message: str, kind: str) -> Answer:
     return status, {"error": {"code": status, "message": message, "type": kind}}
 

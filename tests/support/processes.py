@@ -48,9 +48,12 @@ class GatewayProcess:
         self.url = f"http://127.0.0.1:{port}"
 
 
-async def start_gateway(fake_url: str, tmp_path: Path, grace: float, extra: str) -> GatewayProcess:
+async def start_gateway(
+    fake_url: str, tmp_path: Path, grace: float, extra: str, drain_delay: float = 0
+) -> GatewayProcess:
     config = tmp_path / "gateway.yaml"
-    config.write_text(f"server: {{shutdown_grace_seconds: {grace}}}\n{extra}")
+    server = f"{{shutdown_grace_seconds: {grace}, drain_delay_seconds: {drain_delay}}}"
+    config.write_text(f"server: {server}\n{extra}")
     proc = await serve("--config", str(config), "--port", "0", "--upstream", f"fake={fake_url}")
     record = await logged(proc, "gateway.server", "listening on")
     return GatewayProcess(proc, record["port"])

@@ -135,6 +135,7 @@ def row(n: int, **fields: Any) -> UsageRow:
         "cost": 0.25,
         "attempts": 1,
         "queued_ms": None,
+        "cached_tokens": None,
     }
     values.update(fields)
     return UsageRow(**values)

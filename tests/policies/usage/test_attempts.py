@@ -1,5 +1,5 @@
-"""The `attempts` and `queued_ms` columns: rows journalled or stored before they existed
-stay readable."""
+"""The `attempts`, `queued_ms` and `cached_tokens` columns: rows journalled or stored
+before they existed stay readable."""
 
 from __future__ import annotations
 
@@ -26,34 +26,45 @@ INSERT = (
 @pytest.mark.parametrize("upstream", ["http://u", None])
 def test_a_journal_row_from_before_attempts_is_read(upstream: str | None) -> None:
     earlier = row(1, upstream=upstream).as_dict()
-    del earlier["attempts"], earlier["queued_ms"]
+    del earlier["attempts"], earlier["queued_ms"], earlier["cached_tokens"]
     expected = 1 if upstream else 0
     as_array = orjson.loads(orjson.dumps(list(earlier.values())))
-    assert len(as_array) == len(COLUMNS) - 2
+    assert len(as_array) == len(COLUMNS) - 3
     assert row_from_json(as_array).attempts == expected
     assert row_from_json(earlier).attempts == expected
     assert row_from_json(as_array).queued_ms is None
+    assert row_from_json(as_array).cached_tokens is None
     assert row_from_json(list(row(2, attempts=3))).attempts == 3
 
 
 def test_a_journal_row_from_before_queued_ms_is_read() -> None:
-    earlier = list(row(1, attempts=2))[:-1]
+    earlier = list(row(1, attempts=2))[:-2]
     read = row_from_json(orjson.loads(orjson.dumps(earlier)))
-    assert (read.attempts, read.queued_ms) == (2, None)
+    assert (read.attempts, read.queued_ms, read.cached_tokens) == (2, None, None)
     assert row_from_json(list(row(2, queued_ms=12.5))).queued_ms == 12.5
+
+
+def test_a_journal_row_from_before_cached_tokens_is_read() -> None:
+    earlier = list(row(1, attempts=2, queued_ms=3.5))[:-1]
+    read = row_from_json(orjson.loads(orjson.dumps(earlier)))
+    assert (read.attempts, read.queued_ms, read.cached_tokens) == (2, 3.5, None)
+    assert row_from_json(list(row(2, cached_tokens=607))).cached_tokens == 607
+    as_object = row(3, cached_tokens=5).as_dict()
+    del as_object["cached_tokens"]
+    assert row_from_json(as_object).cached_tokens is None
 
 
 def test_a_short_or_incomplete_journal_row_is_still_refused() -> None:
     values = list(row(1))
     with pytest.raises(ValueError, match="missing fields"):
-        row_from_json(values[:-3])
+        row_from_json(values[:-4])
     values[COLUMNS.index("status")] = None
     with pytest.raises(ValueError, match="missing fields"):
         row_from_json(values[:-1])
 
 
 def before_attempts() -> list[tuple[int, str, str]]:
-    return [m for m in migrations() if m.name not in ("attempts", "queued")]
+    return [m for m in migrations() if m.name not in ("attempts", "queued", "cached_tokens")]
 
 
 async def test_sqlite_rows_stored_before_count_one_call_if_relayed(tmp_path: Path) -> None:
@@ -65,10 +76,12 @@ async def test_sqlite_rows_stored_before_count_one_call_if_relayed(tmp_path: Pat
         await db.close()
     db = await open_sqlite(tmp_path / "usage.db", migrations=migrations())
     try:
-        rows = await db.execute_fetchall("SELECT id, attempts FROM usage_records ORDER BY id")
+        rows = await db.execute_fetchall(
+            "SELECT id, attempts, cached_tokens FROM usage_records ORDER BY id"
+        )
     finally:
         await db.close()
-    assert [tuple(r) for r in rows] == [("a", 1), ("b", 0)]
+    assert [tuple(r) for r in rows] == [("a", 1, None), ("b", 0, None)]
 
 
 async def test_postgres_rows_stored_before_count_one_call_if_relayed(pg_url: str) -> None:
@@ -78,7 +91,7 @@ async def test_postgres_rows_stored_before_count_one_call_if_relayed(pg_url: str
         await conn.execute(INSERT.format(id="a", upstream="'http://u'"))
         await conn.execute(INSERT.format(id="b", upstream="NULL"))
         await migrate_postgres(conn, migrations())
-        rows = await conn.fetch("SELECT id, attempts FROM usage_records ORDER BY id")
+        rows = await conn.fetch("SELECT id, attempts, cached_tokens FROM usage_records ORDER BY id")
     finally:
         await conn.close()
-    assert [tuple(r) for r in rows] == [("a", 1), ("b", 0)]
+    assert [tuple(r) for r in rows] == [("a", 1, None), ("b", 0, None)]

@@ -72,7 +72,7 @@ def test_usage_prints_a_table_from_the_embedded_store(
     assert main(["usage", "--since", "1h", "--by", "model"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("usage from ")
-    assert lines[2].split()[:5] == ["m1", "20", "200", "100", "1"]
+    assert lines[2].split()[:6] == ["m1", "20", "200", "0.0%", "100", "1"]
     assert lines[3].split()[:2] == ["m2", "7"]
     assert lines[4].split()[:2] == ["TOTAL", "27"]
 

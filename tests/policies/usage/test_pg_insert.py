@@ -51,6 +51,7 @@ def varied(n: int) -> UsageRow:
         ttft_ms=None if n % 2 else 12.345,
         cost=1e-12,
         attempts=n % 4,
+        cached_tokens=None if n % 2 else [0, 2**31 - 1, 607][n % 3],
     )
 
 

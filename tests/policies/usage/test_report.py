@@ -98,14 +98,15 @@ def test_time_ranges_accept_durations_and_iso_dates() -> None:
 
 
 def test_the_table_has_a_line_per_group_and_a_total() -> None:
-    rows = [ReportRow("m1", 1200, 5000, 700, 3, 1.5, 12.25, 80.0)]
-    total = ReportRow("all", 1200, 5000, 700, 3, 1.5, 12.25, 80.0)
+    rows = [ReportRow("m1", 1200, 5000, 700, 2000, 3, 1.5, 12.25, 80.0)]
+    total = ReportRow("all", 1200, 5000, 700, 2000, 3, 1.5, 12.25, 80.0)
     lines = format_table(rows, total, "model", NOW, NOW).splitlines()
     assert lines[1].split() == [
         "MODEL",
         "REQUESTS",
         "PROMPT",
         "TOK",
+        "CACHED",
         "COMPL",
         "TOK",
         "ERRORS",
@@ -115,7 +116,17 @@ def test_the_table_has_a_line_per_group_and_a_total() -> None:
         "P95",
         "MS",
     ]
-    assert lines[2].split() == ["m1", "1,200", "5,000", "700", "3", "1.5000", "12.2", "80.0"]
+    assert lines[2].split() == [
+        "m1",
+        "1,200",
+        "5,000",
+        "40.0%",
+        "700",
+        "3",
+        "1.5000",
+        "12.2",
+        "80.0",
+    ]
     assert lines[3].split()[:2] == ["TOTAL", "1,200"]
 
 
@@ -139,3 +150,22 @@ async def test_an_internal_error_of_the_gateway_counts_as_an_error(
         rows, _ = await store.report(NOW - timedelta(hours=1), NOW, "model")
         m4 = next(r for r in rows if r.group == "m4")
         assert (m4.requests, m4.errors) == (2, 1)
+
+
+async def test_both_stores_sum_the_cached_prompt_tokens_reported(
+    stores: list[UsageStore],
+) -> None:
+    reported = [row(300, model="m5", cached_tokens=7), row(301, model="m5", cached_tokens=0)]
+    silent = row(302, model="m5")  # an upstream that did not say: NULL, counted as none
+    for store in stores:
+        await store.insert([*reported, silent])
+        rows, total = await store.report(NOW - timedelta(hours=1), NOW, "model")
+        m5 = next(r for r in rows if r.group == "m5")
+        assert (m5.prompt_tokens, m5.cached_tokens) == (30, 7), store.dependency
+        assert total.cached_tokens == 7
+        assert next(r for r in rows if r.group == "m1").cached_tokens == 0
+
+
+def test_the_table_shows_no_cached_share_without_prompt_tokens() -> None:
+    empty = ReportRow("all", 0, 0, 0, 0, 0, 0.0, None, None)
+    assert format_table([], empty, None, NOW, NOW).splitlines()[2].split()[3] == "-"

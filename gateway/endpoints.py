@@ -110,6 +110,8 @@ MODEL_ENDPOINTS: frozenset[str] = frozenset(e.name for e in ENDPOINTS if e.names
 # Names of the endpoints that generate tokens.
 GENERATING: frozenset[str] = frozenset(e.name for e in ENDPOINTS if e.generates)
 MODEL_PERMISSIONS: frozenset[str] = frozenset(PERMISSION[name] for name in MODEL_ENDPOINTS)
+# Names of the endpoints whose input may hold token ids.
+TOKEN_IDS: frozenset[str] = frozenset(e.name for e in ENDPOINTS if e.token_ids)
 
 if TYPE_CHECKING:
     EndpointName: TypeAlias = str

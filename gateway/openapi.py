@@ -77,7 +77,7 @@ def document(
         },
         "paths": paths,
         "components": {"schemas": _schemas(), "securitySchemes": _SECURITY},
-        # Which routes need credentials depends on the policies configured; none is anonymous.
+        # Whether credentials are needed depends on the policies configured (`{}`: none).
         "security": [{"bearer": []}, {"api_key": []}, {}],
     }
 

@@ -24,7 +24,7 @@ from gateway.context import (
     Reply,
     RequestContext,
 )
-from gateway.endpoints import MODEL_ENDPOINTS
+from gateway.endpoints import MODEL_ENDPOINTS, TOKEN_IDS
 from gateway.errors import GatewayError, bad_request, internal_error
 from gateway.failover import Failover
 from gateway.leases import shared_slots
@@ -174,7 +174,8 @@ class Relay:
         await ctx.json()
         if ctx.model is None:
             raise bad_request("Missing required parameter: 'model'.", param="model")
-        check_vocabulary(ctx.endpoint, ctx.body or {}, self.pool.vocab(ctx.model))
+        if ctx.endpoint in TOKEN_IDS:
+            check_vocabulary(ctx.endpoint, ctx.body or {}, self.pool.vocab(ctx.model))
         # Built once (a retry sends the same bytes), and before `pick`: a body that cannot be
         # sent must not take a half-open circuit's one trial and never report on it.
         payload = upstream_payload(ctx)

@@ -10,11 +10,15 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects import OPENAI, Dialect
+
 SEPARATOR = b"\n\n"
 DONE = b"data: [DONE]\n\n"
 # llama-server writes compact JSON; the spaced form covers other OpenAI-style servers.
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
-_ERROR_MARKER = b'data: {"error"'
+# An error object, or an `event:` line naming an error (an event's lines start a line,
+# which no JSON string in generated text can: a raw newline is escaped there).
+_ERROR_MARKERS = (b'data: {"error"', b"event: error\n", b"event: response.failed\n")
 
 
 def mentions_usage(data: bytes) -> bool:
@@ -22,7 +26,7 @@ def mentions_usage(data: bytes) -> bool:
 
 
 def mentions_error(data: bytes) -> bool:
-    return _ERROR_MARKER in data
+    return any(marker in data for marker in _ERROR_MARKERS)
 
 
 def split_complete(data: bytes) -> tuple[bytes, bytes]:
@@ -53,16 +57,15 @@ def event_json(event: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def body_usage(body: bytes) -> dict[str, Any] | None:
-    """The `usage` object of a non-streaming JSON answer."""
+def body_usage(body: bytes, dialect: Dialect = OPENAI) -> dict[str, Any] | None:
+    """The usage of a non-streaming JSON answer, in the gateway's shape."""
     if not mentions_usage(body):
         return None
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    usage = value.get("usage") if isinstance(value, dict) else None
-    return usage if isinstance(usage, dict) else None
+    return dialect.body_usage(value) if isinstance(value, dict) else None
 
 
 def upstream_message(body: bytes, limit: int = 200) -> str:

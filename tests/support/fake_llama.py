@@ -16,7 +16,10 @@ request body may carry `"fake": {...}` (the gateway passes unknown fields throug
 - `finish_reason`: the finish reason of the answer (default "stop")
 - `tool_call`: true: a chat answer that calls a tool
 
-`/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`).
+`/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`);
+`/v1/responses` and `/v1/messages` in their APIs' shapes (`tests.support.fake_apis`), where
+`stop_reason` sets a Messages answer's stop reason. The headers of every request are kept
+in `headers`.
 
 Whole-server switches, for failover tests: `fail(status, n)` answers the next `n` calls
 (generation and embeddings) with `status` (503 with llama-server's loading message), and
@@ -35,6 +38,10 @@ import orjson
 from aiohttp import web
 
 from tests.support.fake_answers import Shape, chunk_base, sse
+from tests.support.fake_apis import MessagesShape, ResponsesShape
+
+# The routes whose answers have shapes of their own, and those shapes.
+_API_SHAPES = {"/v1/responses": ResponsesShape, "/v1/messages": MessagesShape}
 
 FAKE = web.AppKey("fake", "FakeLlama")
 
@@ -90,6 +97,8 @@ class FakeLlama:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
+        for path in _API_SHAPES:
+            app.router.add_post(path, self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
         return app
 
@@ -175,7 +184,12 @@ class FakeLlama:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.calls += 1
-        shape = Shape(request.path == "/v1/completions", self.calls, opts)
+        api = _API_SHAPES.get(request.path)
+        shape: Any = (
+            api(self.calls, opts)
+            if api is not None
+            else Shape(request.path == "/v1/completions", self.calls, opts)
+        )
         try:
             if opts.get("first_byte_delay"):
                 await asyncio.sleep(opts["first_byte_delay"])
@@ -199,7 +213,7 @@ class FakeLlama:
             self.headers.append(dict(request.headers))
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any], shape: Shape
+        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any], shape: Any
     ) -> web.StreamResponse:
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
@@ -209,7 +223,13 @@ class FakeLlama:
         include = (body.get("stream_options") or {}).get("include_usage") is True
         usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
         final_usage = usage if usage_mode == "in_final" else None
-        for i, event in enumerate(shape.events(chunks, final_usage, opts.get("text", "tok{i} "))):
+        text = opts.get("text", "tok{i} ")
+        own_end = getattr(shape, "own_end", False)
+        if own_end:
+            events = shape.events(chunks, text, body.get("model", "fake"))
+        else:
+            events = shape.events(chunks, final_usage, text)
+        for i, event in enumerate(events):
             if i == opts.get("drop_after"):
                 assert request.transport is not None
                 request.transport.abort()
@@ -229,9 +249,10 @@ class FakeLlama:
             if delay:
                 await asyncio.sleep(delay)
             await out.write(event)
-        if usage_mode == "always" or (usage_mode == "separate" and include):
-            await out.write(sse({**chunk_base(), "choices": [], "usage": usage}))
-        await out.write(b"data: [DONE]\n\n")
+        if not own_end:  # its last event ended the stream already
+            if usage_mode == "always" or (usage_mode == "separate" and include):
+                await out.write(sse({**chunk_base(), "choices": [], "usage": usage}))
+            await out.write(b"data: [DONE]\n\n")
         if opts.get("linger_after_done"):  # the answer is over, the response not yet ended
             await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()

@@ -51,15 +51,22 @@ def kind_of(error: anthropic.APIStatusError) -> str:
     return str(body["error"]["type"])
 
 
-@pytest.mark.parametrize(
-    "credential", [{"api_key": STATIC}, {"auth_token": STATIC}, {"api_key": token()}]
-)
-async def test_a_credential_in_either_header_is_accepted(
+@pytest.mark.parametrize("credential", [{"api_key": STATIC}, {"auth_token": token()}])
+async def test_the_sdk_s_credential_is_accepted(
     guarded: TestClient[Any, Any], credential: dict[str, str]
 ) -> None:
     async with sdk(guarded, **credential) as client:
         message = await client.messages.create(**MESSAGE)
     assert message.usage.output_tokens == 3
+
+
+@pytest.mark.parametrize("credential", [STATIC, token()])
+async def test_a_key_or_token_in_x_api_key_is_accepted(
+    guarded: TestClient[Any, Any], credential: str
+) -> None:
+    # Anthropic's header, which its SDK sent before 2.x and its API documents.
+    resp = await guarded.post("/v1/messages", json=MESSAGE, headers={"x-api-key": credential})
+    assert resp.status == 200
 
 
 async def test_a_wrong_key_is_an_authentication_error(guarded: TestClient[Any, Any]) -> None:

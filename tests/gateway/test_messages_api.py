@@ -178,11 +178,9 @@ async def test_sdk_reads_a_stream(gateway: TestClient[Any, Any]) -> None:
 
 async def test_sdk_raises_on_a_stream_cut_off(gateway: TestClient[Any, Any]) -> None:
     body = {**MESSAGE, "extra_body": {"fake": {"drop_after": 4}}}
-    async with sdk(gateway) as client:
+    async with sdk(gateway) as client, client.messages.stream(**body) as stream:
         with pytest.raises(anthropic.APIStatusError, match="broke off"):
-            async with client.messages.stream(**body) as stream:
-                async for _ in stream:
-                    pass
+            await stream.get_final_message()
 
 
 async def test_sdk_raises_bad_request_for_a_refused_body(gateway: TestClient[Any, Any]) -> None:

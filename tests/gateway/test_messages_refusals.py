@@ -32,7 +32,8 @@ def sdk(client: TestClient[Any, Any], **auth: Any) -> anthropic.AsyncAnthropic:
 async def guarded(
     make_gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> TestClient[Any, Any]:
-    """Auth with a static key (premium), JWTs, and a chat-only key; premium: one request a minute."""
+    """Auth with a static key (premium), JWTs and a chat-only key; premium callers may
+    send one request a minute."""
     monkeypatch.setenv("TEST_JWT_SECRET", "hs256-secret-for-the-auth-tests-" + "x" * 16)
     auth = auth_settings(api_keys=False, default_tier="premium")
     auth["static_keys"].append({"hash": sha256(CHAT_ONLY), "owner": "c", "tier": "chat_only"})

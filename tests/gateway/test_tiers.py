@@ -80,5 +80,6 @@ def test_an_unknown_endpoint_name_is_refused_with_the_names_there_are() -> None:
     (error,) = exc.value.errors()
     assert error["loc"] == ("endpoints", 0)
     assert error["msg"] == (
-        "Input should be 'chat.completions', 'completions', 'embeddings', 'responses', 'messages' or 'models'"
+        "Input should be 'chat.completions', 'completions', 'embeddings', 'responses',"
+        " 'messages' or 'models'"
     )

@@ -223,13 +223,8 @@ class FakeLlama:
         include = (body.get("stream_options") or {}).get("include_usage") is True
         usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
         final_usage = usage if usage_mode == "in_final" else None
-        text = opts.get("text", "tok{i} ")
         own_end = getattr(shape, "own_end", False)
-        if own_end:
-            events = shape.events(chunks, text, body.get("model", "fake"))
-        else:
-            events = shape.events(chunks, final_usage, text)
-        for i, event in enumerate(events):
+        for i, event in enumerate(_events(shape, body, opts, final_usage)):
             if i == opts.get("drop_after"):
                 assert request.transport is not None
                 request.transport.abort()
@@ -257,6 +252,15 @@ class FakeLlama:
             await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()
         return out
+
+
+def _events(
+    shape: Any, body: dict[str, Any], opts: dict[str, Any], final_usage: Any
+) -> list[bytes]:
+    chunks, text = int(opts.get("chunks", 3)), opts.get("text", "tok{i} ")
+    if getattr(shape, "own_end", False):  # the Responses and Messages APIs' shapes
+        return list(shape.events(chunks, text, body.get("model", "fake")))
+    return list(shape.events(chunks, final_usage, text))
 
 
 def _json(value: dict[str, Any], status: int = 200) -> web.Response:

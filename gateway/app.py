@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.background import running
 from gateway.config import GatewayConfig
-from gateway.endpoints import ENDPOINTS
+from gateway.endpoints import ENDPOINTS, RESPONSES, dialect_of
 from gateway.errors import GatewayError, internal_error
 from gateway.exposition import MetricsEndpoint, publish_forever
 from gateway.metrics import Metrics, multiprocess_dir
@@ -32,6 +32,9 @@ log = logging.getLogger("gateway.app")
 
 _PATHS = [e.path for e in ENDPOINTS]
 _SERVED = f"{', '.join(_PATHS[:-1])} and {_PATHS[-1]}"
+# The Responses API's routes to a stored response (the SDK's `retrieve`, `delete`,
+# `cancel`, `input_items.list`): the gateway stores none, every one is unknown.
+_STORED = tuple(RESPONSES.path + tail for tail in ("/{id}", "/{id}/cancel", "/{id}/input_items"))
 
 
 @dataclass
@@ -74,7 +77,9 @@ def create_app(
     for endpoint in ENDPOINTS:
         add = app.router.add_post if endpoint.method == "POST" else app.router.add_get
         add(endpoint.path, _endpoint(endpoint.name))
-    _mount_policy_routes(app, runtime, taken={*core, *_PATHS})
+    for path in _STORED:
+        app.router.add_route("*", path, _guarded(no_stored_response, metrics, path))
+    _mount_policy_routes(app, runtime, taken={*core, *_PATHS, *_STORED})
     app.router.add_route("*", "/{tail:.*}", _guarded(not_found, metrics, "unknown"))
     return app
 
@@ -206,10 +211,22 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
+    return dialect_of(request.path).error_response(
+        GatewayError(
+            404,
+            f"Unknown request URL: {request.method} {request.path}. The gateway serves {_SERVED}.",
+            code="unknown_url",
+        )
+    )
+
+
+async def no_stored_response(request: web.Request) -> web.Response:
+    """OpenAI's 404 for a response it does not have, saying why there is none."""
     return GatewayError(
         404,
-        f"Unknown request URL: {request.method} {request.path}. The gateway serves {_SERVED}.",
-        code="unknown_url",
+        f"Response with id '{request.match_info['id']}' not found: this gateway stores no"
+        f" responses (llama-server keeps none either). Send the whole conversation in"
+        f" 'input' with each POST {RESPONSES.path} instead of 'previous_response_id'.",
     ).response()
 
 

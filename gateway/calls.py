@@ -117,10 +117,13 @@ class Caller:
         ctx.status = status
         ctx.first_byte_at = time.perf_counter()
         if status < 400:
-            ctx.usage, ctx.cached_tokens = body_usage(data)
+            ctx.usage, ctx.cached_tokens = body_usage(data, ctx.dialect)
         else:
             ctx.outcome = UPSTREAM_ERROR
             ctx.error = upstream_message(data)
+            translated = ctx.dialect.upstream_error(status, data)
+            if translated is not data:
+                data, content_type = translated, "application/json"
         headers = CIMultiDict({"Content-Type": content_type})
         await chain.on_response(ctx, headers)
         if chain.wants_events:

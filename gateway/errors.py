@@ -1,4 +1,5 @@
-"""One error type for everything the gateway refuses, rendered once in OpenAI's shape."""
+"""One error type for everything the gateway refuses, rendered in OpenAI's shape unless the
+endpoint's API has its own (`gateway.dialects`)."""
 
 from __future__ import annotations
 
@@ -40,18 +41,17 @@ class GatewayError(Exception):
     def as_dict(self) -> dict[str, str | None]:
         return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
 
-    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
-        """This error as the answer: its status, body and headers, then `headers`. Until it
-        is sent, its headers may still change (the policies' `on_response`)."""
+    def response(
+        self, headers: Mapping[str, str] | None = None, body: bytes | None = None
+    ) -> web.Response:
+        """This error as the answer: its status, body (OpenAI's shape unless another API's
+        is given, `gateway.dialects`) and headers, then `headers`. Until it is sent, its
+        headers may still change (the policies' `on_response`)."""
         merged = CIMultiDict(self.headers)
         if headers:
             merged.update(headers)
         merged.setdefault("Content-Type", "application/json")
-        return web.Response(status=self.status, body=self.body(), headers=merged)
-
-    def sse_event(self) -> bytes:
-        """The same error as a final SSE event, for failures after a stream began."""
-        return b"data: " + self.body() + b"\n\n"
+        return web.Response(status=self.status, body=body or self.body(), headers=merged)
 
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:

@@ -35,7 +35,10 @@ def test_an_empty_model_list_with_model_endpoints_is_refused() -> None:
         ValidationError, match=r"an empty list allows no model, so chat\.completions"
     ):
         Tier(endpoints=["chat.completions", "models"], models=[])
-    with pytest.raises(ValidationError, match="completions, embeddings would always be refused"):
+    with pytest.raises(
+        ValidationError,
+        match="completions, embeddings, messages, responses would always be refused",
+    ):
         Tier(models=[])
 
 
@@ -77,5 +80,6 @@ def test_an_unknown_endpoint_name_is_refused_with_the_names_there_are() -> None:
     (error,) = exc.value.errors()
     assert error["loc"] == ("endpoints", 0)
     assert error["msg"] == (
-        "Input should be 'chat.completions', 'completions', 'embeddings' or 'models'"
+        "Input should be 'chat.completions', 'completions', 'embeddings', 'responses',"
+        " 'messages' or 'models'"
     )

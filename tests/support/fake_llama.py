@@ -16,7 +16,10 @@ request body may carry `"fake": {...}` (the gateway passes unknown fields throug
 - `finish_reason`: the finish reason of the answer (default "stop")
 - `tool_call`: true: a chat answer that calls a tool
 
-`/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`).
+`/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`);
+`/v1/responses` and `/v1/messages` in their APIs' shapes (`tests.support.fake_apis`), where
+`stop_reason` sets a Messages answer's stop reason. The headers of every request are kept
+in `headers`.
 
 Whole-server switches, for failover tests: `fail(status, n)` answers the next `n` calls
 (generation and embeddings) with `status` (503 with llama-server's loading message), and
@@ -39,6 +42,10 @@ import orjson
 from aiohttp import web
 
 from tests.support.fake_answers import PROMPT_TOKENS, PromptCache, Shape, chunk_base, sse
+from tests.support.fake_apis import MessagesShape, ResponsesShape
+
+# The routes whose answers have shapes of their own, and those shapes.
+_API_SHAPES = {"/v1/responses": ResponsesShape, "/v1/messages": MessagesShape}
 
 FAKE = web.AppKey("fake", "FakeLlama")
 
@@ -98,6 +105,8 @@ class FakeLlama:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
+        for path in _API_SHAPES:
+            app.router.add_post(path, self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
         return app
 
@@ -184,7 +193,12 @@ class FakeLlama:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.calls += 1
         cache = PromptCache(self.cached_tokens, self.cache_details)
-        shape = Shape(request.path == "/v1/completions", self.calls, opts, cache)
+        api = _API_SHAPES.get(request.path)
+        shape: Any = (
+            api(self.calls, opts)
+            if api is not None
+            else Shape(request.path == "/v1/completions", self.calls, opts, cache)
+        )
         try:
             if opts.get("first_byte_delay"):
                 await asyncio.sleep(opts["first_byte_delay"])
@@ -208,7 +222,7 @@ class FakeLlama:
             self.headers.append(dict(request.headers))
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any], shape: Shape
+        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any], shape: Any
     ) -> web.StreamResponse:
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
@@ -216,9 +230,11 @@ class FakeLlama:
         delay = float(opts.get("delay", 0))
         usage_mode = opts.get("usage", "separate")
         include = (body.get("stream_options") or {}).get("include_usage") is True
-        last = {"usage": shape.cache.usage(chunks), "timings": shape.cache.timings(chunks)}
+        cache = getattr(shape, "cache", PromptCache())
+        last = {"usage": cache.usage(chunks), "timings": cache.timings(chunks)}
         final = last if usage_mode == "in_final" else None
-        for i, event in enumerate(shape.events(chunks, final, opts.get("text", "tok{i} "))):
+        own_end = getattr(shape, "own_end", False)
+        for i, event in enumerate(_events(shape, body, opts, final)):
             if i == opts.get("drop_after"):
                 assert request.transport is not None
                 request.transport.abort()
@@ -238,13 +254,23 @@ class FakeLlama:
             if delay:
                 await asyncio.sleep(delay)
             await out.write(event)
-        if usage_mode == "always" or (usage_mode == "separate" and include):
-            await out.write(sse({**chunk_base(), "choices": [], **last}))
-        await out.write(b"data: [DONE]\n\n")
+        if not own_end:  # its last event ended the stream already
+            if usage_mode == "always" or (usage_mode == "separate" and include):
+                await out.write(sse({**chunk_base(), "choices": [], **last}))
+            await out.write(b"data: [DONE]\n\n")
         if opts.get("linger_after_done"):  # the answer is over, the response not yet ended
             await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()
         return out
+
+
+def _events(
+    shape: Any, body: dict[str, Any], opts: dict[str, Any], final_fields: Any
+) -> list[bytes]:
+    chunks, text = int(opts.get("chunks", 3)), opts.get("text", "tok{i} ")
+    if getattr(shape, "own_end", False):  # the Responses and Messages APIs' shapes
+        return list(shape.events(chunks, text, body.get("model", "fake")))
+    return list(shape.events(chunks, final_fields, text))
 
 
 def _json(value: dict[str, Any], status: int = 200) -> web.Response:

@@ -18,11 +18,11 @@ from aiohttp import web
 from gateway import __version__, cors
 from gateway.background import running
 from gateway.config import GatewayConfig
-from gateway.endpoints import ENDPOINTS
+from gateway.endpoints import ENDPOINTS, RESPONSES, dialect_of
 from gateway.errors import GatewayError, internal_error
 from gateway.exposition import MetricsEndpoint, publish_forever
 from gateway.metrics import Metrics, multiprocess_dir
-from gateway.openapi import document
+from gateway.openapi import CATCH_ALL, document
 from gateway.policy import Chain
 from gateway.policydoc import PolicySource
 from gateway.probe import probe_forever
@@ -44,6 +44,11 @@ _ANY = r"[\s\S]"
 def _rest_of_path(param: re.Match[str]) -> str:
     """A path parameter takes the rest of the path: a model's name may hold a slash."""
     return "{" + param[1] + ":" + _ANY + "+}"
+
+
+# The Responses API's routes to a stored response (the SDK's `retrieve`, `delete`,
+# `cancel`, `input_items.list`): the gateway stores none, every one is unknown.
+_STORED = tuple(RESPONSES.path + tail for tail in ("/{id}", "/{id}/cancel", "/{id}/input_items"))
 
 
 @dataclass
@@ -88,10 +93,12 @@ def create_app(
     for endpoint in ENDPOINTS:
         add = app.router.add_post if endpoint.method == "POST" else app.router.add_get
         add(_PARAM.sub(_rest_of_path, endpoint.path), _endpoint(endpoint.name))
-    _mount_policy_routes(app, runtime, taken={*core, *_PATHS})
+    for path in _STORED:
+        app.router.add_route("*", path, _guarded(no_stored_response, metrics, path))
+    _mount_policy_routes(app, runtime, taken={*core, *_PATHS, *_STORED})
     unknown = _guarded(not_found, metrics, "unknown")
     cors.install(app, config.server.cors, unknown)
-    app.router.add_route("*", "/{tail:" + _ANY + "*}", unknown)
+    app.router.add_route("*", "/{tail:" + _ANY + "*}", unknown, name=CATCH_ALL)
     return app
 
 
@@ -229,11 +236,23 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
+    return dialect_of(request.path).error_response(
+        GatewayError(
+            404,
+            f"Unknown request URL: {request.method} {request.path}. The gateway serves"
+            f" {_SERVED} (GET /openapi.json describes every route).",
+            code="unknown_url",
+        )
+    )
+
+
+async def no_stored_response(request: web.Request) -> web.Response:
+    """OpenAI's 404 for a response it does not have, saying why there is none."""
     return GatewayError(
         404,
-        f"Unknown request URL: {request.method} {request.path}. The gateway serves {_SERVED}"
-        " (GET /openapi.json describes every route).",
-        code="unknown_url",
+        f"Response with id '{request.match_info['id']}' not found: this gateway stores no"
+        f" responses (llama-server keeps none either). Send the whole conversation in"
+        f" 'input' with each POST {RESPONSES.path} instead of 'previous_response_id'.",
     ).response()
 
 

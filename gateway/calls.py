@@ -121,12 +121,15 @@ class Caller:
         ctx.status = status
         ctx.first_byte_at = time.perf_counter()
         if status < 400:
-            ctx.usage, ctx.cached_tokens = body_usage(data)
+            ctx.usage, ctx.cached_tokens = body_usage(data, ctx.dialect)
         else:
             ctx.outcome = UPSTREAM_ERROR
             ctx.error = upstream_message(data)
-            if not _is_json(content_type):  # a proxy's page, a crash's plain text
-                content_type, data = JSON, _unshaped(status).body()
+            translated = ctx.dialect.upstream_error(status, data)
+            if translated is not data:
+                data, content_type = translated, JSON
+            elif not _is_json(content_type):  # a proxy's page, a crash's plain text
+                data, content_type = ctx.dialect.error_body(_unshaped(status)), JSON
         headers = CIMultiDict({"Content-Type": content_type})
         await chain.on_response(ctx, headers)
         if chain.wants_events:

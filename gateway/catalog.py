@@ -10,10 +10,20 @@ from collections.abc import Iterable
 import orjson
 
 from gateway.context import RequestContext
-from gateway.endpoints import MODEL
-from gateway.errors import model_not_found
+from gateway.endpoints import MODEL, MODELS
+from gateway.errors import GatewayError
 
 Entry = dict[str, str | int]
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it; GET "
+        f"{MODELS.path} lists the models you can use.",
+        code="model_not_found",
+        param="model",
+    )
 
 
 class Catalog:

@@ -11,6 +11,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 
+from gateway.dialects import OPENAI, Dialect
+from gateway.endpoints import BY_NAME
 from gateway.errors import GatewayError, bad_request
 from gateway.prefix import Prompt
 from gateway.validate import check_fields
@@ -115,6 +117,12 @@ class RequestContext:
         options = body.get("stream_options") or {}
         self.client_wants_usage = self.stream and options.get("include_usage") is True
         return body
+
+    @property
+    def dialect(self) -> Dialect:
+        """Its API's family: the shape of its errors and usage (`gateway.dialects`)."""
+        spec = BY_NAME.get(self.endpoint)
+        return OPENAI if spec is None else spec.dialect
 
     def tap(self, receive: Callable[[bytes], None]) -> None:
         """Have `receive` called with every piece of the answer written to the client."""

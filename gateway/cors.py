@@ -149,6 +149,7 @@ def install(app: web.Application, config: CorsConfig, otherwise: Handler) -> Non
     app.on_response_prepare.append(cors.on_prepare)
     handler = cors.preflight(otherwise)
     for resource in list(app.router.resources()):
-        taken = any(route.method == hdrs.METH_OPTIONS for route in resource)
+        # One that answers every method answers preflights too (with its 404).
+        taken = any(route.method in (hdrs.METH_OPTIONS, hdrs.METH_ANY) for route in resource)
         if isinstance(resource, web.Resource) and not taken:
             resource.add_route(hdrs.METH_OPTIONS, handler)

@@ -12,6 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from gateway.dialects import MESSAGES as ANTHROPIC
+from gateway.dialects import OPENAI, Dialect
+from gateway.dialects import RESPONSES as OPENAI_RESPONSES
+
+# The fields llama-server reads as the most tokens to generate, first named first:
+# `n_predict`, else `max_completion_tokens`, else `max_tokens` (-1 there means "until the
+# context is full", 0 "none"); a null one is skipped.
+READ_LENGTHS = ("n_predict", "max_completion_tokens", "max_tokens")
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -27,9 +36,19 @@ class Endpoint:
     input_field: str | None = None
     # The input is a list of chat messages: checked to be an array, estimated per message.
     chat: bool = False
+    # The input may be a list of conversation turns (`{role, content}`), estimated per turn.
+    turns: bool = False
+    # A field with more of the prompt (Anthropic's `system`, the Responses API's `instructions`).
+    instructions_field: str | None = None
     # It generates tokens: the length fields (`max_tokens`, ...) and a tier's cap apply,
     # a rate limit reserves the answer's tokens, a stream is asked for its usage.
     generates: bool = False
+    # The length fields llama-server reads on this route, the first named deciding.
+    lengths: tuple[str, ...] = READ_LENGTHS
+    # Its API family: the shape of errors and usage, how a stream ends (`gateway.dialects`).
+    dialect: Dialect = OPENAI
+    # Request headers passed on upstream as they came (credentials never are).
+    passed_headers: tuple[str, ...] = ()
     # The endpoint whose permission it shares (detokenize goes with tokenize): a tier's
     # `endpoints:` and a JWT's `required_scopes` name that one. None: its own name.
     grouped_with: str | None = None
@@ -58,6 +77,7 @@ CHAT_COMPLETIONS = Endpoint(
     upstream_path="/v1/chat/completions",
     input_field="messages",
     chat=True,
+    turns=True,
     generates=True,
 )
 COMPLETIONS = Endpoint(
@@ -69,6 +89,31 @@ COMPLETIONS = Endpoint(
 )
 EMBEDDINGS = Endpoint(
     "embeddings", "/v1/embeddings", upstream_path="/v1/embeddings", input_field="input"
+)
+# OpenAI's Responses API: llama-server reads `max_output_tokens` as its `max_tokens`.
+RESPONSES = Endpoint(
+    "responses",
+    "/v1/responses",
+    upstream_path="/v1/responses",
+    input_field="input",
+    turns=True,
+    instructions_field="instructions",
+    generates=True,
+    lengths=("n_predict", "max_completion_tokens", "max_output_tokens", "max_tokens"),
+    dialect=OPENAI_RESPONSES,
+)
+# Anthropic's Messages API.
+MESSAGES = Endpoint(
+    "messages",
+    "/v1/messages",
+    upstream_path="/v1/messages",
+    input_field="messages",
+    chat=True,
+    turns=True,
+    instructions_field="system",
+    generates=True,
+    dialect=ANTHROPIC,
+    passed_headers=("anthropic-version", "anthropic-beta"),
 )
 # Relevance scores of documents for a query (a reranking model's llama-server).
 RERANK = Endpoint(
@@ -94,6 +139,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     CHAT_COMPLETIONS,
     COMPLETIONS,
     EMBEDDINGS,
+    RESPONSES,
+    MESSAGES,
     RERANK,
     TOKENIZE,
     DETOKENIZE,
@@ -112,6 +159,18 @@ GENERATING: frozenset[str] = frozenset(e.name for e in ENDPOINTS if e.generates)
 MODEL_PERMISSIONS: frozenset[str] = frozenset(PERMISSION[name] for name in MODEL_ENDPOINTS)
 # Names of the endpoints whose input may hold token ids.
 TOKEN_IDS: frozenset[str] = frozenset(e.name for e in ENDPOINTS if e.token_ids)
+# Every length field of any route: all are capped by a tier's `max_tokens`.
+LENGTHS: tuple[str, ...] = tuple(dict.fromkeys(n for e in ENDPOINTS for n in e.lengths))
+
+
+def dialect_of(path: str) -> Dialect:
+    """The API family of a path at or under an endpoint's route, for the answers given to
+    requests the relay never sees (an unknown URL, a wrong method)."""
+    for endpoint in ENDPOINTS:
+        if path == endpoint.path or path.startswith(endpoint.path + "/"):
+            return endpoint.dialect
+    return OPENAI
+
 
 if TYPE_CHECKING:
     EndpointName: TypeAlias = str

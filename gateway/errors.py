@@ -1,4 +1,5 @@
-"""One error type for everything the gateway refuses, rendered once in OpenAI's shape."""
+"""One error type for everything the gateway refuses, rendered in OpenAI's shape unless the
+endpoint's API has its own (`gateway.dialects`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
-
-from gateway.endpoints import MODELS
 
 
 class GatewayError(Exception):
@@ -42,32 +41,21 @@ class GatewayError(Exception):
     def as_dict(self) -> dict[str, str | None]:
         return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
 
-    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
-        """This error as the answer: its status, body and headers, then `headers`. Until it
-        is sent, its headers may still change (the policies' `on_response`)."""
+    def response(
+        self, headers: Mapping[str, str] | None = None, body: bytes | None = None
+    ) -> web.Response:
+        """This error as the answer: its status, body (OpenAI's shape unless another API's
+        is given, `gateway.dialects`) and headers, then `headers`. Until it is sent, its
+        headers may still change (the policies' `on_response`)."""
         merged = CIMultiDict(self.headers)
         if headers:
             merged.update(headers)
         merged.setdefault("Content-Type", "application/json")
-        return web.Response(status=self.status, body=self.body(), headers=merged)
-
-    def sse_event(self) -> bytes:
-        """The same error as a final SSE event, for failures after a stream began."""
-        return b"data: " + self.body() + b"\n\n"
+        return web.Response(status=self.status, body=body or self.body(), headers=merged)
 
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
-
-
-def model_not_found(model: str) -> GatewayError:
-    return GatewayError(
-        404,
-        f"The model '{model}' does not exist or you do not have access to it; GET "
-        f"{MODELS.path} lists the models you can use.",
-        code="model_not_found",
-        param="model",
-    )
 
 
 def upstream_unavailable(message: str) -> GatewayError:

@@ -20,6 +20,10 @@ from gateway.endpoints import ENDPOINTS, Endpoint
 from gateway.schemas import BODIES, Error, Health, Ready
 
 Json = dict[str, Any]
+# The name of the route that answers every URL no other route serves (404 `unknown_url`).
+CATCH_ALL = "unknown-url"
+# A route answering any method is documented by those a client calls on such a path.
+_ANY_METHODS = ("get", "post", "delete")
 REF = "#/components/schemas/{model}"
 _PARAM = re.compile(r"\{(\w+)\}")
 JSON = "application/json"
@@ -63,10 +67,13 @@ def document(
     by_path = {e.path: e for e in endpoints}
     paths: dict[str, Json] = {}
     for route in router.routes():
-        if route.method == hdrs.METH_ANY:  # the catch-all that answers unknown URLs
+        if route.name == CATCH_ALL:  # not a route: what answers every unknown URL
             continue
         path = route.resource.canonical if route.resource is not None else ""
         item = paths.setdefault(path, {})
+        if route.method == hdrs.METH_ANY:  # a route that only ever says there is nothing
+            item.update({method: _nothing(method, path) for method in _ANY_METHODS})
+            continue
         item[route.method.lower()] = _operation(route.method, path, by_path.get(path))
     return {
         "openapi": "3.1.0",
@@ -186,6 +193,18 @@ def _error(description: str) -> Json:
 
 def _ref(model: type[BaseModel]) -> Json:
     return {"$ref": REF.format(model=model.__name__)}
+
+
+def _nothing(method: str, path: str) -> Json:
+    return {
+        "summary": f"Always 404 ({path}: served by no upstream, whatever the method)",
+        "operationId": _operation_id(method, path),
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": _TEXT}
+            for name in _PARAM.findall(path)
+        ],
+        "responses": _errors((400, 404, 500)),
+    }
 
 
 def _preflight(path: str) -> Json:

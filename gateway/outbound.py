@@ -7,7 +7,7 @@ import io
 import aiohttp
 
 from gateway.context import RequestContext, serialise_body
-from gateway.endpoints import GENERATING
+from gateway.endpoints import BY_NAME
 from gateway.errors import GatewayError, upstream_failed
 from gateway.tracing import Tracing
 from gateway.upstreams import DOWN, Upstream
@@ -19,10 +19,13 @@ def upstream_headers(
     ctx: RequestContext, upstream: Upstream, tracing: Tracing | None
 ) -> dict[str, str]:
     headers = {"Content-Type": "application/json", **ctx.upstream_headers}
+    incoming = ctx.request.headers
+    for name in BY_NAME[ctx.endpoint].passed_headers:
+        if name in incoming:
+            headers[name] = incoming[name]
     if upstream.api_key:
         headers["Authorization"] = f"Bearer {upstream.api_key}"
     # W3C trace context: the caller's trace (or this request's span) goes on upstream.
-    incoming = ctx.request.headers
     if tracing is not None:
         tracing.upstream_headers(ctx, headers)
     elif "traceparent" in incoming and "traceparent" not in headers:
@@ -37,7 +40,8 @@ def upstream_payload(ctx: RequestContext) -> bytes:
     body = ctx.body
     assert body is not None
     payload = ctx.raw_body
-    if ctx.stream and ctx.endpoint in GENERATING and not ctx.client_wants_usage:
+    spec = BY_NAME[ctx.endpoint]
+    if ctx.stream and spec.generates and spec.dialect.asks_usage and not ctx.client_wants_usage:
         # Usage must always be known; the extra event is hidden from this client.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = serialise_body(body)

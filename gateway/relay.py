@@ -128,7 +128,7 @@ class Relay:
             except GatewayError as err:
                 ctx.outcome = UPSTREAM_ERROR if err.status >= 500 and ctx.upstream else REJECTED
                 ctx.error = err.message
-                return await self._answer(ctx, chain, err.response())
+                return await self._answer(ctx, chain, ctx.dialect.error_response(err))
         except Exception as exc:  # answering a GatewayError can fail too
             return await self._internal_error(ctx, chain, exc)
 
@@ -147,10 +147,10 @@ class Relay:
             # The head is gone: a stream ends with the error event, any answer is cut off.
             if started.content_type == "text/event-stream":
                 with contextlib.suppress(ConnectionError):
-                    await started.write(err.sse_event())
+                    await started.write(ctx.dialect.error_event(err, ctx.events_sent))
             started.force_close()
             return started
-        response = err.response()
+        response = ctx.dialect.error_response(err)
         try:
             await chain.on_response(ctx, response.headers)  # the request ID's, among others
         except Exception as again:  # the hook that failed first, most likely: no second traceback

@@ -10,11 +10,15 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects import OPENAI, Dialect
+
 SEPARATOR = b"\n\n"
 DONE = b"data: [DONE]\n\n"
 # llama-server writes compact JSON; the spaced form covers other OpenAI-style servers.
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
-_ERROR_MARKER = b'data: {"error"'
+# An error object, or an `event:` line naming an error (an event's lines start a line,
+# which no JSON string in generated text can: a raw newline is escaped there).
+_ERROR_MARKERS = (b'data: {"error"', b"event: error\n", b"event: response.failed\n")
 # The largest token count taken from an answer: what an `integer` column holds.
 MAX_COUNT = 2**31 - 1
 
@@ -24,7 +28,7 @@ def mentions_usage(data: bytes) -> bool:
 
 
 def mentions_error(data: bytes) -> bool:
-    return _ERROR_MARKER in data
+    return any(marker in data for marker in _ERROR_MARKERS)
 
 
 def split_complete(data: bytes) -> tuple[bytes, bytes]:
@@ -55,16 +59,17 @@ def event_json(event: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def body_usage(body: bytes) -> tuple[dict[str, Any] | None, int | None]:
-    """The `usage` object of a non-streaming JSON answer, and its `cached_tokens`."""
+def body_usage(body: bytes, dialect: Dialect = OPENAI) -> tuple[dict[str, Any] | None, int | None]:
+    """The usage of a non-streaming JSON answer, in the gateway's shape, and its
+    `cached_tokens`."""
     if not mentions_usage(body):
         return None, None
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None, None
-    usage = value.get("usage") if isinstance(value, dict) else None
-    if not isinstance(usage, dict):
+    usage = dialect.body_usage(value) if isinstance(value, dict) else None
+    if usage is None:
         return None, None
     return usage, cached_tokens(value, usage)
 
@@ -72,8 +77,9 @@ def body_usage(body: bytes) -> tuple[dict[str, Any] | None, int | None]:
 def cached_tokens(answer: dict[str, Any], usage: dict[str, Any]) -> int | None:
     """Prompt tokens the upstream took from its prompt (KV) cache, as an answer (or a
     stream's usage event) reports them: `usage.prompt_tokens_details.cached_tokens`
-    (llama-server builds since 2026), else llama.cpp's `timings.cache_n`; None when
-    neither is a count (absent, not an integer, negative, or beyond a 32-bit column)."""
+    (llama-server builds since 2026; the gateway's shape of every dialect's usage), else
+    llama.cpp's `timings.cache_n`; None when neither is a count (absent, not an integer,
+    negative, or beyond a 32-bit column)."""
     details = usage.get("prompt_tokens_details")
     if type(details) is dict:
         count = details.get("cached_tokens")

@@ -80,6 +80,7 @@ async def _forward(
     if sse.mentions_error(ready):
         ctx.outcome = UPSTREAM_ERROR
         ctx.error = "the upstream sent an error event during the stream"
+        ready = ctx.dialect.stream_error(ready)
     if slow or sse.mentions_usage(ready):
         ready = await _process(ctx, chain, ready, slow)
     if not ready:
@@ -95,21 +96,24 @@ async def _forward(
     # Events start a line; `data:` inside generated text never does (JSON strings hold
     # no raw newline), and `ready` always starts at an event boundary.
     ctx.events_sent += ready.count(b"\ndata:") + ready.startswith(b"data:")
-    if ready.endswith(sse.DONE):
+    if ctx.dialect.stream_end in ready:
         ctx.delivered = True
     return True
 
 
 async def _process(ctx: RequestContext, chain: Chain, ready: bytes, slow: bool) -> bytes:
     kept = []
+    dialect = ctx.dialect
     for event in sse.events(ready):
         if sse.mentions_usage(event):
             data = sse.event_json(event)
-            if data is not None and isinstance(data.get("usage"), dict):
-                ctx.usage = usage = data["usage"]
+            usage = None if data is None else dialect.event_usage(data, ctx.usage)
+            if data is not None and usage is not None:
+                ctx.usage = usage
                 ctx.cached_tokens = sse.cached_tokens(data, usage)
                 # The usage-only event the gateway asked for on the client's behalf.
-                if not ctx.client_wants_usage and data.get("choices") == []:
+                hidden = dialect.asks_usage and not ctx.client_wants_usage
+                if hidden and data.get("choices") == []:
                     continue
         if slow:
             result = await chain.on_event(ctx, event)
@@ -121,7 +125,8 @@ async def _process(ctx: RequestContext, chain: Chain, ready: bytes, slow: bool) 
 
 
 async def _broken(ctx: RequestContext, out: web.StreamResponse, exc: BaseException) -> None:
-    """End the stream with an OpenAI-style error event: the SDK raises instead of hanging."""
+    """End the stream with an error event in its API's shape: the SDK raises instead of
+    hanging, or taking the answer for whole."""
     reason = (
         "timed out waiting for the next event"
         if isinstance(exc, TimeoutError)
@@ -134,7 +139,7 @@ async def _broken(ctx: RequestContext, out: web.StreamResponse, exc: BaseExcepti
         "upstream stream broke off: %s", exc.__class__.__name__, extra={"upstream": ctx.upstream}
     )
     try:
-        await out.write(err.sse_event())
+        await out.write(ctx.dialect.error_event(err, ctx.events_sent))
         await out.write_eof()
     except ConnectionResetError:
         ctx.outcome = DISCONNECTED

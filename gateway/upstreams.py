@@ -12,10 +12,11 @@ from typing import Any
 
 from yarl import URL
 
+from gateway.catalog import model_not_found
 from gateway.circuit import CLOSED, STATE_NAMES, Circuit
 from gateway.config import GatewayConfig
 from gateway.endpoints import ENDPOINTS
-from gateway.errors import model_not_found, upstream_unavailable
+from gateway.errors import upstream_unavailable
 from gateway.identity import MODELS_PATH, PROPS_PATH, model_identity
 from gateway.prefix import PrefixConfig, PrefixIndex, Prompt, choose, prompt_of, stable_hash
 from gateway.resilience import BreakerConfig

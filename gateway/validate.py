@@ -10,18 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.endpoints import ENDPOINTS
+from gateway.endpoints import LENGTHS as LENGTHS
+from gateway.endpoints import READ_LENGTHS as READ_LENGTHS
 from gateway.errors import GatewayError, bad_request
 
 # Per endpoint name: the input field it requires, and of those the chat messages' arrays.
 _REQUIRED = {e.name: e.input_field for e in ENDPOINTS if e.input_field}
 _MESSAGES = {e.name: e.input_field for e in ENDPOINTS if e.chat and e.input_field}
 _INTEGERS = ("seed",)
-# What llama-server reads as the most tokens to generate on chat and completions:
-# `n_predict`, else `max_completion_tokens`, else `max_tokens` (-1 there means "until
-# the context is full", 0 "none"); a null one is skipped.
-READ_LENGTHS = ("n_predict", "max_completion_tokens", "max_tokens")
-# With /v1/responses's name for it, which llama-server turns into max_tokens there.
-LENGTHS = (*READ_LENGTHS, "max_output_tokens")
 # Answers generated per prompt: llama-server reads `n_cmpl`, else OpenAI's `n`.
 CHOICES = ("n_cmpl", "n")
 _COUNTS = (*LENGTHS, *CHOICES)
@@ -123,11 +119,11 @@ def _out_of_range(name: str, value: int) -> GatewayError:
     )
 
 
-def cap_lengths(body: dict[str, Any], cap: int) -> bool:
+def cap_lengths(body: dict[str, Any], cap: int, read: tuple[str, ...] = READ_LENGTHS) -> bool:
     """Caps every length field the request names to `cap`, and makes sure `max_tokens`
-    says the length llama-server will use (the cap when no field it reads is named):
-    builds older than `max_completion_tokens` read only `n_predict` and `max_tokens`.
-    Whether the body changed."""
+    says the length llama-server will use (the first of the route's fields `read` that
+    is named, else the cap): builds older than `max_completion_tokens` read only
+    `n_predict` and `max_tokens`. Whether the body changed."""
     changed = False
     for name in LENGTHS:
         value = body.get(name)
@@ -135,7 +131,7 @@ def cap_lengths(body: dict[str, Any], cap: int) -> bool:
             body[name] = cap
             changed = True
     if body.get("max_tokens") is None:
-        named = (body.get(name) for name in READ_LENGTHS)
+        named = (body.get(name) for name in read)
         body["max_tokens"] = next((v for v in named if v is not None), cap)
         changed = True
     return changed

@@ -1,7 +1,8 @@
 """Authentication and permissions: API keys, static keys, JWTs, or anonymous by client IP.
 
-Credentials come as `Authorization: Bearer ...` or an `api-key` header (Azure-style
-clients). The caller's tier then decides which endpoints and models it may use and caps
+Credentials come as `Authorization: Bearer ...`, an `api-key` header (Azure-style
+clients) or an `x-api-key` header (Anthropic's SDK), each taking API keys, static keys
+and JWTs alike. The caller's tier then decides which endpoints and models it may use and caps
 `max_tokens`. Keys are looked up by their id and cached for at most `cache_seconds`, so
 a revocation reaches every replica within that time; the secret is compared in constant
 time and never logged.
@@ -20,7 +21,7 @@ from pydantic import Field
 
 from gateway.context import Reply, RequestContext
 from gateway.credentials import SecretHash, bearer_token, hash_secret, printable_ascii
-from gateway.endpoints import GENERATING, MODEL_ENDPOINTS, MODELS, PERMISSION
+from gateway.endpoints import BY_NAME, GENERATING, MODEL_ENDPOINTS, MODELS, PERMISSION
 from gateway.errors import GatewayError
 from gateway.policy import READY_SECONDS, Check, Policy, PolicyEnv, PolicySettings
 from gateway.tiers import Tier, unknown_tiers
@@ -86,8 +87,10 @@ def forbidden(message: str, param: str | None = None) -> GatewayError:
 
 MISSING = unauthorized(
     "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...' "
-    "(or in an 'api-key' header)."
+    "(or in an 'x-api-key' or 'api-key' header)."
 )
+# Headers that may carry the credential besides `Authorization`, in the order looked at.
+KEY_HEADERS = ("x-api-key", "api-key")
 INVALID = unauthorized("Incorrect API key provided. Check the key, or ask an admin for a new one.")
 
 
@@ -187,7 +190,8 @@ class AuthPolicy(Policy):
             )
         # Every length field llama-server reads is capped, not only the first one named.
         if tier.max_tokens and ctx.endpoint in GENERATING:
-            ctx.body_changed = cap_lengths(body, tier.max_tokens) or ctx.body_changed
+            read = BY_NAME[ctx.endpoint].lengths
+            ctx.body_changed = cap_lengths(body, tier.max_tokens, read) or ctx.body_changed
 
     async def _authenticate(self, ctx: RequestContext) -> Caller:
         token = credential(ctx)
@@ -272,8 +276,11 @@ def credential(ctx: RequestContext) -> str | None:
         if token is None:
             raise unauthorized("Send the key as 'Authorization: Bearer <key>'.")
         return _printable_ascii(token)
-    api_key = headers.get("api-key")
-    return _printable_ascii(api_key.strip()) if api_key else None
+    for name in KEY_HEADERS:
+        api_key = headers.get(name)
+        if api_key:
+            return _printable_ascii(api_key.strip())
+    return None
 
 
 def _printable_ascii(token: str) -> str:

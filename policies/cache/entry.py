@@ -20,12 +20,14 @@ from typing import Any
 
 import orjson
 
-from gateway.endpoints import CHAT_COMPLETIONS, EMBEDDINGS
+from gateway.endpoints import CHAT_COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 
 FORMAT = b"\x01"
 _HEAD = struct.Struct("!dI")
 # Answers cut short, filtered or calling tools are never stored.
 FINISHED = frozenset({"stop", "length"})
+# The same for Anthropic's stop reasons.
+STOPPED = frozenset({"end_turn", "max_tokens", "stop_sequence"})
 # zlib's level 1: most of level 6's saving on JSON answers for a fraction of its time.
 LEVEL = 1
 # The most a stored value inflates to: the largest `max_entry_bytes` and room for usage.
@@ -94,6 +96,10 @@ def answer_of(endpoint: str, body: bytes) -> dict[str, Any] | None:
         return None
     if endpoint == EMBEDDINGS.name:
         return answer if isinstance(answer.get("data"), list) else None
+    if endpoint == RESPONSES.name:
+        return answer if _plain_response(answer) else None
+    if endpoint == MESSAGES.name:
+        return answer if _plain_anthropic(answer) else None
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices:
         return None
@@ -109,6 +115,32 @@ def answer_of(endpoint: str, body: bytes) -> dict[str, Any] | None:
         if not chat and not isinstance(choice.get("text"), str):
             return None
     return answer
+
+
+def _plain_response(answer: dict[str, Any]) -> bool:
+    """A completed Responses API answer whose every output is a message of text."""
+    output = answer.get("output")
+    if answer.get("status") != "completed" or not isinstance(output, list) or not output:
+        return False
+    for item in output:
+        if not isinstance(item, dict) or item.get("type") != "message":
+            return False  # a function call, reasoning, ...
+        content = item.get("content")
+        if not isinstance(content, list) or not all(
+            isinstance(part, dict) and part.get("type") == "output_text" for part in content
+        ):
+            return False
+    return True
+
+
+def _plain_anthropic(answer: dict[str, Any]) -> bool:
+    """A finished Messages API answer made of text blocks alone (no tool use)."""
+    content, reason = answer.get("content"), answer.get("stop_reason")
+    if answer.get("type") != "message" or not isinstance(reason, str) or reason not in STOPPED:
+        return False
+    return isinstance(content, list) and all(
+        isinstance(block, dict) and block.get("type") == "text" for block in content
+    )
 
 
 def _plain_message(message: Any) -> bool:

@@ -1,7 +1,8 @@
 """Which requests are cached, and the key of a stored answer.
 
 A request is cached when its answer is determined by what it asks: every embedding, and
-a chat or completions request whose `temperature` is explicitly 0 or that fixes a `seed`.
+a generating request (chat, completions, and the Responses and Messages APIs' unstreamed)
+whose `temperature` is explicitly 0 or that fixes a `seed`.
 The check is a few dictionary lookups; the canonical form and its hash are made only for
 requests that pass it.
 
@@ -23,11 +24,18 @@ from typing import Any
 import orjson
 
 from gateway.context import RequestContext
-from gateway.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from gateway.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 
 # Bumped whenever the canonical form or the stored entry changes meaning.
 KEY_VERSION = 2
-CACHED_ENDPOINTS = frozenset({CHAT_COMPLETIONS.name, COMPLETIONS.name, EMBEDDINGS.name})
+CACHED_ENDPOINTS = frozenset(
+    e.name for e in (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES)
+)
+# Whose streamed answers are assembled into the stored form and replayed from it. A stream
+# of the Responses or Messages API is a sequence of typed events (items, content parts,
+# blocks) that the cache neither assembles nor writes: their streamed requests bypass it,
+# their whole answers are cached.
+STREAMED_ENDPOINTS = frozenset({CHAT_COMPLETIONS.name, COMPLETIONS.name})
 DETERMINISTIC_ALWAYS = frozenset({EMBEDDINGS.name})
 # Fields that do not change the answer's content:
 # - `stream`, `stream_options`: how the answer is delivered (a stored answer is replayed

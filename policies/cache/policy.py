@@ -25,7 +25,13 @@ from policies.cache.assemble import Assembler
 from policies.cache.coalesce import InFlight
 from policies.cache.control import directives
 from policies.cache.entry import Entry, answer_of
-from policies.cache.key import CACHED_ENDPOINTS, cache_key, deterministic, scope_of
+from policies.cache.key import (
+    CACHED_ENDPOINTS,
+    STREAMED_ENDPOINTS,
+    cache_key,
+    deterministic,
+    scope_of,
+)
 from policies.cache.metrics import (
     BYPASS,
     CACHE_NOT_STORED,
@@ -134,6 +140,8 @@ class CachePolicy(Policy):
         body = await ctx.json()
         model = ctx.model
         if model is None or model not in self.models or not deterministic(ctx.endpoint, body):
+            raise _Bypass(NOT_CACHEABLE)
+        if ctx.stream and ctx.endpoint not in STREAMED_ENDPOINTS:
             raise _Bypass(NOT_CACHEABLE)
         identity = self.env.upstreams.identity(model)
         if identity is None:

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.endpoints import BY_NAME, ENDPOINTS
-from gateway.validate import CHOICES, LENGTHS, READ_LENGTHS
+from gateway.endpoints import BY_NAME, ENDPOINTS, LENGTHS
+from gateway.validate import CHOICES
 from policies.rate_limit.settings import (
     CONCURRENCY,
     QUOTA_DAY,
@@ -125,10 +125,11 @@ def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
     """A cheap estimate: about four characters per token, plus a few per chat message."""
     spec = BY_NAME[endpoint]
     value = body.get(spec.input_field) if spec.input_field else None
-    if not spec.chat:
-        return _text_length(value) // 4 + 1
+    chars = _text_length(body.get(spec.instructions_field)) if spec.instructions_field else 0
+    if not (spec.chat or (spec.turns and isinstance(value, list))):
+        return (chars + _text_length(value)) // 4 + 1
     tools = body.get("tools")
-    chars = 0 if tools is None else _text_length(tools, every_field=True)
+    chars += 0 if tools is None else _text_length(tools, every_field=True)
     for message in value or []:
         if isinstance(message, dict):
             content, calls = message.get("content"), message.get("tool_calls")
@@ -142,12 +143,13 @@ def completion_tokens(
 ) -> int:
     """The most the answers may cost: the largest length field named (capped by the
     tier), times the answers per prompt, times the prompts."""
+    read = BY_NAME[endpoint].lengths
     tokens = choices = 0
     for name in LENGTHS:
         value = body.get(name)
         if isinstance(value, int) and value > tokens:
             tokens = value
-    if all(body.get(name) is None for name in READ_LENGTHS):  # llama-server decides
+    if all(body.get(name) is None for name in read):  # llama-server decides
         tokens = max(tokens, tier_cap or default)
     if tier_cap is not None:
         tokens = min(tokens, tier_cap)

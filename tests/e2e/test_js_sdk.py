@@ -1,5 +1,6 @@
 """The official OpenAI JavaScript SDK (`openai` from npm, tests/js) against the gateway in
-front of a real llama-server: chat, streams, embeddings and the model routes.
+front of a real llama-server: chat, streams, embeddings, the Responses API and the model
+routes.
 
 tests/run.sh installs the SDK (`npm ci` in tests/js). Without Node.js or the installed SDK
 these tests are skipped, except in CI (`CI=true`), where that is a failure.
@@ -95,3 +96,14 @@ def test_the_js_sdk_lists_and_retrieves_models(sdk: dict[str, Any]) -> None:
     assert models["one"]["id"] == CHAT_MODEL
     assert models["one"]["object"] == "model"
     assert models["missing"] == {"status": 404, "code": "model_not_found", "param": "model"}
+
+
+def test_the_js_sdk_uses_the_responses_api_plain_and_streamed(sdk: dict[str, Any]) -> None:
+    responses = sdk["responses"]
+    assert (responses["object"], responses["status"]) == ("response", "completed")
+    assert responses["text"].strip()
+    assert 0 < responses["usage"]["output_tokens"] <= 8
+    assert responses["streamed"] == responses["text"]  # temperature 0: the same words
+    assert responses["last_event"] == "response.completed"
+    assert responses["streamed_usage"]["input_tokens"] == responses["usage"]["input_tokens"]
+    assert responses["missing"] == {"status": 404}  # the gateway stores no responses

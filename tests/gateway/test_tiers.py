@@ -37,7 +37,9 @@ def test_an_empty_model_list_with_model_endpoints_is_refused() -> None:
     ):
         Tier(endpoints=["chat.completions", "models"], models=[])
     with pytest.raises(
-        ValidationError, match="completions, embeddings, rerank, tokenize would always be refused"
+        ValidationError,
+        match="completions, embeddings, messages, rerank, responses, tokenize would always be"
+        " refused",
     ):
         Tier(models=[])
 
@@ -88,6 +90,6 @@ def test_an_unknown_endpoint_name_is_refused_with_the_names_there_are() -> None:
     (error,) = exc.value.errors()
     assert error["loc"] == ("endpoints", 0)
     assert error["msg"] == (
-        "Input should be 'chat.completions', 'completions', 'embeddings', 'rerank', "
-        "'tokenize' or 'models'"
+        "Input should be 'chat.completions', 'completions', 'embeddings', 'responses',"
+        " 'messages', 'rerank', 'tokenize' or 'models'"
     )

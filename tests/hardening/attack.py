@@ -94,7 +94,7 @@ class Attacker:
     ) -> None:
         """Every property of one answer (`mark`: the log lines written since)."""
         check_status(answer, answered)
-        check_error_shape(answer, answered, head=attempt.method == "HEAD")
+        check_error_shape(answer, answered, head=attempt.method == "HEAD", path=attempt.path)
         if (attempt.method, attempt.path) in CHAIN and not refused_unparsed(answer):
             assert answer.headers.get("x-request-id"), (
                 f"{attempt.method} {attempt.path} answered without X-Request-ID"

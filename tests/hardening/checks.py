@@ -10,7 +10,9 @@ from tests.hardening.wire import Answer
 
 # Every length field llama-server reads (max_output_tokens: /v1/responses).
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict", "max_output_tokens")
-GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
+# Routes whose errors are in Anthropic's shape, and those under them.
+ANTHROPIC = "/v1/messages"
 
 
 # Codes of the 400s the gateway's HTTP server gives requests it cannot parse: they are
@@ -37,8 +39,11 @@ def check_status(answer: Answer, upstream_statuses: list[int]) -> None:
         )
 
 
-def check_error_shape(answer: Answer, upstream_statuses: list[int], *, head: bool) -> None:
-    """Every 4xx/5xx is JSON in OpenAI's shape (an upstream's own error keeps its shape)."""
+def check_error_shape(
+    answer: Answer, upstream_statuses: list[int], *, head: bool, path: str = "/"
+) -> None:
+    """Every 4xx/5xx is JSON in OpenAI's shape (an upstream's own error keeps its shape),
+    or in Anthropic's at and under /v1/messages."""
     if answer.status < 400 or head:
         return
     assert answer.headers.get("content-type", "").startswith("application/json"), (
@@ -46,6 +51,11 @@ def check_error_shape(answer: Answer, upstream_statuses: list[int], *, head: boo
     )
     body = orjson.loads(answer.body)
     assert isinstance(body, dict), body
+    # A request the HTTP server could not parse is answered before it is routed: in
+    # OpenAI's shape, whatever its path.
+    if (path == ANTHROPIC or path.startswith(ANTHROPIC + "/")) and not refused_unparsed(answer):
+        _check_anthropic(body, answer.status)
+        return
     error = body.get("error")
     assert isinstance(error, dict), body
     assert isinstance(error.get("message"), str), body
@@ -56,6 +66,22 @@ def check_error_shape(answer: Answer, upstream_statuses: list[int], *, head: boo
     assert {"message", "type", "param", "code"} <= error.keys(), body
     assert error["param"] is None or isinstance(error["param"], str), body
     assert error["code"] is None or isinstance(error["code"], str), body
+
+
+def _check_anthropic(body: dict[str, Any], status: int) -> None:
+    """`{"type": "error", "error": {"type": ..., "message": ...}}`, whoever refused."""
+    assert body.get("type") == "error", body
+    error = body.get("error")
+    assert isinstance(error, dict), body
+    kind, message = error.get("type"), error.get("message")
+    assert isinstance(kind, str), body
+    assert kind.endswith("_error") or kind == "request_too_large", body
+    assert isinstance(message, str), body
+    assert message, body
+    if status == 401:
+        assert error["type"] == "authentication_error", body
+    if status == 429:
+        assert error["type"] == "rate_limit_error", body
 
 
 def check_lengths(received: list[tuple[str, bytes]], cap: int | None) -> None:

@@ -17,8 +17,13 @@ ENDPOINTS = {
     "/v1/chat/completions": "messages",
     "/v1/completions": "prompt",
     "/v1/embeddings": "input",
+    "/v1/responses": "input",
+    "/v1/messages": "messages",
 }
-LENGTHS = ("max_tokens", "max_completion_tokens", "n_predict", "n")
+# Routes whose input is a list of chat messages, and whose input may be one.
+CHAT_PATHS = ("/v1/chat/completions", "/v1/messages")
+TURN_PATHS = ("/v1/responses",)
+LENGTHS = ("max_tokens", "max_completion_tokens", "n_predict", "max_output_tokens", "n")
 
 
 @dataclass(frozen=True)
@@ -99,8 +104,10 @@ def message_list(content: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 def prompt_of(path: str, content: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    if path == "/v1/chat/completions":
+    if path in CHAT_PATHS:
         return message_list(content)
+    if path in TURN_PATHS:
+        return st.one_of(content, message_list(content))
     return st.one_of(content, st.lists(content, min_size=1, max_size=3))
 
 
@@ -123,8 +130,9 @@ def bodies(draw: st.DrawFn, path: str, *, hostile_lengths: bool = True) -> dict[
     for name in draw(st.lists(unknown_names, max_size=2)):
         body[name] = draw(values)
     if draw(st.integers(0, 3)) == 0:  # a known field of the wrong type
-        name = draw(st.sampled_from(["model", field, "temperature", "stop", "seed", "user"]))
-        body[name] = draw(values)
+        known = ["model", field, "temperature", "stop", "seed", "user"]
+        known += ["system", "instructions", "tools", "stop_sequences"]
+        body[draw(st.sampled_from(known))] = draw(values)
     if body["model"] is None:
         del body["model"]
     return body

@@ -57,7 +57,9 @@ def test_hostile_bodies_get_a_clean_answer(
 
 @settings(max_examples=500)
 @given(
-    path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]),
+    path=st.sampled_from(
+        ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"]
+    ),
     caller=valid,
     lengths=st.dictionaries(st.sampled_from(s.LENGTHS), s.lengths, max_size=4),
     stream=st.booleans(),
@@ -68,8 +70,10 @@ def test_no_length_beyond_the_tier_cap_reaches_the_upstream(
     body = {**minimal(path), **lengths, "stream": stream}
     answer = post(attacker, path, s.encode(body), caller)
     if answer.status == 400 and b"not valid JSON" not in answer.body:  # a string drawn bad
-        param = orjson.loads(answer.body)["error"]["param"]
-        assert param in s.LENGTHS, f"a 400 that names no length field: {answer.body!r}"
+        error = orjson.loads(answer.body)["error"]
+        # Anthropic's errors have no `param`: the message names the field.
+        named = error.get("param") or error["message"].partition("'")[2].partition("'")[0]
+        assert named in s.LENGTHS, f"a 400 that names no length field: {answer.body!r}"
 
 
 @settings(max_examples=200)
@@ -185,7 +189,8 @@ def test_valid_and_oddly_claimed_credentials_get_a_clean_answer(
 
 ROUTES = [
     *s.ENDPOINTS, "/v1/models", "/health", "/ready", "/metrics", "/admin/usage",
-    "/", "/v1", "/v1/responses", "/v1/chat/completions/x", "/admin/usage/x",
+    "/", "/v1", "/v1/responses/resp_x", "/v1/responses/x/cancel", "/v1/messages/x",
+    "/v1/chat/completions/x", "/admin/usage/x",
 ]  # fmt: skip
 query_values = st.one_of(
     st.sampled_from(

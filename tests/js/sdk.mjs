@@ -1,5 +1,5 @@
-// The official OpenAI JavaScript SDK against the gateway: chat, a stream, embeddings and
-// the model routes. Prints one JSON object of what the SDK returned, for
+// The official OpenAI JavaScript SDK against the gateway: chat, streams, embeddings, the
+// Responses API and the model routes. Prints one JSON object of what the SDK returned, for
 // tests/e2e/test_js_sdk.py to check. Usage: node sdk.mjs BASE_URL CHAT_MODEL EMBED_MODEL
 import OpenAI from "openai";
 
@@ -59,6 +59,44 @@ async function embeddings() {
   };
 }
 
+async function responses() {
+  const answer = await client.responses.create({
+    model: chatModel,
+    input: "Say hello in one short sentence.",
+    max_output_tokens: 8,
+    temperature: 0,
+  });
+  const events = await client.responses.create({
+    model: chatModel,
+    input: "Say hello in one short sentence.",
+    max_output_tokens: 8,
+    temperature: 0,
+    stream: true,
+  });
+  let deltas = "";
+  let last = null;
+  for await (const event of events) {
+    if (event.type === "response.output_text.delta") deltas += event.delta;
+    last = event;
+  }
+  let missing = null;
+  try {
+    await client.responses.retrieve("resp_none");
+  } catch (err) {
+    missing = { status: err.status };
+  }
+  return {
+    object: answer.object,
+    status: answer.status,
+    text: answer.output_text,
+    usage: answer.usage,
+    streamed: deltas,
+    last_event: last?.type,
+    streamed_usage: last?.response?.usage ?? null,
+    missing,
+  };
+}
+
 async function models() {
   const listed = [];
   for await (const model of client.models.list()) listed.push(model.id);
@@ -77,6 +115,7 @@ const results = {
   stream: await stream(true),
   stream_without_usage: await stream(false),
   embeddings: await embeddings(),
+  responses: await responses(),
   models: await models(),
 };
 process.stdout.write(JSON.stringify(results));

@@ -11,6 +11,38 @@ import orjson
 PROMPT_TOKENS = 5  # every generation call's prompt, as the fake counts it
 
 
+# The error event llama-server sends when a stream fails after it began.
+MID_STREAM_ERROR = (
+    b'data: {"error":{"code":500,"message":"fake failure mid-stream","type":"server_error"}}\n\n'
+)
+
+
+def llama_metrics(prompt_tokens: int, predicted_tokens: int, in_flight: int) -> str:
+    """A few of llama-server's own metrics, in its exposition format."""
+    lines = [
+        "# TYPE llamacpp:prompt_tokens_total counter",
+        f"llamacpp:prompt_tokens_total {prompt_tokens}",
+        "# TYPE llamacpp:tokens_predicted_total counter",
+        f"llamacpp:tokens_predicted_total {predicted_tokens}",
+        "# TYPE llamacpp:requests_processing gauge",
+        f"llamacpp:requests_processing {in_flight}",
+        "# TYPE llamacpp:requests_deferred gauge",
+        "llamacpp:requests_deferred 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def props_answer(model_path: str, total_slots: int) -> dict[str, Any]:
+    """What llama-server's `/props` says of the model it serves and its slots."""
+    settings = {"n_ctx": 4096, "params": {"temperature": 0.8, "seed": 4294967295}}
+    return {
+        "model_path": model_path,
+        "total_slots": total_slots,
+        "build_info": "b0-fake",
+        "default_generation_settings": settings,
+    }
+
+
 def chunk_base() -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",

@@ -17,10 +17,11 @@ request body may carry `"fake": {...}` (the gateway passes unknown fields throug
 - `finish_reason`: the finish reason of the answer (default "stop")
 - `tool_call`: true: a chat answer that calls a tool
 
-`/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`).
-`/v1/rerank` (and `/rerank`), `/tokenize` and `/detokenize` answer as llama-server does
-(`tests.support.fake_tokens`); `reranking = False` stands for a server started without
-`--reranking` (501).
+`/v1/completions` answers in llama-server's `text_completion` shape (choices with `text`);
+`/v1/responses` and `/v1/messages` in their APIs' shapes (`tests.support.fake_apis`), where
+`stop_reason` sets a Messages answer's stop reason. The headers of every request are kept
+in `headers`. Rerank, tokenize and detokenize answer as llama-server does
+(`tests.support.fake_tokens`); `reranking = False`: a server without `--reranking` (501).
 
 Whole-server switches, for failover tests: `fail(status, n)` answers the next `n` calls
 (generation and embeddings) with `status` (503 with llama-server's loading message), and
@@ -42,8 +43,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.support import fake_tokens
+from tests.support import fake_answers, fake_tokens
 from tests.support.fake_answers import PROMPT_TOKENS, PromptCache, Shape, chunk_base, sse
+from tests.support.fake_apis import MessagesShape, ResponsesShape
+
+# The routes whose answers have shapes of their own, and those shapes.
+_API_SHAPES = {"/v1/responses": ResponsesShape, "/v1/messages": MessagesShape}
 
 FAKE = web.AppKey("fake", "FakeLlama")
 
@@ -104,6 +109,8 @@ class FakeLlama:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
+        for path in _API_SHAPES:
+            app.router.add_post(path, self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
         for path in ("/v1/rerank", "/rerank", "/tokenize", "/detokenize"):
             app.router.add_post(path, self.utility)
@@ -139,29 +146,12 @@ class FakeLlama:
         if self.props_answer is not None:
             status, body = self.props_answer
             return web.Response(status=status, body=body, content_type="application/json")
-        settings = {"n_ctx": 4096, "params": {"temperature": 0.8, "seed": 4294967295}}
-        return web.json_response(
-            {
-                "model_path": self.model_path,
-                "total_slots": self.total_slots,
-                "build_info": "b0-fake",
-                "default_generation_settings": settings,
-            }
-        )
+        return web.json_response(fake_answers.props_answer(self.model_path, self.total_slots))
 
     async def metrics(self, request: web.Request) -> web.Response:
         """A few of llama-server's own metrics (it serves them when started with --metrics)."""
-        lines = [
-            "# TYPE llamacpp:prompt_tokens_total counter",
-            f"llamacpp:prompt_tokens_total {self.prompt_tokens}",
-            "# TYPE llamacpp:tokens_predicted_total counter",
-            f"llamacpp:tokens_predicted_total {self.predicted_tokens}",
-            "# TYPE llamacpp:requests_processing gauge",
-            f"llamacpp:requests_processing {self.in_flight}",
-            "# TYPE llamacpp:requests_deferred gauge",
-            "llamacpp:requests_deferred 0",
-        ]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        text = fake_answers.llama_metrics(self.prompt_tokens, self.predicted_tokens, self.in_flight)
+        return web.Response(text=text, content_type="text/plain")
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -205,7 +195,12 @@ class FakeLlama:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.calls += 1
         cache = PromptCache(self.cached_tokens, self.cache_details)
-        shape = Shape(request.path == "/v1/completions", self.calls, opts, cache)
+        api = _API_SHAPES.get(request.path)
+        shape: Any = (
+            api(self.calls, opts)
+            if api is not None
+            else Shape(request.path == "/v1/completions", self.calls, opts, cache)
+        )
         try:
             if opts.get("first_byte_delay"):
                 await asyncio.sleep(opts["first_byte_delay"])
@@ -229,7 +224,7 @@ class FakeLlama:
             self.headers.append(dict(request.headers))
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any], shape: Shape
+        self, request: web.Request, body: dict[str, Any], opts: dict[str, Any], shape: Any
     ) -> web.StreamResponse:
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
@@ -237,35 +232,40 @@ class FakeLlama:
         delay = float(opts.get("delay", 0))
         usage_mode = opts.get("usage", "separate")
         include = (body.get("stream_options") or {}).get("include_usage") is True
-        last = {"usage": shape.cache.usage(chunks), "timings": shape.cache.timings(chunks)}
+        cache = getattr(shape, "cache", PromptCache())
+        last = {"usage": cache.usage(chunks), "timings": cache.timings(chunks)}
         final = last if usage_mode == "in_final" else None
-        for i, event in enumerate(shape.events(chunks, final, opts.get("text", "tok{i} "))):
+        own_end = getattr(shape, "own_end", False)
+        for i, event in enumerate(_events(shape, body, opts, final)):
             if i == opts.get("drop_after"):
                 assert request.transport is not None
                 request.transport.abort()
                 return out
             if i == opts.get("error_after"):
-                err = {
-                    "error": {
-                        "code": 500,
-                        "message": "fake failure mid-stream",
-                        "type": "server_error",
-                    }
-                }
-                await out.write(b"data: " + orjson.dumps(err) + b"\n\n")
+                await out.write(fake_answers.MID_STREAM_ERROR)
                 return out
             if i == opts.get("hang_after"):
                 await asyncio.sleep(3600)
             if delay:
                 await asyncio.sleep(delay)
             await out.write(event)
-        if usage_mode == "always" or (usage_mode == "separate" and include):
-            await out.write(sse({**chunk_base(), "choices": [], **last}))
-        await out.write(b"data: [DONE]\n\n")
+        if not own_end:  # its last event ended the stream already
+            if usage_mode == "always" or (usage_mode == "separate" and include):
+                await out.write(sse({**chunk_base(), "choices": [], **last}))
+            await out.write(b"data: [DONE]\n\n")
         if opts.get("linger_after_done"):  # the answer is over, the response not yet ended
             await asyncio.sleep(float(opts["linger_after_done"]))
         await out.write_eof()
         return out
+
+
+def _events(
+    shape: Any, body: dict[str, Any], opts: dict[str, Any], final_fields: Any
+) -> list[bytes]:
+    chunks, text = int(opts.get("chunks", 3)), opts.get("text", "tok{i} ")
+    if getattr(shape, "own_end", False):  # the Responses and Messages APIs' shapes
+        return list(shape.events(chunks, text, body.get("model", "fake")))
+    return list(shape.events(chunks, final_fields, text))
 
 
 def _json(value: dict[str, Any], status: int = 200) -> web.Response:

@@ -117,7 +117,9 @@ def test_answer_estimate_counts_each_prompt_of_a_completions_request() -> None:
 
 async def quota_resets(at_ms: int) -> tuple[int, int]:
     """The time left in the UTC day and month at `at_ms`, as admit.lua finds it."""
-    store = Embedded(clock=lambda: at_ms / 1000)
+    # Half a millisecond in: the store truncates to the millisecond, and at_ms / 1000 as a
+    # float may fall a hair short of it (2038-01-19T03:14:07.123 came out as .122).
+    store = Embedded(clock=lambda: (at_ms + 0.5) / 1000)
     sha = await store.call("SCRIPT", "LOAD", ADMIT.text)
     args = ["m1", 1000, "d", 10, 1, 0, "m", 10, 1, 0]
     result = await store.call("EVALSHA", sha, 2, "day", "month", *args)

@@ -113,11 +113,7 @@ class ClusterClient:
         key = command_key(args)
         if key is None:
             return await self._everywhere(args)
-        slot = self._slot_of.get(key)
-        if slot is None:
-            if len(self._slot_of) >= SLOT_CACHE:
-                self._slot_of.clear()
-            slot = self._slot_of[key] = key_slot(key)
+        slot = self._slot(key)
         node = self.slots[slot]
         if node is None:
             await self._mapped()
@@ -129,8 +125,16 @@ class ClusterClient:
     def node(self, args: tuple[Any, ...]) -> str:
         """The address of the node `args` would go to ("": every node, or not known yet)."""
         key = command_key(args)
-        node = None if key is None else self.slots[key_slot(key)]
+        node = None if key is None else self.slots[self._slot(key)]
         return "" if node is None else node.address
+
+    def _slot(self, key: Any) -> int:
+        slot = self._slot_of.get(key)
+        if slot is None:
+            if len(self._slot_of) >= SLOT_CACHE:
+                self._slot_of.clear()
+            slot = self._slot_of[key] = key_slot(key)
+        return slot
 
     async def _routed(self, node: Node, slot: int, args: tuple[Any, ...]) -> Any:
         asking = False
@@ -259,7 +263,7 @@ class ClusterClient:
         """Drop the connection of the node the call `args` went to (every connection
         without `args`); the next call there connects again."""
         key = command_key(args) if args else None
-        node = None if key is None else self.slots[key_slot(key)]
+        node = None if key is None else self.slots[self._slot(key)]
         for each in [node] if node is not None else list(self.nodes.values()):
             each.abort()
 

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator
 from gateway.db import pool_options
 from gateway.prefix import PrefixConfig
 from gateway.private import private_dir
+from gateway.redis_cluster import cluster_seeds, is_cluster
 from gateway.resilience import AdmissionConfig, BreakerConfig, RetryConfig
 from gateway.settings import PolicySettings as PolicySettings  # re-exported
 from gateway.settings import PositiveFloat
@@ -105,11 +106,26 @@ def postgres_url(url: str | None) -> str | None:
     return url
 
 
+def redis_url(url: str | None) -> str | None:
+    """A Redis URL (one server, or seed nodes of a cluster), or None; ValueError otherwise."""
+    if not url:
+        return None
+    if is_cluster(url):
+        cluster_seeds(url)  # ValueError: what is wrong with it
+    elif not re.match(r"^(redis|rediss|unix)://", url):
+        raise ValueError(
+            "must be a redis://, rediss:// or unix:// URL, or redis+cluster://host:port,..."
+            " for a Redis Cluster (or empty to keep limits in process)"
+        )
+    return url
+
+
 class StorageConfig(PolicySettings):
     # PostgreSQL for API keys (and usage); without it an embedded SQLite file is used.
     database_url: str | None = None
     data_dir: str = "~/.local/share/llama-gateway"
-    # Redis for rate limits; without it they are kept in process.
+    # Redis (one server, or a cluster: redis+cluster://host:port,host:port) for rate
+    # limits, leases and the cache; without it they are kept in process.
     redis_url: str | None = None
     # Every Redis call is bounded by this, connecting included; then the policy's
     # failure mode decides.
@@ -118,13 +134,7 @@ class StorageConfig(PolicySettings):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, url: str | None) -> str | None:
-        if not url:
-            return None
-        if not re.match(r"^(redis|rediss|unix)://", url):
-            raise ValueError(
-                "must be a redis://, rediss:// or unix:// URL (or empty to keep limits in process)"
-            )
-        return url
+        return redis_url(url)
 
     @field_validator("database_url")
     @classmethod

@@ -1,5 +1,6 @@
 """Variants live in the policy document: a changed experiment applies on reload, without a
-restart, and a reload that leaves the experiment alone leaves every caller its variant."""
+restart, and a reload that leaves the experiment alone leaves every caller its variant.
+The usage row names the experiment as its model and the variant that served it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import STATE, create_app
 from tests.support.gateways import gateway_config
 from tests.support.replicas import start_fakes
+from tests.support.usage import usage_settings, wait_for_rows
 from tests.support.variants import AUTH, EXPERIMENT, FREE, TIERS, ask, assigned, chat, models
 from tests.support.waiting import eventually
 
@@ -110,3 +112,29 @@ async def test_a_reload_naming_an_unknown_model_keeps_the_experiment_in_force(
     await asyncio.to_thread(policy.write_text, unknown)
     await eventually(lambda: runtime.failures == 1)
     assert await variants_of(client) == before
+
+
+async def test_the_usage_row_names_the_experiment_and_the_variant(
+    aiohttp_client: Any, aiohttp_server: Any, pg_url: str, tmp_path: Path
+) -> None:
+    _, urls = await start_fakes(aiohttp_server, 2)
+    prices = {"m-q8": {"prompt_per_million": 1e6}, "m": {"prompt_per_million": 1e3}}
+    config = gateway_config(
+        urls[0],
+        models=models(urls),
+        storage={"database_url": pg_url, "data_dir": str(tmp_path)},
+        tiers=TIERS,
+        policies=[usage_settings(prices=prices), AUTH],
+        variants={"chat": EXPERIMENT},
+    )
+    client = await aiohttp_client(create_app(config))
+    variant = assigned("static:f")
+    assert (await ask(client, key=FREE)).status == 200
+    assert (await ask(client, chat("m"), key=FREE)).status == 200
+    assert (await ask(client, key=FREE, variant="m")).status == 403
+    rows = sorted(await wait_for_rows(pg_url, 3), key=lambda row: row["started_at"])
+    routed, direct, refused = ((r["model"], r["variant"], r["cost"]) for r in rows)
+    # The fake counts 5 prompt tokens; the served model's price applies.
+    assert routed == ("chat", variant, 5.0 if variant == "m-q8" else 0.005)
+    assert direct == ("m", None, 0.005)
+    assert refused == ("chat", None, 0.0)

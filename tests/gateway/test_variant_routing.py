@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from tests.support.apis import MESSAGE, RESPONSE
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
@@ -126,6 +127,28 @@ async def test_header_bytes_no_client_would_send_are_a_clear_400(gateway: Gatewa
         assert client.server.port is not None
         status, _, answer = await exchange(client.server.port, request)
         assert status == 400, answer
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {**MESSAGE, "model": "chat"}),
+        ("/v1/responses", {**RESPONSE, "model": "chat"}),
+        ("/v1/messages", {**MESSAGE, "model": "chat", "stream": True}),
+    ],
+)
+async def test_the_other_apis_route_an_experiment_alike(
+    gateway: Gateway, path: str, body: dict[str, Any]
+) -> None:
+    client, _ = gateway
+    headers = {"Authorization": f"Bearer {FREE}"}
+    resp = await client.post(path, json=body, headers=headers)
+    assert (resp.status, resp.headers["X-Model-Variant"]) == (200, assigned("static:f"))
+    await resp.read()
+    refused = await client.post(path, json=body, headers={**headers, "X-Model-Variant": "m"})
+    assert refused.status == 403
+    if path == "/v1/messages":  # in that API's own error shape
+        assert (await refused.json())["error"]["type"] == "permission_error"
 
 
 async def test_the_header_means_nothing_for_a_model_without_variants(gateway: Gateway) -> None:

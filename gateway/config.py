@@ -176,13 +176,14 @@ class GatewayConfig(PolicySettings):
     upstream: UpstreamConfig = UpstreamConfig()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     storage: StorageConfig = StorageConfig()
-    # The policy document (tiers and the policy chain) lives in its own file, which is
-    # reloaded when it changes, or inline under `tiers:` and `policies:`.
+    # The policy document (tiers, the chain, model variants) lives in its own file, which
+    # is reloaded when it changes, or inline under `tiers:`, `policies:` and `variants:`.
     policy_file: str | None = None
     # Tiers by name; validated as `gateway.tiers.Tier` with the policy document.
     tiers: dict[str, Any] | None = None
     # Each entry is `{type: <policy name>, ...settings}`; the policy validates its settings.
     policies: list[dict[str, Any]] | None = None
+    variants: dict[str, Any] | None = None  # validated as `gateway.variants.Experiment`
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     policy_reload_seconds: float = Field(2.0, gt=0)
@@ -253,10 +254,9 @@ def parse_config(
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, validation_problems(exc)) from exc
-    if config.policy_file and (config.tiers is not None or config.policies is not None):
-        raise ConfigError(
-            source, ["policy_file: give either policy_file or inline tiers/policies, not both"]
-        )
+    if config.policy_file and (config.tiers, config.policies, config.variants) != (None,) * 3:
+        either = "give either policy_file or inline tiers/policies/variants, not both"
+        raise ConfigError(source, [f"policy_file: {either}"])
     if require_models and not config.models:
         raise ConfigError(
             source,

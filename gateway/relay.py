@@ -37,6 +37,7 @@ from gateway.resources import Resources
 from gateway.runtime import PolicyRuntime
 from gateway.tracing import Tracing
 from gateway.upstreams import Pool, Upstream
+from gateway.variants import route
 
 log = logging.getLogger("gateway.relay")
 
@@ -185,6 +186,10 @@ class Relay:
         await ctx.json()
         if ctx.model is None:
             raise bad_request("Missing required parameter: 'model'.", param="model")
+        document = self.runtime.document
+        experiment = document.variants.get(ctx.model)
+        if experiment is not None:  # the model stands for variants: now one of them
+            route(ctx, ctx.model, experiment, document.tiers)
         # Built once (a retry sends the same bytes), and before `pick`: a body that cannot be
         # sent must not take a half-open circuit's one trial and never report on it.
         payload = upstream_payload(ctx)

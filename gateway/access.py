@@ -40,6 +40,7 @@ class AccessLog:
         request = ctx.request
         usage = ctx.usage or {}
         queued = ctx.queued_seconds
+        variant = ctx.variant
         line = {
             "ts": timestamp(time.time()),
             "level": "info",
@@ -50,7 +51,9 @@ class AccessLog:
             "path": request.path,
             "status": ctx.status,
             "outcome": ctx.outcome,
-            "model": ctx.model,
+            # The model the request named; for an experiment's name, the variant serving it.
+            "model": ctx.model if variant is None else variant.asked,
+            "variant": None if variant is None else variant.model,
             "upstream": ctx.upstream,
             "attempts": ctx.attempts,
             "stream": ctx.stream,

@@ -21,6 +21,7 @@ from gateway.cors import CorsConfig
 from gateway.db import pool_options
 from gateway.prefix import PrefixConfig
 from gateway.private import private_dir
+from gateway.redis_cluster import cluster_seeds, is_cluster
 from gateway.resilience import AdmissionConfig, BreakerConfig, RetryConfig
 from gateway.settings import PolicySettings as PolicySettings  # re-exported
 from gateway.settings import PositiveFloat
@@ -107,11 +108,26 @@ def postgres_url(url: str | None) -> str | None:
     return url
 
 
+def redis_url(url: str | None) -> str | None:
+    """A Redis URL (one server, or seed nodes of a cluster), or None; ValueError otherwise."""
+    if not url:
+        return None
+    if is_cluster(url):
+        cluster_seeds(url)  # ValueError: what is wrong with it
+    elif not re.match(r"^(redis|rediss|unix)://", url):
+        raise ValueError(
+            "must be a redis://, rediss:// or unix:// URL, or redis+cluster://host:port,..."
+            " for a Redis Cluster (or empty to keep limits in process)"
+        )
+    return url
+
+
 class StorageConfig(PolicySettings):
     # PostgreSQL for API keys (and usage); without it an embedded SQLite file is used.
     database_url: str | None = None
     data_dir: str = "~/.local/share/llama-gateway"
-    # Redis for rate limits; without it they are kept in process.
+    # Redis (one server, or a cluster: redis+cluster://host:port,host:port) for rate
+    # limits, leases and the cache; without it they are kept in process.
     redis_url: str | None = None
     # Every Redis call is bounded by this, connecting included; then the policy's
     # failure mode decides.
@@ -120,13 +136,7 @@ class StorageConfig(PolicySettings):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, url: str | None) -> str | None:
-        if not url:
-            return None
-        if not re.match(r"^(redis|rediss|unix)://", url):
-            raise ValueError(
-                "must be a redis://, rediss:// or unix:// URL (or empty to keep limits in process)"
-            )
-        return url
+        return redis_url(url)
 
     @field_validator("database_url")
     @classmethod
@@ -168,13 +178,14 @@ class GatewayConfig(PolicySettings):
     upstream: UpstreamConfig = UpstreamConfig()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     storage: StorageConfig = StorageConfig()
-    # The policy document (tiers and the policy chain) lives in its own file, which is
-    # reloaded when it changes, or inline under `tiers:` and `policies:`.
+    # The policy document (tiers, the chain, model variants) lives in its own file, which
+    # is reloaded when it changes, or inline under `tiers:`, `policies:` and `variants:`.
     policy_file: str | None = None
     # Tiers by name; validated as `gateway.tiers.Tier` with the policy document.
     tiers: dict[str, Any] | None = None
     # Each entry is `{type: <policy name>, ...settings}`; the policy validates its settings.
     policies: list[dict[str, Any]] | None = None
+    variants: dict[str, Any] | None = None  # validated as `gateway.variants.Experiment`
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     policy_reload_seconds: float = Field(2.0, gt=0)
@@ -245,10 +256,9 @@ def parse_config(
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, validation_problems(exc)) from exc
-    if config.policy_file and (config.tiers is not None or config.policies is not None):
-        raise ConfigError(
-            source, ["policy_file: give either policy_file or inline tiers/policies, not both"]
-        )
+    if config.policy_file and (config.tiers, config.policies, config.variants) != (None,) * 3:
+        either = "give either policy_file or inline tiers/policies/variants, not both"
+        raise ConfigError(source, [f"policy_file: {either}"])
     if require_models and not config.models:
         raise ConfigError(
             source,

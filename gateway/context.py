@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -24,6 +24,14 @@ UPSTREAM_ERROR = "upstream_error"
 DISCONNECTED = "client_disconnected"
 INTERNAL_ERROR = "internal_error"  # the gateway failed: answered with a 500
 MAX_DEPTH = 254  # orjson serialises no deeper nesting
+
+
+class Assignment(NamedTuple):
+    """The variant chosen for a request that named an experiment (`gateway.variants`)."""
+
+    asked: str  # the name the request gave, the experiment's
+    experiment: str  # the experiment's own name (what assignments are drawn by)
+    model: str  # the variant: the configured model that serves it
 
 
 @dataclass(slots=True)
@@ -71,6 +79,8 @@ class RequestContext:
     upstream_seconds: float | None = None
     # Seconds spent waiting for an upstream slot (`gateway.admission`), when it waited.
     queued_seconds: float | None = None
+    # Set when `model` named an experiment: `model` is then the variant's (`gateway.variants`).
+    variant: Assignment | None = None
     # Its prompt's blocks, when its model is routed by prefix (`gateway.prefix`).
     prefix: Prompt | None = None
     # Its lease on the upstream's slot in Redis while an attempt runs (`gateway.leases`).

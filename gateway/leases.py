@@ -40,8 +40,8 @@ from collections.abc import Callable, Coroutine
 from prometheus_client import Counter
 
 from gateway.config import GatewayConfig
-from gateway.redis_client import RedisClient
-from gateway.redis_scripts import Backend, Script, Unavailable, where
+from gateway.redis_cluster import open_client
+from gateway.redis_scripts import Backend, Client, Script, Unavailable, where
 from gateway.resilience import AdmissionConfig
 from gateway.resources import Resources
 from gateway.upstreams import Upstream
@@ -186,9 +186,9 @@ async def shared_slots(
     return Leases(backend, admission, errors)
 
 
-async def _client(url: str) -> RedisClient:
-    return RedisClient(url)
+async def _client(url: str) -> Client:
+    return open_client(url)
 
 
-async def _close(client: RedisClient) -> None:
+async def _close(client: Client) -> None:
     await client.close()

@@ -20,6 +20,7 @@ from typing import Any
 from gateway.context import DISCONNECTED, INTERNAL_ERROR, RequestContext
 from gateway.endpoints import BY_NAME
 from gateway.metricset import MetricSet
+from gateway.variants import VariantCounter
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -95,6 +96,7 @@ class Metrics(MetricSet):
             "Requests whose client hung up before the answer was complete.",
             ("model", "endpoint"),
         )
+        self.variants = VariantCounter(self)  # the requests naming an experiment
 
     def _define_timing_metrics(self) -> None:
         by_model = ("model", "endpoint")
@@ -196,10 +198,13 @@ class Metrics(MetricSet):
         model = ctx.model
         if model is None:
             model = NONE
-        elif model not in self.models:
-            model = UNKNOWN
+        elif model not in self.models and model not in self.variants.names:
+            model = UNKNOWN  # (an experiment's name stays: refused before its variant was chosen)
         tier = ctx.tier if ctx.tier in self.tiers else NONE
-        key = (model, ctx.endpoint, ctx.status // 100, tier)
+        status = ctx.status // 100
+        if ctx.variant is not None:
+            self.variants.count(ctx.variant, STATUS_CLASSES.get(status, NONE))
+        key = (model, ctx.endpoint, status, tier)
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self, *key)

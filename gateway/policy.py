@@ -33,6 +33,7 @@ from gateway.metrics import Metrics
 from gateway.resources import Resources
 from gateway.tiers import Tier
 from gateway.upstreams import Pool
+from gateway.variants import VARIANT_HEADER
 
 log = logging.getLogger("gateway.policy")
 
@@ -170,6 +171,9 @@ class Chain:
         return None
 
     async def on_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        """Every answer's head passes here, the core's own headers set first."""
+        if ctx.variant is not None:  # which variant of an experiment answers (`gateway.variants`)
+            headers[VARIANT_HEADER] = ctx.variant.model
         entered = ctx.entered
         for index, policy in self._response:
             if index < entered:

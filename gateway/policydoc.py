@@ -1,7 +1,8 @@
-"""The policy document: tiers and the ordered policy chain, the part admins edit and reload.
+"""The policy document: tiers, the ordered policy chain and the model variants, the part
+admins edit and reload.
 
 It lives in `policy_file` (resolved next to the gateway configuration) or inline in the
-gateway configuration under `tiers:` and `policies:`.
+gateway configuration under `tiers:`, `policies:` and `variants:`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from gateway.config import (
     validation_problems,
 )
 from gateway.tiers import Tier
+from gateway.variants import Experiment, problems
 
 DEFAULT_POLICIES: list[dict[str, Any]] = [{"type": "request_id"}]
+SECTIONS = ("tiers", "policies", "variants")  # the document's top-level keys
 
 
 class PolicyDocument(PolicySettings):
     tiers: dict[str, Tier] = Field(default_factory=dict)
     policies: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
+    # Model names that stand for weighted configured models (`gateway.variants`).
+    variants: dict[str, Experiment] = Field(default_factory=dict)
 
     @field_validator("tiers")
     @classmethod
@@ -58,20 +63,19 @@ class PolicySource:
         return str(self.path) if self.path else "command line"
 
     def load(self) -> PolicyDocument:
-        """Read and validate the document (the file again, when there is one)."""
+        """Read and validate the document (the file again, when there is one), its
+        variants against the configured models."""
         if self.config.policy_file:
             assert self.path is not None
             raw = read_yaml(self.path)
-        elif self.config_path is not None:
-            raw = read_yaml(self.config_path)
-            raw = {k: raw[k] for k in ("tiers", "policies") if raw.get(k) is not None}
         else:
-            raw = {
-                k: v
-                for k, v in (("tiers", self.config.tiers), ("policies", self.config.policies))
-                if v is not None
-            }
-        return parse_document(raw, self.name)
+            inline = read_yaml(self.config_path) if self.config_path else dict(self.config)
+            raw = {k: inline[k] for k in SECTIONS if inline.get(k) is not None}
+        document = parse_document(raw, self.name)
+        found = problems(document.variants, self.config.models)
+        if found:
+            raise ConfigError(self.name, found)
+        return document
 
 
 def parse_document(raw: dict[str, Any], source: str) -> PolicyDocument:

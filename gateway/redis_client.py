@@ -111,6 +111,21 @@ class RedisClient:
             conn = await self._connection()
         return await conn.call(args)
 
+    async def call_asking(self, *args: Any) -> Any:
+        """`ASKING` and then `args`, back to back on one connection (a Redis Cluster node
+        that imports the slot of `args`' key serves it only so)."""
+        conn = self._conn
+        if conn is None or conn.lost:
+            conn = await self._connection()
+        asking = conn.call(("ASKING",))
+        # Its own answer is of no use: failing, the command's own reply says why.
+        asking.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await conn.call(args)
+
+    def node(self, args: tuple[Any, ...]) -> str:
+        """Which server `args` would go to: the one there is ("")."""
+        return ""
+
     async def _connection(self) -> _Connection:
         # Callers arriving while a connection is being made wait for that one. An attempt
         # that is over is an earlier one whose callers all gave up: not this call's.
@@ -158,8 +173,9 @@ class RedisClient:
         self._conn = conn
         return conn
 
-    def abort(self) -> None:
-        """Drop the connection (calls in flight fail); the next call connects again."""
+    def abort(self, *args: Any) -> None:
+        """Drop the connection (calls in flight fail); the next call connects again.
+        (`args`, the call that gave up, matter only to a cluster.)"""
         conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None:
             conn.transport.abort()

@@ -38,6 +38,7 @@ from gateway.runtime import PolicyRuntime
 from gateway.tracing import Tracing
 from gateway.upstreams import Pool, Upstream
 from gateway.validate import check_vocabulary
+from gateway.variants import route
 
 log = logging.getLogger("gateway.relay")
 
@@ -174,6 +175,10 @@ class Relay:
         await ctx.json()
         if ctx.model is None:
             raise bad_request("Missing required parameter: 'model'.", param="model")
+        document = self.runtime.document
+        experiment = document.variants.get(ctx.model)
+        if experiment is not None:  # the model stands for variants: now one of them
+            route(ctx, ctx.model, experiment, document.tiers)
         if ctx.endpoint in TOKEN_IDS:
             check_vocabulary(ctx.endpoint, ctx.body or {}, self.pool.vocab(ctx.model))
         # Built once (a retry sends the same bytes), and before `pick`: a body that cannot be

@@ -54,6 +54,7 @@ class PolicyRuntime:
         else:  # a chain assembled in code (tests, embedding)
             self.document, self.chain = PolicyDocument(policies=[]), chain
         self.metrics.set_tiers(self.document.tiers)
+        self.metrics.variants.configure(self.document.variants)
         self.reloads = 0
         self.failures = 0
         self._digest = self._file_digest()
@@ -98,6 +99,7 @@ class PolicyRuntime:
                 return False
             old, self.chain, self.document = self.chain, chain, document
             self.metrics.set_tiers(document.tiers)
+            self.metrics.variants.configure(document.variants)
             self.reloads += 1
             self.metrics.policy_reloads.labels("ok").inc()
             log.info(

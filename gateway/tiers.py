@@ -1,4 +1,5 @@
-"""Tiers: which endpoints and models a caller may use, its max_tokens cap and its priority.
+"""Tiers: which endpoints and models a caller may use, its max_tokens cap, its priority and
+whether it may choose a model variant.
 
 Tiers are named in the policy document; an auth policy gives each request a tier and
 other policies key their own per-tier settings (rate limits, for one) by the tier's name.
@@ -36,6 +37,8 @@ class Tier(PolicySettings):
     priority: int = 0
     # A request that waited this long for a slot is answered 503 server_busy.
     max_queue_seconds: PositiveFloat = 30.0
+    # May pick an experiment's variant with `X-Model-Variant` (`gateway.variants`).
+    choose_variant: bool = False
 
     @field_validator("models")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import PG_URL, GatewayFactory, gateway_config
+from tests.support.redis_cluster import Cluster, redis_cluster
 
 
 @pytest.fixture
@@ -53,3 +56,18 @@ async def pg_url() -> Any:
     finally:
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Redis Cluster for the tests that neither kill nor move anything (keys under
+    prefixes of their own)."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A Redis Cluster of the test's own: it may kill nodes and move slots."""
+    with redis_cluster(tmp_path / "cluster") as cluster:
+        yield cluster

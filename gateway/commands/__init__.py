@@ -57,8 +57,8 @@ def add_storage_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--redis-url",
         metavar="URL",
-        help="Redis for rate limits shared by replicas (default: storage.redis_url, else in "
-        "process)",
+        help="Redis for rate limits shared by replicas, redis+cluster://host:port,... for a "
+        "Redis Cluster (default: storage.redis_url, else in process)",
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.commands import add_config_flag
 from gateway.config import config_path, parse_config, read_yaml
-from gateway.policydoc import PolicySource, parse_document
+from gateway.policydoc import SECTIONS, PolicySource, parse_document
 from gateway.resources import Resources
 from gateway.runtime import build
 
@@ -25,9 +25,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
         return 2
     raw = read_yaml(path)
-    if raw and set(raw) <= {"tiers", "policies"}:
+    if raw and set(raw) <= set(SECTIONS):
         document = parse_document(raw, str(path))
-        config = parse_config({"models": {"-": {"upstreams": ["http://-"]}}, **raw})
+        # Without the gateway configuration, the models the variants name are taken as given.
+        named = {model for e in document.variants.values() for model in e.choices} or {"-"}
+        models = {model: {"upstreams": ["http://-"]} for model in named}
+        config = parse_config({"models": models, **raw})
         _, chain = build(PolicySource(config, path), Resources())
         print(
             f"{path}: ok (policy file: {len(document.tiers)} tiers, "

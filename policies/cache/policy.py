@@ -19,6 +19,7 @@ from gateway.context import OK, Reply, RequestContext
 from gateway.endpoints import GENERATING
 from gateway.errors import GatewayError
 from gateway.policy import Check, Policy, PolicyEnv
+from gateway.redis_scripts import where as redis_where
 from gateway.streaming import STREAM_HEADERS
 from gateway.tiers import unknown_tiers
 from policies.cache.assemble import Assembler
@@ -98,7 +99,9 @@ class CachePolicy(Policy):
         self.store, client = await open_store(self.settings, self.env, self.metrics)
         semantic = self.settings.semantic
         if semantic is not None:
-            self.similar = Similar(semantic, self.env, client, self.settings.key_prefix)
+            url = self.settings.redis_url or self.env.config.storage.redis_url
+            prefix = self.settings.key_prefix
+            self.similar = Similar(semantic, self.env, client, prefix, redis_where(url))
             await self.similar.start()
 
     async def close(self) -> None:

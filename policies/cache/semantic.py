@@ -15,10 +15,11 @@ embedding model costs semantic hits, counted, never a request.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from gateway.policy import PolicyEnv
-from gateway.redis_client import RedisClient
+from gateway.redis_scripts import Backend, Client
 from policies.cache.semantic_embed import Embedder
 from policies.cache.semantic_metrics import HIT, MISS, UNAVAILABLE, SemanticMetrics
 from policies.cache.semantic_mirror import EPSILON, Mirror, Vector
@@ -29,15 +30,23 @@ from policies.cache.semantic_text import semantic_text as semantic_text
 
 __all__ = ["SemanticIndex", "SemanticSettings", "Vector", "semantic_problems", "semantic_text"]
 
+log = logging.getLogger("policies.cache.semantic")
+
 
 class SemanticIndex:
     def __init__(
-        self, settings: SemanticSettings, env: PolicyEnv, redis: RedisClient | None, prefix: str
+        self,
+        settings: SemanticSettings,
+        env: PolicyEnv,
+        redis: Client | None,
+        prefix: str,
+        where: str = "Redis",
     ) -> None:
         self.settings = settings
         self.env = env
         self.redis = redis
         self.prefix = prefix
+        self.where = where  # the Redis of `redis`, for logs
         self.metrics = SemanticMetrics(env.metrics)
         self.embedder = Embedder(settings, env.upstreams, self.metrics)
         self.mirror: Mirror | None = None
@@ -63,7 +72,9 @@ class SemanticIndex:
                 self.settings.timeout_seconds, self.env.config.storage.redis_timeout_seconds
             )
             ttl = self.settings.partition_ttl_seconds
-            self.shared = RedisIndex(self.redis, mirror, timeout, ttl)
+            consequence = "no semantic hits"
+            backend = Backend(self.redis, timeout, self.where, (), log, consequence)
+            self.shared = RedisIndex(backend, mirror, ttl)
         await self.embedder.start()
 
     async def close(self) -> None:

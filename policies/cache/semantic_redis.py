@@ -9,30 +9,24 @@ with Redis's clock, so entries added after a restart or a flush still sort after
 mirror remembers; entries of a flushed Redis left in a mirror point to answers that are
 gone too, and the exact lookup misses them.
 
-While Redis fails, calls fail at once and one call per `PROBE_SECONDS` tries it again, so
+Calls go through a `gateway.redis_scripts.Backend`: while Redis (or the cluster node of
+a partition) fails, they fail at once and one call per `PROBE_SECONDS` tries it again, so
 an outage costs requests no waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from typing import Any
 
 import numpy as np
 
-from gateway.redis_client import RedisClient, ReplyError, Unreachable
+from gateway.redis_scripts import Backend, Unavailable
 from policies.cache.semantic_mirror import Floats, Mirror, Partition
 
-log = logging.getLogger("policies.cache.semantic")
+__all__ = ["RedisIndex", "Unavailable", "stream_id"]
 
-PROBE_SECONDS = 1.0
 LITTLE_F32 = np.dtype("<f4")
-
-
-class Unavailable(Exception):
-    """Redis did not answer in time, or not at all, or answered nonsense."""
 
 
 def stream_id(raw: bytes) -> tuple[int, int]:
@@ -41,13 +35,10 @@ def stream_id(raw: bytes) -> tuple[int, int]:
 
 
 class RedisIndex:
-    def __init__(self, client: RedisClient, mirror: Mirror, timeout: float, ttl: int) -> None:
-        self.client = client
+    def __init__(self, backend: Backend, mirror: Mirror, ttl: int) -> None:
+        self.backend = backend
         self.mirror = mirror
-        self.timeout = timeout
         self.ttl = ttl
-        self.down_since: float | None = None
-        self.probe_at = 0.0
 
     async def sync(self, key: str, dim: int) -> Partition:
         """The mirror's copy of partition `key`, brought up to date with Redis."""
@@ -77,12 +68,12 @@ class RedisIndex:
         data = values.astype(LITTLE_F32).tobytes()
         cap = self.mirror.capacity
         # Sent in one write (the client pipelines a turn's calls) and run in order.
-        added = self._call("XADD", key, "MAXLEN", cap, "*", "v", data, "k", entry)
-        expiry = self._call("EXPIRE", key, self.ttl)
+        added = self.backend.command("XADD", key, "MAXLEN", cap, "*", "v", data, "k", entry)
+        expiry = self.backend.command("EXPIRE", key, self.ttl)
         await asyncio.gather(added, expiry)
 
     async def _range(self, *args: Any) -> list[Any]:
-        entries = await self._call(*args)
+        entries = await self.backend.command(*args)
         if not isinstance(entries, list):
             raise Unavailable(f"Redis answered {type(entries).__name__} to {args[0]}")
         return entries
@@ -103,37 +94,3 @@ class RedisIndex:
                 continue
             partition.seen = seen
             partition.add(values, entry)
-
-    async def _call(self, *args: Any) -> Any:
-        if self.down_since is not None:
-            now = time.monotonic()
-            if now < self.probe_at:
-                raise Unavailable("Redis is failing; next try shortly")
-            self.probe_at = now + PROBE_SECONDS
-        try:
-            async with asyncio.timeout(self.timeout):
-                reply = await self.client.call(*args)
-        except TimeoutError as exc:
-            self.client.abort()  # the next call starts afresh, not behind a stuck one
-            self._failed(exc)
-            raise Unavailable(f"no answer within {self.timeout:g} s") from exc
-        except (ReplyError, Unreachable, OSError) as exc:
-            self._failed(exc)
-            raise Unavailable(f"{exc.__class__.__name__}: {exc}") from exc
-        if self.down_since is not None:
-            log.warning(
-                "Redis answers the semantic cache again after %.1f s",
-                time.monotonic() - self.down_since,
-            )
-            self.down_since = None
-        return reply
-
-    def _failed(self, exc: BaseException) -> None:
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            self.probe_at = self.down_since + PROBE_SECONDS
-            log.error(
-                "Redis failed the semantic cache (%s: %s); no semantic hits until it answers",
-                exc.__class__.__name__,
-                str(exc) or "no answer in time",
-            )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from gateway.config import redis_url
 from gateway.policy import PolicySettings
 from policies.cache.semantic_settings import SemanticSettings
 
@@ -45,10 +46,15 @@ class CacheSettings(PolicySettings):
     # How long identical misses wait for the one in flight before going upstream themselves.
     coalesce_wait_seconds: float = Field(30.0, ge=0, le=3600)
     # A Redis of the cache's own (None: storage.redis_url; neither: the in-process store).
-    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
+    redis_url: str | None = None
     key_prefix: str = Field("llgw:cache", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
     # Opt-in: after an exact miss, serve the answer of a similar prompt (`semantic:` block).
     semantic: SemanticSettings | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, url: str | None) -> str | None:
+        return redis_url(url)
 
     def rules(self, tier: str | None) -> Rules:
         """The rules of `tier` (None: of requests without one): its own entry over

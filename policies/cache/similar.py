@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.policy import PolicyEnv
-from gateway.redis_client import RedisClient
+from gateway.redis_scripts import Client
 from policies.cache.entry import Entry
 from policies.cache.key import cache_key
 from policies.cache.semantic import SemanticIndex, SemanticSettings, Vector, semantic_text
@@ -31,9 +31,14 @@ class Probe:
 
 class Similar:
     def __init__(
-        self, settings: SemanticSettings, env: PolicyEnv, redis: RedisClient | None, prefix: str
+        self,
+        settings: SemanticSettings,
+        env: PolicyEnv,
+        redis: Client | None,
+        prefix: str,
+        where: str = "Redis",
     ) -> None:
-        self.index = SemanticIndex(settings, env, redis, prefix)
+        self.index = SemanticIndex(settings, env, redis, prefix, where)
 
     async def start(self) -> None:
         await self.index.start()

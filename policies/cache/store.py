@@ -3,13 +3,13 @@ in-process store bounded in bytes, least recently used out.
 
 A store never makes an error for a client: a Redis that fails or is slower than
 `storage.redis_timeout_seconds` raises `StoreDown`, the policy skips the cache for that
-request, and for `PAUSE_SECONDS` afterwards calls fail at once (one call per pause tries
-Redis again), so an outage costs requests no waiting.
+request, and while the outage lasts calls fail at once (one call per
+`gateway.redis_scripts.PROBE_SECONDS` tries Redis again, per node of a cluster), so an
+outage costs requests no waiting.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -17,14 +17,14 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from gateway.policy import PolicyEnv
-from gateway.redis_client import RedisClient, ReplyError, Unreachable
+from gateway.redis_cluster import open_client
+from gateway.redis_scripts import Backend, Client, Unavailable, where
 from policies.cache.entry import Entry, decode, encode
 from policies.cache.metrics import CacheMetrics
 from policies.cache.settings import CacheSettings
 
 log = logging.getLogger("policies.cache")
 
-PAUSE_SECONDS = 0.5
 # Bytes an in-process entry costs beyond its body: the key, the usage, the bookkeeping.
 ENTRY_OVERHEAD = 512
 
@@ -81,13 +81,9 @@ class MemoryStore:
 
 
 class RedisStore:
-    def __init__(self, client: RedisClient, timeout: float, prefix: str, where: str) -> None:
-        self.client = client
-        self.timeout = timeout
+    def __init__(self, backend: Backend, prefix: str) -> None:
+        self.backend = backend
         self.prefix = prefix
-        self.where = where
-        self.down_since: float | None = None
-        self.retry_at = 0.0
 
     async def get(self, key: str) -> Entry | None:
         value = await self._call("GET", f"{self.prefix}:{key}")
@@ -100,51 +96,18 @@ class RedisStore:
         return len(value)
 
     async def ping(self) -> bool:
-        try:
-            await self._call("PING")
-        except StoreDown:
-            return False
-        return True
+        return await self.backend.ping()
 
     async def _call(self, *args: object) -> object:
-        if self.down_since is not None:
-            now = time.monotonic()
-            if now < self.retry_at:
-                raise StoreDown("Redis is failing; next try shortly")
-            self.retry_at = now + PAUSE_SECONDS
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await self.client.call(*args)
-        except TimeoutError as exc:
-            self.client.abort()  # the next call starts afresh, not behind a stuck one
-            raise self._failed(f"no answer within {self.timeout:g} s") from exc
-        except (Unreachable, ReplyError, OSError) as exc:
-            raise self._failed(f"{exc.__class__.__name__}: {exc}") from exc
-        if self.down_since is not None:
-            log.warning(
-                "Redis at %s answers the cache again after %.1f s",
-                self.where,
-                time.monotonic() - self.down_since,
-            )
-            self.down_since = None
-        return result
-
-    def _failed(self, reason: str) -> StoreDown:
-        now = time.monotonic()
-        if self.down_since is None:
-            self.down_since = now
-            log.error(
-                "Redis at %s failed (%s); the cache is skipped until it answers again",
-                self.where,
-                reason,
-            )
-        self.retry_at = now + PAUSE_SECONDS
-        return StoreDown(reason)
+            return await self.backend.command(*args)
+        except Unavailable as exc:
+            raise StoreDown(str(exc)) from exc
 
 
 async def open_store(
     settings: CacheSettings, env: PolicyEnv, metrics: CacheMetrics
-) -> tuple[Store, RedisClient | None]:
+) -> tuple[Store, Client | None]:
     """The store in force (Redis when a URL is set, else in process), and its Redis client."""
     resources, storage = env.resources, env.config.storage
     url = settings.redis_url or storage.redis_url
@@ -160,9 +123,10 @@ async def open_store(
     client = await resources.get(name, lambda: _client(url), _close)
     env.metrics.track(metrics.memory_bytes, _zero)
     env.metrics.track(metrics.memory_entries, _zero)
-    where = url.rpartition("@")[2]  # no credentials in logs
-    store = RedisStore(client, storage.redis_timeout_seconds, settings.key_prefix, where)
-    return store, client
+    backend = Backend(
+        client, storage.redis_timeout_seconds, where(url), (), log, "the cache is skipped"
+    )
+    return RedisStore(backend, settings.key_prefix), client
 
 
 def _digest(text: str) -> str:
@@ -173,11 +137,11 @@ async def _memory_store() -> MemoryStore:
     return MemoryStore(0)
 
 
-async def _client(url: str) -> RedisClient:
-    return RedisClient(url)
+async def _client(url: str) -> Client:
+    return open_client(url)
 
 
-async def _close(client: RedisClient) -> None:
+async def _close(client: Client) -> None:
     await client.close()
 
 

@@ -67,7 +67,11 @@ class Embedded:
             self._begin(now_ms)
         return int(self._sweep())
 
-    def abort(self) -> None:
+    def node(self, args: tuple[Any, ...]) -> str:
+        """One store, in process."""
+        return ""
+
+    def abort(self, *args: Any) -> None:
         """Nothing to drop: there is no connection."""
 
     async def close(self) -> None:

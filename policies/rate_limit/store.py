@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from gateway.config import StorageConfig
-from gateway.redis_client import RedisClient
+from gateway.redis_cluster import open_client as open_redis
 from gateway.redis_scripts import Backend, Client, Script, Unavailable
 from policies.rate_limit.embedded import Embedded
 
@@ -20,10 +20,11 @@ TOUCH = Script("policies.rate_limit", "touch")
 
 
 def open_client(storage: StorageConfig) -> Client:
-    """The shared client for `storage.redis_url`, or the embedded store without one."""
+    """The shared client for `storage.redis_url` (one Redis or a cluster), or the embedded
+    store without one."""
     if storage.redis_url is None:
         return Embedded()
-    return RedisClient(storage.redis_url)
+    return open_redis(storage.redis_url)
 
 
 def backend(client: Client, storage: StorageConfig, where: str) -> Backend:

@@ -73,6 +73,9 @@ class UsageRow(NamedTuple):
     queued_ms: float | None
     # Prompt tokens the upstream took from its prompt (KV) cache; None when it did not say.
     cached_tokens: int | None
+    # The variant (a configured model) that served a request naming an experiment, whose
+    # name is then the row's `model`; None for any other request.
+    variant: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -99,6 +102,7 @@ _NULLABLE = {
     "ttft_ms",
     "queued_ms",
     "cached_tokens",
+    "variant",
 }
 REQUIRED = tuple(name for name in COLUMNS if name not in _NULLABLE)
 _REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRED))
@@ -106,8 +110,8 @@ _REQUIRED_VALUES = operator.itemgetter(*(COLUMNS.index(name) for name in REQUIRE
 
 # Columns added since journals were first written, in order: a row from before has none
 # of them, or the first ones only.
-LATER = ("attempts", "queued_ms", "cached_tokens")
-_LATER_DEFAULTS = (0, None, None)  # `attempts` is then given by `_before_attempts`
+LATER = ("attempts", "queued_ms", "cached_tokens", "variant")
+_LATER_DEFAULTS = (0, None, None, None)  # `attempts` is then given by `_before_attempts`
 
 
 def _before_attempts(row: UsageRow) -> UsageRow:
@@ -167,8 +171,9 @@ class RowBuilder:
         usage = ctx.usage or {}
         prompt, completion = _tokens(usage, "prompt_tokens"), _tokens(usage, "completion_tokens")
         disconnected = ctx.outcome == DISCONNECTED
-        model = text(ctx.model)
-        price = self.prices.get(model or "", self.default_price)
+        variant = ctx.variant
+        # A variant's tokens cost what that model's do.
+        price = self.prices.get(ctx.model or "", self.default_price)
         return UsageRow(
             id=f"{self._prefix}{next(self._counter):010x}",
             request_id=text(ctx.request_id),
@@ -178,7 +183,7 @@ class RowBuilder:
             key_id=text(ctx.key_id),
             subject=text(ctx.subject),
             tier=text(ctx.tier),
-            model=model,
+            model=text(ctx.model if variant is None else variant.asked),
             endpoint=ctx.endpoint,
             upstream=text(ctx.upstream),
             status=ctx.status or (CLIENT_CLOSED if disconnected else 0),
@@ -200,4 +205,5 @@ class RowBuilder:
                 round(ctx.queued_seconds * 1000, 3) if ctx.queued_seconds is not None else None
             ),
             cached_tokens=ctx.cached_tokens,
+            variant=None if variant is None else text(variant.model),
         )

@@ -1,4 +1,5 @@
-"""Usage reports: requests, tokens, errors, cost and latency percentiles per group and time range.
+"""Usage reports: requests, tokens, errors, cost, and percentiles of latency and time to first
+token, per group and time range.
 
 The stores compute them in SQL (PostgreSQL's `percentile_cont`, the same interpolation
 on SQLite with window functions); this module holds what both share: the groupings,
@@ -21,11 +22,14 @@ GROUPS = {
     "model": "model",
     "principal": "principal",
     "endpoint": "endpoint",
+    "variant": "variant",
 }
 # Errors: requests refused (by the gateway or a policy) and upstream failures, streams the
 # upstream broke off after a 200 included. A client hanging up is no error.
 ERROR_CONDITION = "outcome IN ('rejected', 'upstream_error', 'internal_error')"
 PERCENTILES = (0.5, 0.95)
+# What the percentiles are of: the whole answer, and its first byte (rows that have one).
+TIMINGS = ("latency_ms", "ttft_ms")
 # The sums of a report line, in ReportRow's order, as both stores' SQL computes them.
 SUMS = (
     "count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
@@ -56,6 +60,9 @@ class ReportRow:
     cost: float
     p50_ms: float | None
     p95_ms: float | None
+    # Time to the first byte (a stream's first event), of the requests an upstream answered.
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
 
 
 def parse_time(value: str, now: datetime | None = None, param: str | None = None) -> datetime:
@@ -135,7 +142,7 @@ def format_table(
 ) -> str:
     head = (by or "all").upper()
     header = [head, "REQUESTS", "PROMPT TOK", "CACHED", "COMPL TOK", "ERRORS", "COST"]
-    header += ["P50 MS", "P95 MS"]
+    header += ["P50 MS", "P95 MS", "TTFT P50", "TTFT P95"]
     lines = [[*_cells(row)] for row in rows] if by else []
     if by:
         lines.append(["TOTAL", *_cells(total)[1:]])
@@ -165,4 +172,6 @@ def _cells(row: ReportRow) -> list[str]:
         _number(row.cost, 4),
         _number(row.p50_ms, 1),
         _number(row.p95_ms, 1),
+        _number(row.ttft_p50_ms, 1),
+        _number(row.ttft_p95_ms, 1),
     ]

@@ -118,35 +118,42 @@ class SqliteUsageStore:
 
     async def _query(self, group: str, bounds: tuple[str, str]) -> list[ReportRow]:
         """percentile_cont as PostgreSQL computes it: the two ranked neighbours of
-        position q * (n - 1), interpolated in Python."""
-        picks = ", ".join(
-            f"max(CASE WHEN i = CAST((n - 1) * {q} AS INTEGER) THEN latency_ms END),"
-            f" max(CASE WHEN i = CAST((n - 1) * {q} AS INTEGER) + 1 THEN latency_ms END)"
-            for q in PERCENTILES
-        )
+        position q * (n - 1), interpolated in Python; the time to first byte ranked among
+        the rows that have one (m counts those), as percentile_cont leaves NULLs out."""
+        picks = f"{_picks('latency_ms', 'i', 'n')}, {_picks('ttft_ms', 'j', 'm')}"
         sql = f"""WITH ranked AS (
             SELECT {group} AS grp, prompt_tokens, completion_tokens, cached_tokens, status,
-                outcome, cost, latency_ms,
+                outcome, cost, latency_ms, ttft_ms,
                 row_number() OVER (PARTITION BY {group} ORDER BY latency_ms) - 1 AS i,
-                count(*) OVER (PARTITION BY {group}) AS n
+                count(*) OVER (PARTITION BY {group}) AS n,
+                row_number() OVER (PARTITION BY {group}, ttft_ms IS NULL ORDER BY ttft_ms) - 1
+                    AS j,
+                count(ttft_ms) OVER (PARTITION BY {group}) AS m
             FROM usage_records WHERE started_at >= ? AND started_at < ?)
-            SELECT grp, {SUMS}, max(n), {picks} FROM ranked GROUP BY grp"""
+            SELECT grp, {SUMS}, max(n), max(m), {picks} FROM ranked GROUP BY grp"""
         db = self._db()
         async with self._lock:
             rows = await db.execute_fetchall(sql, bounds)
         return [_sqlite_row(tuple(row)) for row in rows]
 
 
-def _sqlite_row(row: tuple[Any, ...]) -> ReportRow:
-    group, requests, prompt, completion, cached, errors, cost, n, p50a, p50b, p95a, p95b = row
-    return ReportRow(
-        group,
-        requests,
-        prompt,
-        completion,
-        cached,
-        errors,
-        float(cost),
-        interpolate(p50a, p50b, n, PERCENTILES[0]),
-        interpolate(p95a, p95b, n, PERCENTILES[1]),
+def _picks(value: str, rank: str, count: str) -> str:
+    """The two neighbours of each percentile's position among the ranked `value`s."""
+    return ", ".join(
+        f"max(CASE WHEN {value} IS NOT NULL AND {rank} = CAST(({count} - 1) * {q} AS INTEGER)"
+        f" THEN {value} END), max(CASE WHEN {value} IS NOT NULL AND"
+        f" {rank} = CAST(({count} - 1) * {q} AS INTEGER) + 1 THEN {value} END)"
+        for q in PERCENTILES
     )
+
+
+def _sqlite_row(row: tuple[Any, ...]) -> ReportRow:
+    group, requests, prompt, completion, cached, errors, cost, n, m, *neighbours = row
+    counts = [n] * len(PERCENTILES) + [m] * len(PERCENTILES)
+    percentiles = [
+        interpolate(
+            neighbours[2 * k], neighbours[2 * k + 1], count, PERCENTILES[k % len(PERCENTILES)]
+        )
+        for k, count in enumerate(counts)
+    ]
+    return ReportRow(group, requests, prompt, completion, cached, errors, float(cost), *percentiles)

@@ -21,7 +21,14 @@ import asyncpg
 from gateway.db import open_postgres_pool
 from policies.usage.pg_insert import NoTemporaryTables, array_batch, copy_batch
 from policies.usage.record import UsageRow
-from policies.usage.report import PERCENTILES, SUMS, ReportRow, group_column, sort_groups
+from policies.usage.report import (
+    PERCENTILES,
+    SUMS,
+    TIMINGS,
+    ReportRow,
+    group_column,
+    sort_groups,
+)
 from policies.usage.schema import StoreUnavailable, migrations
 from policies.usage.sqlite_store import SqliteUsageStore
 from policies.usage.upkeep import Upkeep, upkeep_postgres
@@ -140,8 +147,11 @@ class PostgresUsageStore:
         self, since: datetime, until: datetime, by: str | None
     ) -> tuple[list[ReportRow], ReportRow]:
         column = group_column(by)
+        # percentile_cont leaves out NULLs: the time to first byte of the rows that have one.
         quantiles = ", ".join(
-            f"percentile_cont({q}) WITHIN GROUP (ORDER BY latency_ms)" for q in PERCENTILES
+            f"percentile_cont({q}) WITHIN GROUP (ORDER BY {timing})"
+            for timing in TIMINGS
+            for q in PERCENTILES
         )
         where = "FROM usage_records WHERE started_at >= $1 AND started_at < $2"
         # One scan for the groups and the total line (the empty grouping set).
@@ -163,8 +173,8 @@ class PostgresUsageStore:
 
 
 def _pg_row(record: Any) -> ReportRow:
-    group, requests, prompt, completion, cached, errors, cost, p50, p95 = tuple(record)
-    return ReportRow(group, requests, prompt, completion, cached, errors, float(cost), p50, p95)
+    group, requests, prompt, completion, cached, errors, cost, *percentiles = tuple(record)
+    return ReportRow(group, requests, prompt, completion, cached, errors, float(cost), *percentiles)
 
 
 def open_usage_store(

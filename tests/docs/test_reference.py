@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from gateway.config import GatewayConfig
 from gateway.registry import available
 from gateway.tiers import Tier
+from gateway.variants import Experiment
 
 DOCS = Path(__file__).parents[2] / "docs"
 CONFIG_PAGE = DOCS / "configuration.md"
@@ -91,7 +92,8 @@ def check(page: Path, leaves: set[str]) -> None:
 
 
 def config_leaves() -> set[str]:
-    return {*paths(GatewayConfig), *paths(Tier, "tiers.<name>."), *CONFIG_EXTRA}
+    tiers, variants = paths(Tier, "tiers.<name>."), paths(Experiment, "variants.<name>.")
+    return {*paths(GatewayConfig), *tiers, *variants, *CONFIG_EXTRA}
 
 
 def test_the_configuration_page_names_every_gateway_and_tier_setting() -> None:
@@ -106,6 +108,7 @@ def test_each_policy_page_names_every_setting_of_its_policy(name: str) -> None:
 def test_the_walk_reaches_nested_models_dict_values_and_lists() -> None:
     leaves = config_leaves()
     assert {"server.port", "models.<name>.upstreams", "tiers.<name>.priority"} <= leaves
+    assert {"variants.<name>.experiment", "variants.<name>.choices"} <= leaves
     auth = set(paths(available()["auth"].Settings))
     assert {"static_keys[].tier", "jwt.jwks_url", "anonymous.trusted_proxies"} <= auth
     limits = set(paths(available()["rate_limit"].Settings))

@@ -82,8 +82,9 @@ async def test_each_conversation_stays_on_one_upstream(
     await interleaved(clients, 7, 4)
     placements = [served_by(fakes, c) for c in range(7)]
     assert all(len(p) == 4 and len(set(p)) == 1 for p in placements), placements
-    # Conversations spread over both upstreams (rendezvous on their first block).
-    assert {p[0] for p in placements} == {0, 1}
+    # Each on the first-ranked upstream of its first block (rendezvous hashing).
+    seeds = [u.seed for u in clients[0].app[STATE].pool.by_model["fake"]]
+    assert [p[0] for p in placements] == [_top(turns(c, 1)[0], seeds) for c in range(7)]
     samples = await scrape(clients[0])
     routes = {
         r: value(samples, "llama_gateway_prefix_routes_total", model="fake", route=r)

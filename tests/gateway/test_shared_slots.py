@@ -1,6 +1,7 @@
 """Slots shared by gateway replicas: two gateways in front of one llama-server never have
-more requests in flight at it than its slots, on the real Redis; a dead replica's leases
-run out; neither replica's queue starves; without Redis each keeps its own bound."""
+more requests in flight at it than its slots, on the real Redis and on a Redis Cluster; a
+dead replica's leases run out; neither replica's queue starves; without Redis each keeps
+its own bound."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from gateway.app import create_app
 from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
 from tests.support.rate_limits import SHARED_REDIS
+from tests.support.redis_cluster import Cluster
 from tests.support.replicas import start_fakes
+from tests.support.waiting import eventually
 
 SLOTS = 2
+DEPENDENCY_ERRORS = "llama_gateway_dependency_errors"
 
 
 @pytest.fixture
@@ -97,6 +101,28 @@ async def test_two_replicas_never_exceed_the_upstream_slots(
         assert await store.zcard(leases_key(prefix, url)) == 0  # every lease given back
     else:  # the test can fail: each replica alone keeps its own bound only
         assert fake.max_in_flight == 2 * SLOTS
+
+
+async def test_two_replicas_on_a_redis_cluster_never_exceed_the_upstream_slots(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, shared_cluster: Cluster, prefix: str
+) -> None:
+    """Both keys of a lease call carry the upstream's hash tag: one node runs the script."""
+    (fake,), (url,) = await start_fakes(aiohttp_server, 1)
+    cluster = shared_cluster.url
+    clients = [
+        await replica(aiohttp_client, tmp_path / str(n), url, prefix, redis_url=cluster)
+        for n in range(2)
+    ]
+    assert await burst(clients, 6, 0.15) == [200] * 12
+    assert fake.max_in_flight == SLOTS  # a failing call would have fallen back to 2 each
+    key = leases_key(prefix, url)
+    node = shared_cluster.owner(key)
+    assert node is shared_cluster.owner(key.replace(":leases", ":waiting"))
+    await eventually(lambda: node.command("ZCARD", key) == 0)  # every lease given back
+    for client in clients:  # no call failed, and none fell back to the replica's own bound
+        samples = await scrape(client)
+        errors = [v for (name, _), v in samples.items() if name.startswith(DEPENDENCY_ERRORS)]
+        assert sum(errors) == 0
 
 
 async def test_leases_are_renewed_while_long_requests_run(

@@ -136,6 +136,7 @@ def row(n: int, **fields: Any) -> UsageRow:
         "attempts": 1,
         "queued_ms": None,
         "cached_tokens": None,
+        "variant": None,
     }
     values.update(fields)
     return UsageRow(**values)

@@ -1,5 +1,6 @@
 """Rate limits when Redis fails, restarts or forgets its scripts (a Redis of the test's
-own), without Redis (embedded), and across two gateway processes sharing one Redis."""
+own), without Redis (embedded), and across two gateway processes sharing one Redis or one
+Redis Cluster."""
 
 from __future__ import annotations
 
@@ -176,16 +177,18 @@ async def start_gateway(config: Path, log: Path) -> tuple[subprocess.Popen[bytes
     return proc, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.parametrize("shared", ["redis", "cluster"])
 async def test_two_gateways_sharing_redis_enforce_one_limit(
-    fake_url: str, fake: FakeLlama, tmp_path: Path
+    fake_url: str, fake: FakeLlama, tmp_path: Path, request: pytest.FixtureRequest, shared: str
 ) -> None:
     prefix = unique_prefix()
+    url = SHARED_REDIS if shared == "redis" else request.getfixturevalue("shared_cluster").url
     config = tmp_path / "gateway.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "models": {"fake": {"upstreams": [fake_url]}},
-                "storage": {"redis_url": SHARED_REDIS, "redis_timeout_seconds": 2},
+                "storage": {"redis_url": url, "redis_timeout_seconds": 2},
                 "logging": {"level": "INFO", "access_log": False},
                 "policies": [limit_policy(prefix, default={"requests_per_minute": 30})],
             }

@@ -1,5 +1,5 @@
-"""The `attempts`, `queued_ms` and `cached_tokens` columns: rows journalled or stored
-before they existed stay readable."""
+"""The `attempts`, `queued_ms`, `cached_tokens` and `variant` columns: rows journalled or
+stored before they existed stay readable."""
 
 from __future__ import annotations
 
@@ -26,26 +26,27 @@ INSERT = (
 @pytest.mark.parametrize("upstream", ["http://u", None])
 def test_a_journal_row_from_before_attempts_is_read(upstream: str | None) -> None:
     earlier = row(1, upstream=upstream).as_dict()
-    del earlier["attempts"], earlier["queued_ms"], earlier["cached_tokens"]
+    del earlier["attempts"], earlier["queued_ms"], earlier["cached_tokens"], earlier["variant"]
     expected = 1 if upstream else 0
     as_array = orjson.loads(orjson.dumps(list(earlier.values())))
-    assert len(as_array) == len(COLUMNS) - 3
+    assert len(as_array) == len(COLUMNS) - 4
     assert row_from_json(as_array).attempts == expected
     assert row_from_json(earlier).attempts == expected
     assert row_from_json(as_array).queued_ms is None
     assert row_from_json(as_array).cached_tokens is None
+    assert row_from_json(as_array).variant is None
     assert row_from_json(list(row(2, attempts=3))).attempts == 3
 
 
 def test_a_journal_row_from_before_queued_ms_is_read() -> None:
-    earlier = list(row(1, attempts=2))[:-2]
+    earlier = list(row(1, attempts=2))[:-3]
     read = row_from_json(orjson.loads(orjson.dumps(earlier)))
     assert (read.attempts, read.queued_ms, read.cached_tokens) == (2, None, None)
     assert row_from_json(list(row(2, queued_ms=12.5))).queued_ms == 12.5
 
 
 def test_a_journal_row_from_before_cached_tokens_is_read() -> None:
-    earlier = list(row(1, attempts=2, queued_ms=3.5))[:-1]
+    earlier = list(row(1, attempts=2, queued_ms=3.5))[:-2]
     read = row_from_json(orjson.loads(orjson.dumps(earlier)))
     assert (read.attempts, read.queued_ms, read.cached_tokens) == (2, 3.5, None)
     assert row_from_json(list(row(2, cached_tokens=607))).cached_tokens == 607
@@ -54,10 +55,17 @@ def test_a_journal_row_from_before_cached_tokens_is_read() -> None:
     assert row_from_json(as_object).cached_tokens is None
 
 
+def test_a_journal_row_from_before_variant_is_read() -> None:
+    earlier = list(row(1, attempts=2, queued_ms=3.0, cached_tokens=7))[:-1]
+    read = row_from_json(orjson.loads(orjson.dumps(earlier)))
+    assert (read.attempts, read.queued_ms, read.cached_tokens, read.variant) == (2, 3.0, 7, None)
+    assert row_from_json(list(row(2, variant="m-q8"))).variant == "m-q8"
+
+
 def test_a_short_or_incomplete_journal_row_is_still_refused() -> None:
     values = list(row(1))
     with pytest.raises(ValueError, match="missing fields"):
-        row_from_json(values[:-4])
+        row_from_json(values[:-5])
     values[COLUMNS.index("status")] = None
     with pytest.raises(ValueError, match="missing fields"):
         row_from_json(values[:-1])

@@ -98,7 +98,7 @@ def test_time_ranges_accept_durations_and_iso_dates() -> None:
 
 
 def test_the_table_has_a_line_per_group_and_a_total() -> None:
-    rows = [ReportRow("m1", 1200, 5000, 700, 2000, 3, 1.5, 12.25, 80.0)]
+    rows = [ReportRow("m1", 1200, 5000, 700, 2000, 3, 1.5, 12.25, 80.0, 4.0, 9.5)]
     total = ReportRow("all", 1200, 5000, 700, 2000, 3, 1.5, 12.25, 80.0)
     lines = format_table(rows, total, "model", NOW, NOW).splitlines()
     assert lines[1].split() == [
@@ -115,6 +115,10 @@ def test_the_table_has_a_line_per_group_and_a_total() -> None:
         "MS",
         "P95",
         "MS",
+        "TTFT",
+        "P50",
+        "TTFT",
+        "P95",
     ]
     assert lines[2].split() == [
         "m1",
@@ -126,8 +130,10 @@ def test_the_table_has_a_line_per_group_and_a_total() -> None:
         "1.5000",
         "12.2",
         "80.0",
+        "4.0",
+        "9.5",
     ]
-    assert lines[3].split()[:2] == ["TOTAL", "1,200"]
+    assert lines[3].split()[1:] == [*lines[2].split()[1:-2], "-", "-"]  # the total's TTFT unknown
 
 
 async def test_a_client_hanging_up_is_no_error(stores: list[UsageStore]) -> None:

@@ -145,11 +145,15 @@ TOTALS = (
 TOP_SPENDERS = SqlPanel(
     "Top spenders",
     "short",
-    "SELECT coalesce(subject, '(none)') AS \"user\", count(DISTINCT key_id) AS keys,"
-    " count(*) AS requests,\n"
-    f"  {TOKENS} AS tokens, {COST} AS cost,\n"
-    f"  {COST} / nullif(sum({COST}) OVER (), 0) AS cost_share\n"
-    f"FROM usage_records WHERE {IN_RANGE}\n"
+    # Summed per key first: the keys are then counted without count(DISTINCT), which only a
+    # sorted aggregate computes (over a month that made PostgreSQL read the whole table in
+    # user order through the subject index, 2.8 million buffers instead of 75 thousand).
+    "SELECT coalesce(subject, '(none)') AS \"user\", count(key_id) AS keys,"
+    " sum(requests) AS requests,\n"
+    "  sum(tokens) AS tokens, sum(cost) AS cost,\n"
+    "  sum(cost) / nullif(sum(sum(cost)) OVER (), 0) AS cost_share\n"
+    f"FROM (SELECT subject, key_id, count(*) AS requests, {TOKENS} AS tokens, {COST} AS cost\n"
+    f"  FROM usage_records WHERE {IN_RANGE} GROUP BY subject, key_id) AS per_key\n"
     "GROUP BY subject ORDER BY 5 DESC, 1 LIMIT 20",
     "table",
     "The 20 users (the key's owner, the token's subject) who spent most over the range; "

@@ -39,6 +39,7 @@ from monitoring.dashboard_kit import targets
 from monitoring.grafana_sql import QueryTime, expand
 from monitoring.usage_dashboard import OUTPUT
 from policies.usage.schema import migrations
+from policies.usage.store import PostgresUsageStore
 
 if TYPE_CHECKING:
     from bench.usage_data import Conn
@@ -129,6 +130,7 @@ async def without_index_migration(conn: Conn, end: datetime, args: argparse.Name
 async def main(args: argparse.Namespace) -> None:
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     async with postgres(args.database_url) as store:
+        assert isinstance(store, PostgresUsageStore)  # with its URL to the fresh schema
         conn = await asyncpg.connect(store.dsn)
         try:
             await migrate_postgres(conn, migrations())

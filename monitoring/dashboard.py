@@ -19,12 +19,19 @@ from typing import Any
 from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
-from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
-from monitoring.dashboard_kit import encode, framed, main, targets, timeseries, with_rows
+from monitoring.dashboard_kit import (
+    Panel,
+    encode,
+    framed,
+    main,
+    targets,
+    timeseries,
+    with_rows,
+)
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "llama-gateway.json"
 UID = "llama-gateway"
@@ -349,7 +356,7 @@ ROWS = (
 )
 
 
-def panel(spec: PanelSpec, panel_id: int) -> Stat | Timeseries:
+def panel(spec: PanelSpec, panel_id: int) -> Panel:
     built = framed(
         Stat() if spec.stat else timeseries(),
         panel_id,

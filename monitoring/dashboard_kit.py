@@ -21,7 +21,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-P = TypeVar("P", Stat, Table, Timeseries)
+Panel = Stat | Table | Timeseries
 S = TypeVar("S")
 
 
@@ -40,14 +40,14 @@ def timeseries() -> Timeseries:
 
 
 def framed(
-    built: P,
+    built: Panel,
     panel_id: int,
     title: str,
     unit: str,
     datasource: DataSourceRef,
     width: int,
     description: str = "",
-) -> P:
+) -> Panel:
     """The settings every panel has: id, title, unit, data source and place on the grid."""
     built = built.id(panel_id).title(title).unit(unit).datasource(datasource).height(8)
     built = built.span(width)

@@ -22,7 +22,6 @@ from grafana_foundation_sdk.builders.common import StackingConfig
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 from grafana_foundation_sdk.builders.stat import Panel as Stat
 from grafana_foundation_sdk.builders.table import Panel as Table
-from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.runtime import UnknownDataquery
 from grafana_foundation_sdk.cog.variants import Dataquery
@@ -31,7 +30,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef, DynamicConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
-from monitoring.dashboard_kit import encode, framed, main, timeseries, with_rows
+from monitoring.dashboard_kit import Panel, encode, framed, main, timeseries, with_rows
 from policies.usage.report import ERROR_CONDITION
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "llama-gateway-usage.json"
@@ -237,8 +236,8 @@ ROWS = (
 )
 
 
-def panel(spec: SqlPanel, panel_id: int) -> Stat | Table | Timeseries:
-    built: Stat | Table | Timeseries
+def panel(spec: SqlPanel, panel_id: int) -> Panel:
+    built: Panel
     if spec.kind == "stat":
         built = Stat()
     elif spec.kind == "table":

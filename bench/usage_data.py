@@ -43,9 +43,22 @@ FROM (
 ) AS g
 """
 
+# The table's size with its indexes: its partitions' (migration 008), or its own.
+SIZE = """
+SELECT pg_size_pretty(sum(pg_total_relation_size(oid))) FROM pg_class
+WHERE oid = 'usage_records'::regclass
+   OR oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'usage_records'::regclass)
+"""
+
 
 if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
     Conn: TypeAlias = asyncpg.Connection[Any]
+
+
+def recursive(indexdef: str) -> str:
+    """An index's definition that builds it on every partition too: a partitioned table's
+    indexes read `ON ONLY`, which would make the parent's alone."""
+    return indexdef.replace(" ON ONLY ", " ON ", 1)
 
 
 async def fill(
@@ -60,6 +73,11 @@ async def load(conn: Conn, rows: int, days: int, end: datetime) -> None:
     """Rows loaded with the indexes dropped, then the indexes built: faster than keeping
     them up to date row by row, and the same table in the end."""
     began = time.perf_counter()
+    # The months of the rows, made ahead as the writer would have made them.
+    day = (end - timedelta(days=days)).date()
+    while day <= end.date():
+        await conn.execute("SELECT usage_partition($1)", day)
+        day += timedelta(days=28)
     indexes = await conn.fetch(
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
         " AND tablename = 'usage_records' AND indexname <> 'usage_records_pkey'"
@@ -68,9 +86,9 @@ async def load(conn: Conn, rows: int, days: int, end: datetime) -> None:
         await conn.execute(f"DROP INDEX {index['indexname']}")
     await fill(conn, rows, timedelta(days=days), end)
     for index in indexes:
-        await conn.execute(index["indexdef"])
+        await conn.execute(recursive(index["indexdef"]))
     await conn.execute("VACUUM ANALYZE usage_records")
-    size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('usage_records'))")
+    size = await conn.fetchval(SIZE)
     print(f"{rows:,} rows over {days} days in {time.perf_counter() - began:.0f} s ({size})")
 
 
@@ -163,7 +181,7 @@ async def insert_rounds(
 async def insert_cost(conn: Conn, dsn: str, names: list[str], args: argparse.Namespace) -> None:
     """What the indexes `names` cost each insert, in batches of 500 rows."""
     definitions = {
-        row["indexname"]: row["indexdef"]
+        row["indexname"]: recursive(row["indexdef"])
         for row in await conn.fetch(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
             " AND indexname = ANY($1::text[])",

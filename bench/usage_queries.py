@@ -57,15 +57,29 @@ INDEXES = "variant_index"
 CREATED = re.compile(r"CREATE INDEX (\w+)")
 
 
-def scans(node: dict[str, Any]) -> list[str]:
-    """The plan's scan nodes, each with the index or table it reads."""
+# A partition's table or index -> the partitioned one it belongs to (migration 008).
+PARENTS = """
+SELECT c.relname AS child, p.relname AS parent FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+"""
+
+
+def scans(node: dict[str, Any], parents: dict[str, str]) -> list[str]:
+    """The plan's scan nodes, each with the index or table it reads (a partition's by the
+    partitioned one's name)."""
     found = []
     if node["Node Type"].endswith("Scan") and "Subquery" not in node["Node Type"]:
         read = node.get("Index Name") or node.get("Relation Name") or node.get("CTE Name")
-        found.append(f"{node['Node Type']} {read}")
+        found.append(f"{node['Node Type']} {parents.get(read, read)}")
     for child in node.get("Plans", []):
-        found.extend(scans(child))
+        found.extend(scans(child, parents))
     return found
+
+
+def partitions(node: dict[str, Any]) -> set[str]:
+    """The tables the plan reads rows from."""
+    here = {node["Relation Name"]} if "Relation Name" in node else set()
+    return here.union(*(partitions(child) for child in node.get("Plans", [])))
 
 
 async def explain(conn: Conn, sql: str, repeat: int) -> dict[str, Any]:
@@ -78,24 +92,25 @@ async def explain(conn: Conn, sql: str, repeat: int) -> dict[str, Any]:
     return best
 
 
-def line(title: str, label: str, plan: dict[str, Any]) -> str:
+def line(title: str, label: str, plan: dict[str, Any], parents: dict[str, str]) -> str:
     top = plan["Plan"]
     buffers = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
-    kinds = sorted(set(scans(top)))
+    kinds = "; ".join(sorted(set(scans(top, parents))))
     return (
         f"  {title:<34} {label:>4} {plan['Execution Time']:9,.1f} ms {buffers:>8,} buffers"
-        f"  {top['Actual Rows']:>6,} rows  {'; '.join(kinds)}"
+        f"  {top['Actual Rows']:>6,} rows  {len(partitions(top))} tables  {kinds}"
     )
 
 
 async def plans(conn: Conn, end: datetime, args: argparse.Namespace) -> None:
     dashboard = json.loads(OUTPUT.read_text())
-    print("panel                                range      time   buffers    rows  scans")
+    parents = dict(list(row) for row in await conn.fetch(PARENTS))
+    print("panel                                range      time   buffers    rows  tables  scans")
     for panel, target in targets(dashboard):
         for label, span, interval in RANGES:
             sql = expand(target["rawSql"], QueryTime(end - span, end, interval))
             plan = await explain(conn, sql, args.repeat)
-            print(line(panel["title"], label, plan), flush=True)
+            print(line(panel["title"], label, plan, parents), flush=True)
             if args.plans:
                 text = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
                 print("\n".join(f"      {row[0]}" for row in text))
@@ -111,10 +126,11 @@ async def without_index_migration(conn: Conn, end: datetime, args: argparse.Name
     migration = index_migration()
     names = CREATED.findall(migration.sql)
     print(f"without migration {migration.version:03d} ({', '.join(names)}):")
+    parents = dict(list(row) for row in await conn.fetch(PARENTS))
     for panel, target in targets(json.loads(OUTPUT.read_text())):
         for label, span, interval in RANGES:
             sql = expand(target["rawSql"], QueryTime(end - span, end, interval))
-            used = " ".join(scans((await explain(conn, sql, 1))["Plan"]))
+            used = " ".join(scans((await explain(conn, sql, 1))["Plan"], parents))
             if not any(name in used for name in names):
                 continue
             transaction = conn.transaction()
@@ -122,7 +138,8 @@ async def without_index_migration(conn: Conn, end: datetime, args: argparse.Name
             try:
                 for name in names:
                     await conn.execute(f"DROP INDEX {name}")
-                print(line(panel["title"], label, await explain(conn, sql, args.repeat)))
+                plan = await explain(conn, sql, args.repeat)
+                print(line(panel["title"], label, plan, parents))
             finally:
                 await transaction.rollback()
 

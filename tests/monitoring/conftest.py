@@ -15,7 +15,7 @@ import pytest_asyncio
 from gateway.db import migrate_postgres
 from policies.auth.keys import migrations as key_migrations
 from policies.usage.schema import migrations
-from tests.monitoring.usage_rows import COLUMNS, records
+from tests.monitoring.usage_rows import COLUMNS, START, records
 from tests.support.gateways import PG_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +40,8 @@ async def reader() -> AsyncIterator[asyncpg.Connection[Any]]:
     await admin.execute(f"CREATE SCHEMA {schema}; SET search_path = {schema}")
     try:
         await migrate_postgres(admin, [*migrations(), *key_migrations()])
+        # The rows' month, made ahead as the writer makes it (migration 008's partitions).
+        await admin.execute("SELECT usage_partition($1)", START.date())
         await admin.copy_records_to_table(
             "usage_records", records=records(), columns=COLUMNS, schema_name=schema
         )

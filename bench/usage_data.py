@@ -74,10 +74,12 @@ async def load(conn: Conn, rows: int, days: int, end: datetime) -> None:
     them up to date row by row, and the same table in the end."""
     began = time.perf_counter()
     # The months of the rows, made ahead as the writer would have made them.
-    day = (end - timedelta(days=days)).date()
-    while day <= end.date():
-        await conn.execute("SELECT usage_partition($1)", day)
-        day += timedelta(days=28)
+    await conn.execute(
+        "SELECT usage_partition(day::date) FROM generate_series($1::date, $2::date,"
+        " interval '1 month') AS day",
+        (end - timedelta(days=days)).date(),
+        (end + timedelta(days=1)).date(),
+    )
     indexes = await conn.fetch(
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
         " AND tablename = 'usage_records' AND indexname <> 'usage_records_pkey'"

@@ -216,8 +216,9 @@ VARIANTS = SqlPanel(
     f"FROM usage_records WHERE {IN_RANGE} AND variant IS NOT NULL\n"
     "GROUP BY model, variant ORDER BY model, variant",
     "table",
-    "Each variant of a model's experiment over the range: traffic, error share, latency "
-    "of the requests sent upstream, answer length and cost.",
+    "Each experiment (the name requests sent as their model) and its variants (the "
+    "configured models that served them) over the range: traffic, error share, latency of "
+    "the requests sent upstream, answer length and cost.",
     width=24,
     units=(
         ("error_share", "percentunit"),

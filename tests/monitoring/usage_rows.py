@@ -100,7 +100,8 @@ def row(i: int) -> Row:
         ttft_ms=latency / 4 if i % 5 in (0, 2, 3) and attempts > 0 else None,
         cost=0.0 if result == "rejected" else price(model, prompt, completion),
         attempts=attempts,
-        variant=("a", "b")[(i // 4) % 2] if model == "chat-exp" else None,
+        # An experiment's rows name it as their model, and the model that served them.
+        variant=("chat", "chat-large")[(i // 4) % 2] if model == "chat-exp" else None,
     )
 
 

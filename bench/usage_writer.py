@@ -67,6 +67,10 @@ def synthetic(n: int, now: float, span: float) -> UsageRow:
         latency_ms=5.0 + (n * 7919) % 2000,
         ttft_ms=2.0,
         cost=0.0001,
+        attempts=1,
+        queued_ms=None,
+        cached_tokens=n % 20,
+        variant=None,
     )
 
 

@@ -11,21 +11,27 @@ each one against a real Prometheus scraping a live gateway.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders.common import VizLegendOptions
-from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, Row
+from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
-from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
-from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
+from monitoring.dashboard_kit import (
+    Panel,
+    encode,
+    framed,
+    main,
+    targets,
+    timeseries,
+    with_rows,
+)
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "llama-gateway.json"
 UID = "llama-gateway"
@@ -350,25 +356,16 @@ ROWS = (
 )
 
 
-def panel(spec: PanelSpec, panel_id: int) -> Stat | Timeseries:
-    built: Stat | Timeseries
-    if spec.stat:
-        built = Stat()
-    else:
-        built = (
-            Timeseries()
-            .fill_opacity(10)
-            .legend(
-                VizLegendOptions()
-                .show_legend(True)
-                .display_mode(LegendDisplayMode.LIST)
-                .placement(LegendPlacement.BOTTOM)
-            )
-        )
-    built = built.id(panel_id).title(spec.title).unit(spec.unit).datasource(DATASOURCE).height(8)
-    built = built.span(spec.width)
-    if spec.description:
-        built = built.description(spec.description)
+def panel(spec: PanelSpec, panel_id: int) -> Panel:
+    built = framed(
+        Stat() if spec.stat else timeseries(),
+        panel_id,
+        spec.title,
+        spec.unit,
+        DATASOURCE,
+        spec.width,
+        spec.description,
+    )
     for i, query in enumerate(spec.queries):
         target = Dataquery().expr(query.expr).legend_format(query.legend).ref_id(chr(65 + i))
         built = built.with_target(target.datasource(DATASOURCE))
@@ -386,42 +383,13 @@ def build() -> dict[str, Any]:
         .timezone("browser")
         .with_variable(DatasourceVariable("datasource").label("Data source").type("prometheus"))
     )
-    ids = iter(range(1, 1000))  # Grafana needs unique panel ids; stable ones keep links working
-    for title, specs in ROWS:
-        dashboard = dashboard.with_row(Row(title).id(next(ids)))
-        for spec in specs:
-            dashboard = dashboard.with_panel(panel(spec, next(ids)))
-    encoded: dict[str, Any] = json.loads(json.dumps(dashboard.build(), cls=JSONEncoder))
-    return encoded
+    return encode(with_rows(dashboard, ROWS, panel))
 
 
 def expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """(panel title, query) for every query of a dashboard JSON."""
-    found: list[tuple[str, str]] = []
-    for item in dashboard["panels"]:
-        for p in [item, *item.get("panels", [])]:
-            found.extend((p["title"], t["expr"]) for t in p.get("targets", []))
-    return found
-
-
-def render() -> str:
-    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare with the committed JSON")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is stale: run python monitoring/dashboard.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT} ({len(expressions(build()))} queries)")
-    return 0
+    return [(p["title"], t["expr"]) for p, t in targets(dashboard)]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, OUTPUT, build, "monitoring/dashboard.py"))

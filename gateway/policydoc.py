@@ -65,17 +65,25 @@ class PolicySource:
     def load(self) -> PolicyDocument:
         """Read and validate the document (the file again, when there is one), its
         variants against the configured models."""
-        if self.config.policy_file:
-            assert self.path is not None
-            raw = read_yaml(self.path)
+        if self.path is None:
+            raw = {k: v for k, v in dict(self.config).items() if k in SECTIONS and v is not None}
         else:
-            inline = read_yaml(self.config_path) if self.config_path else dict(self.config)
-            raw = {k: inline[k] for k in SECTIONS if inline.get(k) is not None}
+            raw = read_yaml(self.path)
+            if not self.config.policy_file:  # inline: only the policy sections
+                raw = {k: raw[k] for k in SECTIONS if raw.get(k) is not None}
+            elif not raw:  # a policy file caught while it is written reads as empty
+                raise ConfigError(self.name, [EMPTY])
         document = parse_document(raw, self.name)
         found = problems(document.variants, self.config.models)
         if found:
             raise ConfigError(self.name, found)
         return document
+
+
+EMPTY = (
+    "(top level): the file holds no document (empty, or caught while being written); "
+    "write `policies: []` for a gateway without policies"
+)
 
 
 def parse_document(raw: dict[str, Any], source: str) -> PolicyDocument:

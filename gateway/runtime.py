@@ -132,9 +132,12 @@ class PolicyRuntime:
             task.add_done_callback(self._closing.discard)
 
     async def watch(self, interval: float) -> None:
-        """Reload whenever the watched file's content changes."""
+        """Reload once the watched file's content has changed and then held still for one
+        more interval: a file caught half-written is not taken in."""
+        seen = self._digest
         while True:
             await asyncio.sleep(interval)
             digest = await asyncio.to_thread(self._file_digest)
-            if digest is not None and digest != self._digest:
+            if digest is not None and digest == seen and digest != self._digest:
                 await self.reload("file changed")
+            seen = digest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,41 @@ async def test_invalid_file_keeps_the_old_policy_and_counts_the_failure(
     assert failure.problems == [
         "policies[0].colour: unknown key (check the spelling against docs/configuration.md)"
     ]  # type: ignore[attr-defined]
+
+
+async def test_an_emptied_policy_file_keeps_the_old_policy(reloadable: Any) -> None:
+    """An editor that truncates before it writes must not switch every policy off (auth
+    among them) for as long as the file reads empty."""
+    client, policy = reloadable
+    policy.write_text("# being rewritten\n")
+    await wait_until(lambda: runtime_of(client).failures == 1)
+    assert runtime_of(client).reloads == 0
+    assert await header_names(client) == {"X-Trace-A"}
+
+
+async def test_a_file_still_being_written_is_taken_in_once_it_holds_still(
+    reloadable: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, policy = reloadable
+    runtime = runtime_of(client)
+    read = threading.Event()
+    digest = runtime._file_digest
+
+    def watched() -> bytes | None:
+        try:
+            return digest()
+        finally:
+            read.set()
+
+    monkeypatch.setattr(runtime, "_file_digest", watched)
+    policy.write_text("policies: []\n")  # a slow writer part-way: a document of no policies
+    read.clear()
+    await asyncio.to_thread(read.wait)  # the watcher has seen it, once
+    policy.write_text(VALID_B)
+    await wait_until(lambda: runtime.reloads == 1)
+    await asyncio.sleep(0.2)
+    assert runtime.reloads == 1  # the half-written file was never swapped in
+    assert await header_names(client) == {"X-Trace-B"}
 
 
 async def test_stream_in_flight_finishes_on_the_chain_it_started_with(reloadable: Any) -> None:

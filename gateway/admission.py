@@ -18,10 +18,8 @@ and while requests wait, a poll asks Redis every `poll_seconds` for slots others
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import cast
@@ -31,41 +29,15 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.leases import Leases
 from gateway.metrics import NONE, Metrics
+from gateway.prefix import LOAD, load
 from gateway.resilience import AdmissionConfig
 from gateway.tiers import Tier
 from gateway.upstreams import Pool, Upstream
+from gateway.waitqueue import Entry, Tally, WaitQueue
 
 log = logging.getLogger("gateway.admission")
 
 _DEFAULT_TIER = Tier()  # requests without a tier (no auth policy)
-_SMOOTHING = 0.2  # weight of the newest interval in the service rate's moving average
-
-
-class _Queue:
-    """One model's waiters: a heap of [-priority, arrival, future of the upstream, the
-    upstream its last attempt failed on (if a retry), its request]."""
-
-    __slots__ = ("heap", "interval", "last")
-
-    def __init__(self, heap: list[list[object]]) -> None:
-        self.heap = heap
-        # Seconds between two completions while requests waited (an EWMA), once observed.
-        self.interval: float | None = None
-        self.last: float | None = None  # the last completion while requests waited
-
-    def completed(self, now: float) -> None:
-        """A slot freed while requests waited: one more sample of the service rate. The
-        first after an idle spell only starts the clock (the gap says nothing of speed)."""
-        if self.last is not None:
-            gap = now - self.last
-            previous = self.interval
-            self.interval = gap if previous is None else previous + _SMOOTHING * (gap - previous)
-        self.last = now
-
-    def retry_after(self, position: int) -> int:
-        """Seconds until `position` (1 for the head) requests ahead have been served."""
-        interval = 1.0 if self.interval is None else self.interval
-        return max(1, math.ceil(position * interval))
 
 
 class Admission:
@@ -82,14 +54,22 @@ class Admission:
         self.metrics = metrics
         self.tiers = tiers
         self.clock = clock
-        self.queues = {model: _Queue(heap) for model, heap in pool.waiting.items()}
-        self.waiting = 0  # in all queues: while 0, a release is a decrement
+        self.tally = Tally()
+        self.queues = {
+            model: WaitQueue(heap, pool.by_model[model], pool.prefix.get(model), self.tally)
+            for model, heap in pool.waiting.items()
+        }
         self._arrivals = itertools.count()
         self.leases: Leases | None = None  # set by `start`: slots shared with other replicas
         self.poll_seconds = config.poll_seconds
         self._polls: dict[str, asyncio.Task[None]] = {}  # by model, while requests wait
         for upstream in pool.upstreams:
             upstream.freed = self.freed
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting in all queues."""
+        return self.tally.count
 
     def freed(self, upstream: Upstream) -> None:
         """`upstream` can take more (healthy again, more slots): to its models' waiters now,
@@ -119,7 +99,7 @@ class Admission:
         may have been given. Give the slot back with `release`."""
         if not picked.full and picked.circuit.state == HALF_OPEN:
             picked.circuit.abandon(True)
-        return await self._wait(ctx, str(ctx.model))
+        return await self._wait(ctx, str(ctx.model), picked)
 
     def release(self, ctx: RequestContext, upstream: Upstream) -> None:
         upstream.in_flight -= 1
@@ -137,53 +117,46 @@ class Admission:
             self.leases.give_back(upstream, ctx.lease)
             ctx.lease = None
 
-    def _hand_off(self, model: str, queue: _Queue) -> None:
-        """Free slots of `model`'s usable upstreams to the head of its queue."""
-        while (head := self._head(queue)) is not None:
-            try:
-                upstream = self.pool.pick(model, avoid=head[3])  # type: ignore[arg-type]
-            except GatewayError:  # none usable: the waiters wait on, or time out
+    def _hand_off(self, model: str, queue: WaitQueue) -> None:
+        """Free slots of `model`'s usable upstreams, the least busy first, to the first
+        waiters that may take them."""
+        while queue.head() is not None:
+            free = [u for u in self.pool.by_model[model] if u.usable and not u.full]
+            for upstream in sorted(free, key=load):
+                entry = queue.first_for(upstream)
+                if entry is not None:
+                    self.pool.claim(upstream)
+                    self._serve(queue, upstream, None, entry)
+                    break
+            else:
                 return
-            if upstream.full:
-                return
-            self._serve(queue, upstream, None)
 
-    def _hand_lease(self, queue: _Queue, upstream: Upstream, ctx: RequestContext) -> bool:
-        """The lease `ctx` is done with to the head of `queue`, if it may go to `upstream`
-        and this replica is within its share of it while other replicas wait."""
+    def _hand_lease(self, queue: WaitQueue, upstream: Upstream, ctx: RequestContext) -> bool:
+        """The lease `ctx` is done with to the first waiter of `queue` that may take
+        `upstream`, if this replica is within its share of it while other replicas wait."""
         assert self.leases is not None
-        head = self._head(queue)
-        if head is None or head[3] is upstream or not upstream.usable or upstream.full:
+        if not upstream.usable or upstream.full:
             return False
         if upstream.in_flight >= self.leases.share(upstream):
             return False
-        self._serve(queue, upstream, ctx.lease)
+        entry = queue.first_for(upstream)
+        if entry is None:
+            return False
+        self._serve(queue, upstream, ctx.lease, entry)
         ctx.lease = None
         return True
 
-    def _head(self, queue: _Queue) -> list[object] | None:
-        while queue.heap:
-            head = queue.heap[0]
-            future = head[2]
-            assert isinstance(future, asyncio.Future)
-            if not future.done():
-                return head
-            # Its client left (cancelling its task cancels the future it awaits) and its
-            # clean-up has not run yet: it leaves the queue here, and takes no slot.
-            heapq.heappop(queue.heap)
-            self.waiting -= 1
-        return None
-
-    def _serve(self, queue: _Queue, upstream: Upstream, lease: str | None) -> None:
-        """The head of `queue` goes to `upstream`, with `lease` if the slot is shared."""
-        head = heapq.heappop(queue.heap)
-        self.waiting -= 1
+    def _serve(self, queue: WaitQueue, upstream: Upstream, lease: str | None, entry: Entry) -> None:
+        """`entry` leaves `queue` for `upstream`, with `lease` if the slot is shared."""
+        queue.take(entry)
         upstream.in_flight += 1
-        waiter = cast(RequestContext, head[4])
+        waiter = cast(RequestContext, entry[4])
         waiter.lease = lease
-        head[2].set_result(upstream)  # type: ignore[attr-defined]
+        if entry[5] not in (None, upstream) and waiter.prefix is not None:
+            waiter.prefix.route = LOAD  # it waited for another upstream, then took this one
+        entry[2].set_result(upstream)  # type: ignore[attr-defined]
 
-    async def _poll(self, model: str, queue: _Queue) -> None:
+    async def _poll(self, model: str, queue: WaitQueue) -> None:
         """While `model`'s requests wait, ask Redis for slots other replicas freed."""
         try:
             while queue.heap:
@@ -197,15 +170,16 @@ class Admission:
         finally:
             del self._polls[model]  # no await since the queue was found empty
 
-    async def _poll_once(self, model: str, queue: _Queue) -> bool:
+    async def _poll_once(self, model: str, queue: WaitQueue) -> bool:
         assert self.leases is not None
-        head = self._head(queue)
-        if head is None:
+        if queue.head() is None:
             return False
-        candidates = [u for u in self.pool.by_model[model] if u.usable and u is not head[3]]
+        candidates = [u for u in self.pool.by_model[model] if u.usable]
         for upstream in sorted(candidates, key=lambda u: u.in_flight):
             if upstream.full:  # taken by this replica: others may wait for its share
                 await self.leases.peek(upstream)
+                continue
+            if queue.first_for(upstream) is None:
                 continue
             upstream.in_flight += 1
             try:
@@ -214,12 +188,12 @@ class Admission:
                 upstream.in_flight -= 1
             if not admitted:
                 continue
-            head = self._head(queue)  # who is first now: it may have left meanwhile
-            if head is None or head[3] is upstream or upstream.full:
+            entry = queue.first_for(upstream)  # it may have left meanwhile
+            if entry is None or upstream.full:
                 if lease is not None:
                     self.leases.give_back(upstream, lease)
                 return False
-            self._serve(queue, upstream, lease)
+            self._serve(queue, upstream, lease, entry)
             return True
         return False
 
@@ -230,7 +204,7 @@ class Admission:
         if self.leases is not None:
             await self.leases.close()
 
-    async def _wait(self, ctx: RequestContext, model: str) -> Upstream:
+    async def _wait(self, ctx: RequestContext, model: str, picked: Upstream) -> Upstream:
         queue = self.queues[model]
         tier = self.tiers().get(ctx.tier or "", _DEFAULT_TIER)
         if len(queue.heap) >= self.max_queue:
@@ -238,9 +212,12 @@ class Admission:
         future: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
         # A retry waits for another upstream than the one its last attempt failed on.
         failed = next((u for u in self.pool.by_model[model] if u.url == ctx.upstream), None)
-        entry: list[object] = [-tier.priority, next(self._arrivals), future, failed, ctx]
-        heapq.heappush(queue.heap, entry)
-        self.waiting += 1
+        entry: Entry = [-tier.priority, next(self._arrivals), future, failed, ctx, None]
+        # Its prompt cached on `picked`: it waits for a slot of that one (`gateway.waitqueue`).
+        preferred = picked if picked is not failed and _cached_on(ctx, picked) else None
+        queue.push(entry, preferred)
+        if self.leases is None:  # a slot may be free: others wait for another upstream's
+            self._hand_off(model, queue)
         if self.leases is not None and model not in self._polls:
             self._polls[model] = asyncio.create_task(
                 self._poll(model, queue), name="admission.poll"
@@ -253,29 +230,24 @@ class Admission:
             if _served(future):  # the slot came as the time ran out: it is taken
                 return future.result()
             position = sum(1 for e in queue.heap if e < entry) + 1
-            self._leave(queue, entry, future)
+            queue.leave(entry)
             message = f"waited {tier.max_queue_seconds:g} s for a slot"
             raise _busy(model, queue.retry_after(position), message) from None
         except BaseException:  # the client hung up: its place, or its slot, goes to another
             if _served(future):
                 self.release(ctx, future.result())
             else:
-                self._leave(queue, entry, future)
+                queue.leave(entry)
             raise
         finally:
             ctx.queued_seconds = waited = self.clock() - started
             label = ctx.tier if ctx.tier in self.metrics.tiers else NONE
             self.metrics.queue_seconds.labels(model, label).observe(waited)
 
-    def _leave(self, queue: _Queue, entry: list[object], future: asyncio.Future[Upstream]) -> None:
-        """Out of the queue, unserved (timed out, or its client hung up)."""
-        future.cancel()
-        try:
-            queue.heap.remove(entry)
-        except ValueError:  # a hand-off found it cancelled and took it out already
-            return
-        heapq.heapify(queue.heap)
-        self.waiting -= 1
+
+def _cached_on(ctx: RequestContext, upstream: Upstream) -> bool:
+    """Was `upstream` chosen for where `ctx`'s prompt is cached (not by load)?"""
+    return ctx.prefix is not None and ctx.prefix.route != LOAD and upstream.prefixes is not None
 
 
 def _served(future: asyncio.Future[Upstream]) -> bool:

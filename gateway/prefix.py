@@ -13,9 +13,14 @@ With no match, the first block's stable name (`anchor`, the same in every gatewa
 ranks the upstreams by rendezvous hashing: a new conversation goes to its first-ranked
 upstream when that one is as lightly loaded as any, and a later turn that this replica has
 no record of (another replica served the earlier ones) goes there too, so replicas agree
-without talking to each other in the common case. Whatever the preference, the load guard
-(`choose`) routes by load when the preferred upstream is full and another is not, or is
-much busier than the least busy one.
+without talking to each other in the common case. A local record that stops short of the
+conversation's last answer means another replica served the latest turn: the anchor is the
+better guess then too.
+
+The load guard (`choose`) routes by load instead when the preferred upstream is much busier
+than the least busy one (counting the requests queued for it), and never leaves a request
+waiting for a busy upstream while another is idle. A request that does wait for its
+preferred upstream's slot keeps that preference in the admission queue (`may_take`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Routable(Protocol):
     """What `choose` reads of an upstream (`gateway.upstreams.Upstream`)."""
 
     in_flight: int
+    wanted: int  # requests waiting in the admission queue for a slot of this one
+    picks: int
     seed: int
     prefixes: PrefixIndex | None
 
@@ -72,6 +79,9 @@ class Prompt:
     chain: list[int]
     anchor: int  # the first block's name, the same in every process
     follow_up: bool  # it continues a conversation: some earlier turn may be cached
+    # Blocks before its last assistant message: what the server that answered the previous
+    # turn was sent (it holds that answer too). 0 for a first turn.
+    answered: int = 0
     route: str = LOAD  # how it was routed, once it was
 
 
@@ -134,12 +144,13 @@ def _chat(messages: list[Any], tools: object) -> Prompt | None:
     first = _dumps(tools) if tools else None
     if first is not None:
         chain.append(hash(first))
-    follow_up = False
+    answered = 0
     for message in messages:
         if not isinstance(message, dict):
             break
         role, content = message.get("role"), message.get("content")
-        follow_up = follow_up or role == "assistant"
+        if role == "assistant":
+            answered = len(chain)
         name = chain[-1] if chain else 0
         if isinstance(role, str) and isinstance(content, str) and len(message) <= 2:
             _chain(name, role, content, chain)
@@ -151,7 +162,7 @@ def _chat(messages: list[Any], tools: object) -> Prompt | None:
             first = block if first is None else first
     if first is None:
         return None
-    return Prompt(chain, stable_hash(first), follow_up)
+    return Prompt(chain, stable_hash(first), answered > 0, answered)
 
 
 def _chain(name: int, role: str | None, text: str, chain: list[int]) -> list[int]:
@@ -186,27 +197,45 @@ def choose(prompt: Prompt, candidates: Sequence[U], least: U, config: PrefixConf
     preferred, longest = least, 0
     for upstream in candidates:
         matched = upstream.prefixes.match(prompt.chain) if upstream.prefixes else 0
-        if matched > longest or (matched == longest and matched and _lighter(upstream, preferred)):
+        if matched > longest or (matched == longest and matched and lighter(upstream, preferred)):
             preferred, longest = upstream, matched
     prompt.route = MATCH
-    if not longest:
-        # A new conversation only where it costs nothing; a later turn as if matched.
-        ties = [u for u in candidates if prompt.follow_up or not _lighter(least, u)]
-        preferred = max(ties, key=lambda u: rank(prompt.anchor, u.seed))
-        prompt.route = ANCHOR
-    if preferred is least or not _much_busier(preferred, least, config):
+    if not longest or longest < prompt.answered:  # no record here of the latest turn
+        first = max(candidates, key=lambda u: rank(prompt.anchor, u.seed))
+        if prompt.follow_up:
+            preferred = first
+        else:  # a new conversation only where it costs nothing
+            ties = [u for u in candidates if load(u) <= load(least)]
+            preferred = max(ties, key=lambda u: rank(prompt.anchor, u.seed))
+        prompt.route = ANCHOR if preferred is first else LOAD
+    if preferred is least or not too_busy(preferred, least, config, preferred.wanted):
         return preferred
     prompt.route = LOAD
     return least
 
 
-def _lighter(upstream: Routable, other: Routable) -> bool:
-    full = upstream.full
-    return not full if full != other.full else upstream.in_flight < other.in_flight
+def may_take(preferred: Routable, other: Routable, config: PrefixConfig) -> bool:
+    """May a request queued for `preferred`'s slot take one of `other`'s instead?"""
+    return too_busy(preferred, other, config, preferred.wanted - 1)
 
 
-def _much_busier(upstream: Routable, least: Routable, config: PrefixConfig) -> bool:
-    if upstream.full and not least.full:  # never wait for a slot while another has one
+def load(upstream: Routable) -> tuple[bool, int]:
+    """How busy `upstream` is: full (all its slots taken) above not, then by requests."""
+    return upstream.full, upstream.in_flight
+
+
+def lighter(upstream: Routable, other: Routable) -> bool:
+    """Is `upstream` a better pick than `other` by load: free before full, then fewer in
+    flight, then picked longer ago."""
+    mine, theirs = load(upstream), load(other)
+    return mine < theirs or (mine == theirs and upstream.picks < other.picks)
+
+
+def too_busy(preferred: Routable, least: Routable, config: PrefixConfig, queued: int) -> bool:
+    """Is `preferred` much busier than `least`, counting `queued`, the requests waiting
+    for its slots before this one? A request never waits for a slot of `preferred` while
+    `least` is idle."""
+    if preferred.full and least.in_flight == 0:
         return True
-    busy, idle = upstream.in_flight, least.in_flight
+    busy, idle = preferred.in_flight + queued, least.in_flight
     return busy - idle > config.imbalance_requests and busy > idle * config.imbalance_ratio

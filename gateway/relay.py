@@ -186,8 +186,6 @@ class Relay:
         payload = upstream_payload(ctx)
         prompt = ctx.prefix = self.pool.prompt(ctx.model, ctx.endpoint, ctx.body or {})
         upstream = self.pool.pick(ctx.model, prompt=prompt)
-        if prompt is not None:
-            self.routes[ctx.model, prompt.route].inc()
         started = time.perf_counter()
         try:
             try:
@@ -215,6 +213,8 @@ class Relay:
             upstream = await self.admission.lease(ctx, upstream)
         if ctx.prefix is not None and upstream.prefixes is not None:
             upstream.prefixes.add(ctx.prefix.chain)
+            if not ctx.attempts:  # how it was routed, once it has its slot
+                self.routes[str(ctx.model), ctx.prefix.route].inc()
         try:
             return await self.caller.attempt(ctx, chain, upstream, payload)
         finally:

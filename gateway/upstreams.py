@@ -18,7 +18,15 @@ from gateway.config import GatewayConfig
 from gateway.endpoints import ENDPOINTS
 from gateway.errors import upstream_unavailable
 from gateway.identity import MODELS_PATH, PROPS_PATH, model_identity
-from gateway.prefix import PrefixConfig, PrefixIndex, Prompt, choose, prompt_of, stable_hash
+from gateway.prefix import (
+    PrefixConfig,
+    PrefixIndex,
+    Prompt,
+    choose,
+    lighter,
+    prompt_of,
+    stable_hash,
+)
 from gateway.resilience import BreakerConfig
 
 log = logging.getLogger("gateway.upstreams")
@@ -46,6 +54,8 @@ class Upstream:
     models: list[str] = field(default_factory=list)
     # Rotates ties between equally loaded upstreams.
     picks: int = 0
+    # Requests in the admission queue waiting for a slot of this one (`gateway.prefix`).
+    wanted: int = 0
     # Told when it can take more requests (healthy again, more slots): `gateway.admission`
     # then hands it to requests waiting for a slot.
     freed: Callable[[Upstream], None] | None = None
@@ -176,29 +186,30 @@ class Pool:
         candidates = self.by_model.get(model)
         if candidates is None:
             raise model_not_found(model)
-        best: Upstream | None = None
-        for upstream in candidates:
-            if (
-                upstream is not avoid
-                and upstream.usable
-                and (best is None or _lighter(upstream, best))
-            ):
-                best = upstream
-        if best is None and avoid is not None and avoid.usable:
-            best = avoid
-        if best is None:
+        usable = [u for u in candidates if u is not avoid and u.usable]
+        if not usable and avoid is not None and avoid.usable:
+            usable = [avoid]
+        if not usable:
             states = ", ".join(f"{u.url} {u.describe()}" for u in candidates)
             raise upstream_unavailable(
                 f"No upstream for model '{model}' is ready ({states}); retry in a few seconds."
             )
+        best = usable[0]
+        for upstream in usable:
+            if lighter(upstream, best):
+                best = upstream
         if prompt is not None and model in self.prefix:
-            usable = [u for u in candidates if u is not avoid and u.usable] or [best]
             best = choose(prompt, usable, best, self.prefix[model])
         if not best.full:
-            best.picks = next(self._counter)
-            if best.circuit.state != CLOSED:
-                best.circuit.take()
+            self.claim(best)
         return best
+
+    def claim(self, upstream: Upstream) -> None:
+        """`upstream` is given a request now: the next tie goes to another, and a half-open
+        circuit gives it its one trial."""
+        upstream.picks = next(self._counter)
+        if upstream.circuit.state != CLOSED:
+            upstream.circuit.take()
 
     def vocab(self, model: str) -> int | None:
         """The smallest vocabulary any upstream of `model` has (they serve one model)."""
@@ -226,14 +237,3 @@ class Pool:
 
     def ready(self) -> dict[str, bool]:
         return {model: any(u.state == HEALTHY for u in ups) for model, ups in self.by_model.items()}
-
-
-def _lighter(upstream: Upstream, best: Upstream) -> bool:
-    """Is `upstream` a better pick than `best`: free before full, then fewer in flight,
-    then picked longer ago."""
-    full = upstream.full
-    if full != best.full:
-        return not full
-    return upstream.in_flight < best.in_flight or (
-        upstream.in_flight == best.in_flight and upstream.picks < best.picks
-    )

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.admission import _Queue
 from gateway.app import STATE, create_app
 from gateway.upstreams import LOADING
+from gateway.waitqueue import WaitQueue
 from tests.support.auth import sha256
 from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
@@ -178,7 +178,7 @@ async def test_failover_takes_a_slot_on_the_other_replica(
 
 
 def test_retry_after_follows_the_observed_service_rate() -> None:
-    queue = _Queue([])
+    queue = WaitQueue([])
     assert queue.retry_after(3) == 3  # nothing observed yet: a second per place
     queue.completed(100.0)  # after an idle spell: starts the clock only
     for i in range(1, 30):

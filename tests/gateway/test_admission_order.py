@@ -25,7 +25,7 @@ URL = "http://127.0.0.1:9"
 
 def context(tier: str) -> RequestContext:
     fields = {"tier": tier, "model": "fake", "upstream": None, "queued_seconds": None}
-    fields["lease"] = None
+    fields["lease"] = fields["prefix"] = None
     return cast(RequestContext, SimpleNamespace(**fields))
 
 

@@ -1,6 +1,6 @@
 """gateway.prefix on its own: block names mean equal prefixes, the index stays bounded,
 rendezvous hashing is the same in every process and moves little when upstreams change,
-and the load guard's rule."""
+the load guard's rule, and a record that misses the latest turn."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def test_what_the_blocks_are_made_of() -> None:
     later = prompt_of(CHAT, chat(system, {"role": "assistant", "content": "a"}))
     assert later is not None
     assert later.follow_up
+    assert later.answered == 3  # the system prompt's three blocks come before the answer
     text = prompt_of(COMPLETIONS, {"prompt": "p" * (3 * BLOCK_CHARS)})
     assert text is not None
     assert len(text.chain) == 3
@@ -130,6 +131,8 @@ def test_rendezvous_spreads_evenly_and_moves_only_the_removed_upstreams_share() 
 class Up:
     in_flight: int = 0
     limit: int = 0
+    wanted: int = 0
+    picks: int = 0
     seed: int = 0
     prefixes: PrefixIndex | None = field(default_factory=lambda: PrefixIndex(100))
 
@@ -149,8 +152,9 @@ def test_the_load_guard() -> None:
         (1, 0, 0, MATCH),  # one more in flight: the cache is worth it
         (2, 1, 0, MATCH),  # not 1.5 times as busy
         (2, 0, 0, LOAD),  # two more than an idle one
-        (1, 0, 1, LOAD),  # full, and the other has a free slot
+        (1, 0, 1, LOAD),  # full, and the other is idle
         (1, 1, 1, MATCH),  # both full: wait where the prefix is
+        (2, 1, 2, MATCH),  # full, the other busy but for a slot: wait for the cache
     ]:
         home.in_flight, other.in_flight, home.limit, other.limit = busy, idle, limit, limit
         least = other if (other.full, other.in_flight) < (home.full, home.in_flight) else home
@@ -165,3 +169,48 @@ def test_the_load_guard() -> None:
     top.in_flight = 1  # a new conversation goes to its anchor only if that costs nothing
     rest = other if top is home else home
     assert choose(fresh, [home, other], rest, config) is rest
+
+
+def conversation(turns: int) -> list[dict[str, Any]]:
+    """A conversation's messages as its turn `turns` sends them."""
+    messages = [{"role": "system", "content": "the system prompt"}]
+    for turn in range(turns):
+        if turn:
+            messages.append({"role": "assistant", "content": f"answer {turn}"})
+        messages.append({"role": "user", "content": f"question {turn}"})
+    return messages
+
+
+def test_a_record_that_stops_short_of_the_last_answer_defers_to_the_anchor() -> None:
+    """Another gateway replica served the latest turn, most likely where the anchor points:
+    this replica's older record of the conversation is not followed."""
+    config = PrefixConfig()
+    turn1, turn2, turn3 = (prompt_of(CHAT, chat(*conversation(n))) for n in (1, 2, 3))
+    assert turn1 is not None
+    assert turn2 is not None
+    assert turn3 is not None
+    a, b = Up(seed=1), Up(seed=2)
+    first = max((a, b), key=lambda u: rank(turn1.anchor, u.seed))
+    other = b if first is a else a
+    assert other.prefixes is not None
+    other.prefixes.add(turn1.chain)  # this replica sent turn 1 there (by load, say)
+    assert choose(turn2, [a, b], a, config) is other  # it answered turn 1: its cache has it
+    assert turn2.route == MATCH
+    assert choose(turn3, [a, b], a, config) is first  # turn 2 was served elsewhere
+    assert turn3.route == ANCHOR
+    other.prefixes.add(turn3.chain)
+    assert choose(turn3, [a, b], a, config) is other
+    assert turn3.route == MATCH
+
+
+def test_the_requests_queued_for_an_upstream_count_as_its_load() -> None:
+    config = PrefixConfig()
+    prompt = prompt_of(CHAT, chat(*conversation(2)))
+    assert prompt is not None
+    home, other = Up(seed=1, limit=2, in_flight=2), Up(seed=2, limit=2, in_flight=1)
+    assert home.prefixes is not None
+    home.prefixes.add(prompt.chain)
+    assert choose(prompt, [home, other], other, config) is home  # it waits for home's slot
+    home.wanted = 1  # one waits already: three against one
+    assert choose(prompt, [home, other], other, config) is other
+    assert prompt.route == LOAD

@@ -134,14 +134,28 @@ async def test_least_in_flight_scatters_the_same_conversations(
     assert sum(len(set(p)) > 1 for p in placements) >= 4, placements
 
 
-async def test_the_load_guard_takes_the_free_upstream_over_a_full_one(
-    aiohttp_client: Any, aiohttp_server: Any
-) -> None:
+async def first_turn(
+    aiohttp_client: Any, aiohttp_server: Any, slots: int
+) -> tuple[list[FakeLlama], TestClient[Any, Any], list[dict[str, str]], int]:
+    """A gateway in front of two fakes of `slots` each, conversation 0's first turn sent:
+    the fakes, the gateway, the second turn's messages, the fake that got the first."""
     fakes, urls = await start_fakes(aiohttp_server, 2)
-    client = await gateway(aiohttp_client, urls, slots=1)
+    client = await gateway(aiohttp_client, urls, slots=slots)
     first, second = turns(0, 2)
     await chat(client, first)
     [home] = served_by(fakes, 0)
+    return fakes, client, second, home
+
+
+async def routed_by_load(client: TestClient[Any, Any]) -> float:
+    samples = await scrape(client)
+    return value(samples, "llama_gateway_prefix_routes_total", model="fake", route="load")
+
+
+async def test_the_load_guard_takes_the_free_upstream_over_a_full_one(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    fakes, client, second, home = await first_turn(aiohttp_client, aiohttp_server, slots=1)
     # Turn 2 of the same conversation, held in flight on its upstream: that slot is taken.
     held = asyncio.create_task(chat(client, second, fake={"first_byte_delay": 0.5}))
     await eventually(lambda: fakes[home].in_flight)
@@ -149,8 +163,38 @@ async def test_the_load_guard_takes_the_free_upstream_over_a_full_one(
     await held
     # Turn 1 and the held turn 2 at home, the second turn 2 on the other.
     assert [len(fakes[home].requests), len(fakes[1 - home].requests)] == [2, 1]
-    samples = await scrape(client)
-    assert value(samples, "llama_gateway_prefix_routes_total", model="fake", route="load") == 1
+    assert await routed_by_load(client) == 1
+
+
+@pytest.mark.parametrize(
+    ("home_seconds", "other_seconds", "moved"),
+    [(0.6, 2.0, False), (2.0, 0.3, True)],
+    ids=["waits-for-its-cache", "takes-the-other-once-idle"],
+)
+async def test_a_turn_queued_for_its_full_upstream_waits_there_unless_another_goes_idle(
+    aiohttp_client: Any,
+    aiohttp_server: Any,
+    home_seconds: float,
+    other_seconds: float,
+    moved: bool,
+) -> None:
+    fakes, client, second, home = await first_turn(aiohttp_client, aiohttp_server, slots=2)
+    seeds = [u.seed for u in client.app[STATE].pool.by_model["fake"]]
+    # Later turns new to this replica go where their anchor points: two held at home, one
+    # on the other upstream, which keeps a free slot.
+    anchored = [(c, _top(turns(c, 1)[0], seeds)) for c in range(1, 200)]
+    at_home = [c for c, top in anchored if top == home]
+    holders = [*at_home[:2], next(c for c, top in anchored if top != home)]
+    delays = [home_seconds, home_seconds, other_seconds]
+    held = [
+        asyncio.create_task(chat(client, turns(c, 2)[1], fake={"first_byte_delay": d}))
+        for c, d in zip(holders, delays, strict=True)
+    ]
+    await eventually(lambda: [fakes[home].in_flight, fakes[1 - home].in_flight] == [2, 1])
+    await chat(client, second)
+    await asyncio.gather(*held)
+    assert served_by(fakes, 0) == [home, 1 - home if moved else home]
+    assert await routed_by_load(client) == (1 if moved else 0)
 
 
 async def test_a_dead_preferred_upstream_is_failed_over(

@@ -2,7 +2,8 @@
 overcommit, `Upstream.limit`); the rest wait in a queue per model, ordered by the caller's
 tier `priority` (higher first), then by arrival, instead of in llama-server's own FIFO.
 
-A freed slot goes straight to the head of the queue: the request that frees it takes the
+A freed slot goes straight to the first waiter that may take it (the head, unless that one
+waits for another upstream: `gateway.waitqueue`): the request that frees it takes the
 waiter's slot for it (`release`), so no newcomer can slip in between. A newcomer joins the
 queue while anyone waits, even if it sees a free slot. Past `max_queue` waiters, or past its
 tier's `max_queue_seconds`, a request is answered 503 `server_busy`, with a `Retry-After`
@@ -218,7 +219,7 @@ class Admission:
         queue.push(entry, preferred)
         if self.leases is None:  # a slot may be free: others wait for another upstream's
             self._hand_off(model, queue)
-        if self.leases is not None and model not in self._polls:
+        elif model not in self._polls:
             self._polls[model] = asyncio.create_task(
                 self._poll(model, queue), name="admission.poll"
             )

@@ -65,14 +65,11 @@ class PolicySource:
     def load(self) -> PolicyDocument:
         """Read and validate the document (the file again, when there is one), its
         variants against the configured models."""
-        if self.path is None:
-            raw = {k: v for k, v in dict(self.config).items() if k in SECTIONS and v is not None}
-        else:
-            raw = read_yaml(self.path)
-            if not self.config.policy_file:  # inline: only the policy sections
-                raw = {k: raw[k] for k in SECTIONS if raw.get(k) is not None}
-            elif not raw:  # a policy file caught while it is written reads as empty
-                raise ConfigError(self.name, [EMPTY])
+        raw = dict(self.config) if self.path is None else read_yaml(self.path)
+        if not self.config.policy_file:  # inline: only the policy sections
+            raw = {k: raw[k] for k in SECTIONS if raw.get(k) is not None}
+        elif not raw:  # a policy file caught while it is written reads as empty
+            raise ConfigError(self.name, [EMPTY])
         document = parse_document(raw, self.name)
         found = problems(document.variants, self.config.models)
         if found:

@@ -54,7 +54,8 @@ class Upstream:
     models: list[str] = field(default_factory=list)
     # Rotates ties between equally loaded upstreams.
     picks: int = 0
-    # Requests in the admission queue waiting for a slot of this one (`gateway.prefix`).
+    # Requests in the admission queue waiting for a slot of this one (`gateway.waitqueue`),
+    # counted as its load by `gateway.prefix`.
     wanted: int = 0
     # Told when it can take more requests (healthy again, more slots): `gateway.admission`
     # then hands it to requests waiting for a slot.

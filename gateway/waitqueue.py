@@ -32,7 +32,7 @@ class Tally:
 
 
 class WaitQueue:
-    __slots__ = ("heap", "interval", "last", "preferring", "prefix", "tally", "upstreams")
+    __slots__ = ("heap", "interval", "last", "prefix", "tally", "upstreams")
 
     def __init__(
         self,
@@ -45,7 +45,6 @@ class WaitQueue:
         self.upstreams = upstreams or []  # the model's
         self.prefix = prefix  # the model's prefix routing, if it has it
         self.tally = tally or Tally()
-        self.preferring = 0  # entries waiting for one upstream
         # Seconds between two completions while requests waited (an EWMA), once observed.
         self.interval: float | None = None
         self.last: float | None = None  # the last completion while requests waited
@@ -70,7 +69,6 @@ class WaitQueue:
         if preferred is not None:
             entry[5] = preferred
             preferred.wanted += 1
-            self.preferring += 1
 
     def head(self) -> Entry | None:
         """The first entry still waiting."""
@@ -134,4 +132,3 @@ class WaitQueue:
         preferred = entry[5]
         if isinstance(preferred, Upstream):
             preferred.wanted -= 1
-            self.preferring -= 1

@@ -221,7 +221,9 @@ async def failover_run(args: argparse.Namespace, health: float) -> None:
                 killed_at.append(time.perf_counter())
                 return await watch(victim, killed_at[0])
 
-            *_, (opened, down) = await asyncio.gather(*(worker() for _ in range(6)), kill())
+            watched = asyncio.create_task(kill())
+            await asyncio.gather(*(worker() for _ in range(6)))
+            opened, down = await watched
     finally:
         await runner.cleanup()
         for proc in procs:

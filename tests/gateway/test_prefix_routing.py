@@ -5,9 +5,13 @@ upstream is busy; least_in_flight, the control, scatters the same turns."""
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
 from aiohttp.test_utils import TestClient
 
 from gateway.app import STATE, create_app
@@ -15,7 +19,9 @@ from gateway.prefix import prompt_of, rank
 from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
+from tests.support.rate_limits import SHARED_REDIS
 from tests.support.replicas import DEAD, start_fakes
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 
 SYSTEM = "You are the assistant of conversation {}. " + "Context words. " * 200
@@ -220,3 +226,72 @@ async def test_embeddings_and_unroutable_bodies_are_routed_by_load(
     assert [len(f.requests) for f in fakes] == [2, 2]
     samples = await scrape(client)
     assert value(samples, "llama_gateway_prefix_routes_total", model="fake", route="anchor") == 0
+
+
+async def test_a_turn_waiting_for_a_slot_another_replica_leased_is_served_when_redis_goes(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Leases in Redis (`admission.across_replicas`): a turn waits for the slot of its
+    upstream that the other replica holds; Redis cut mid-wait, the replica falls back on
+    its own bound and serves the turn there, its cache, at once (not after its wait runs
+    out, not elsewhere, not an error); Redis back, leases are taken again."""
+    proxy = TcpProxy("127.0.0.1", 6379)
+    await proxy.start()
+    key_prefix = f"test-prefix-{secrets.token_hex(4)}:"
+    # Leases b cannot give back while Redis is cut run out after lease_seconds.
+    admission = {"key_prefix": key_prefix, "lease_seconds": 1.0}
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    a, b = [
+        await gateway(
+            aiohttp_client,
+            urls,
+            slots=1,
+            sections={
+                "upstream": {"admission": admission},
+                "storage": {"redis_url": f"redis://127.0.0.1:{proxy.port}/0", "data_dir": str(d)},
+            },
+        )
+        for d in (tmp_path / "a", tmp_path / "b")
+    ]
+    store = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        first, second, third = turns(0, 3)
+        await chat(a, first)
+        [home] = served_by(fakes, 0)
+        # Replica b holds both upstreams' slots: conversations anchored on each.
+        seeds = [u.seed for u in b.app[STATE].pool.by_model["fake"]]
+        anchored = [(c, _top(turns(c, 1)[0], seeds)) for c in range(1, 200)]
+        holders = [next(c for c, top in anchored if top == index) for index in (home, 1 - home)]
+        held = [
+            asyncio.create_task(chat(b, turns(c, 1)[0], fake={"first_byte_delay": 3.0}))
+            for c in holders
+        ]
+        await eventually(lambda: [f.in_flight for f in fakes] == [1, 1])
+        waiting = asyncio.create_task(chat(a, second))
+        await eventually(lambda: len(a.app[STATE].pool.waiting["fake"]) == 1)
+        await asyncio.sleep(0.2)  # it waits: b holds the slots
+        assert not waiting.done()
+        await proxy.close()
+        started = time.monotonic()
+        await waiting
+        assert time.monotonic() - started < 2.0  # before b's holders end
+        assert served_by(fakes, 0) == [home, home]
+        samples = await scrape(a)
+        errors = value(
+            samples,
+            "llama_gateway_dependency_errors_total",
+            dependency="redis",
+            action="local_bound",
+        )
+        assert errors >= 1
+        await asyncio.gather(*held)
+        await proxy.start()
+        running = asyncio.create_task(chat(a, third, fake={"first_byte_delay": 0.5}))
+        leases = f"{key_prefix}upstream:{{{urls[home]}}}:leases"
+        await eventually(lambda: fakes[home].in_flight == 1)
+        assert await store.zcard(leases) == 1  # its lease, taken in Redis again
+        await running
+        assert served_by(fakes, 0) == [home, home, home]
+    finally:
+        await store.aclose()
+        await proxy.close()

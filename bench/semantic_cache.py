@@ -30,12 +30,13 @@ from typing import Any
 
 import aiohttp
 
-from gateway.config import GatewayConfig, ModelConfig, StorageConfig
+from gateway.config import GatewayConfig, ModelConfig
 from gateway.local import EMBED_MODEL, free_port, model_file, running_servers, server_args
 from gateway.policy import PolicyEnv
 from gateway.probe import probe
 from gateway.redis_client import RedisClient
 from gateway.resources import Resources
+from gateway.storage import StorageConfig
 from gateway.upstreams import Pool
 from policies.cache.semantic import SemanticIndex, SemanticSettings, Vector
 

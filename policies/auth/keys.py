@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import aiosqlite
 import asyncpg
 
-from gateway.config import postgres_url
 from gateway.credentials import hash_secret
 from gateway.db import (
     Migration,
@@ -31,6 +30,7 @@ from gateway.db import (
     open_postgres_pool,
     open_sqlite,
 )
+from gateway.storage import postgres_url
 from policies.auth.text import sanitised
 
 PREFIX = "sk-gw_"

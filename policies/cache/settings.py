@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from gateway.config import redis_url
 from gateway.policy import PolicySettings
+from gateway.storage import redis_url
 from policies.cache.semantic_settings import SemanticSettings
 
 Scope = Literal["user", "tier", "global"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from gateway.config import StorageConfig
 from gateway.redis_cluster import open_client as open_redis
 from gateway.redis_scripts import Backend, Client, Script, Unavailable
+from gateway.storage import StorageConfig
 from policies.rate_limit.embedded import Embedded
 
 __all__ = ["ADMIT", "SETTLE", "TOUCH", "Backend", "Unavailable", "backend", "open_client"]

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import CONFIG_ENV, StorageConfig
+from gateway.config import CONFIG_ENV
 from gateway.private import open_private, private_dir
+from gateway.storage import StorageConfig
 
 
 @pytest.fixture(autouse=True)

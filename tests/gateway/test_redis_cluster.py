@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import StorageConfig
 from gateway.redis_client import ReplyError, Unreachable
 from gateway.redis_cluster import ClusterClient, cluster_seeds, key_slot
+from gateway.storage import StorageConfig
 from policies.rate_limit.store import ADMIT
 from tests.support.redis_cluster import Cluster, Node
 

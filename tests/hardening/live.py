@@ -28,9 +28,10 @@ from aiohttp import web
 
 from gateway.access import AccessLog
 from gateway.app import STATE, create_app
-from gateway.config import StorageConfig, parse_config
+from gateway.config import parse_config
 from gateway.logs import setup_logging
 from gateway.protocol import GatewayRunner
+from gateway.storage import StorageConfig
 from policies.auth.keys import open_store
 from tests.support.auth import sha256
 from tests.support.fake_llama import FakeLlama

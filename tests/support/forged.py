@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.config import StorageConfig
+from gateway.storage import StorageConfig
 from policies.auth.keys import open_store
 from tests.support.auth import auth_settings
 from tests.support.gateways import GatewayFactory

@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from gateway.config import GatewayConfig, ModelConfig, StorageConfig
+from gateway.config import GatewayConfig, ModelConfig
 from gateway.metrics import Metrics
 from gateway.policy import PolicyEnv
 from gateway.resources import Resources
+from gateway.storage import StorageConfig
 from gateway.upstreams import Pool
 from policies.cache.semantic import SemanticSettings, Vector
 

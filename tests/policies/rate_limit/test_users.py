@@ -11,7 +11,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.config import StorageConfig
+from gateway.storage import StorageConfig
 from policies.auth.keys import open_store
 from tests.support.auth import sha256
 from tests.support.gateways import GatewayFactory

@@ -30,7 +30,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.leases import Leases
 from gateway.metrics import NONE, Metrics
-from gateway.prefix import LOAD, load
+from gateway.prefix import ANCHOR, LOAD, MATCH, load
 from gateway.resilience import AdmissionConfig
 from gateway.tiers import Tier
 from gateway.upstreams import Pool, Upstream
@@ -247,8 +247,13 @@ class Admission:
 
 
 def _cached_on(ctx: RequestContext, upstream: Upstream) -> bool:
-    """Was `upstream` chosen for where `ctx`'s prompt is cached (not by load)?"""
-    return ctx.prefix is not None and ctx.prefix.route != LOAD and upstream.prefixes is not None
+    """Was `upstream` chosen for where part of `ctx`'s prompt is cached: it was sent that
+    part (a match), or it is the anchor of a conversation another replica served? Not a new
+    conversation placed on its anchor by a tie: nothing of it is cached there."""
+    prompt = ctx.prefix
+    if prompt is None or upstream.prefixes is None:
+        return False
+    return prompt.route == MATCH or (prompt.route == ANCHOR and prompt.follow_up)
 
 
 def _served(future: asyncio.Future[Upstream]) -> bool:

@@ -18,9 +18,10 @@ conversation's last answer means another replica served the latest turn: the anc
 better guess then too.
 
 The load guard (`choose`) routes by load instead when the preferred upstream is much busier
-than the least busy one (counting the requests queued for it), and never leaves a request
-waiting for a busy upstream while another is idle. A request that does wait for its
-preferred upstream's slot keeps that preference in the admission queue (`may_take`).
+than the least busy one (counting the requests queued for it), and, with `move_to_idle`,
+whenever it is full while another is idle. A request that does wait for its preferred
+upstream's slot keeps that preference in the admission queue (`may_take`): on a CPU,
+waiting for a slot where the prompt is cached costs less than evaluating it all again.
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ class PrefixConfig(PolicySettings):
     # Block names remembered per upstream (about 100 bytes each), least recently sent first out.
     max_blocks: int = Field(65536, ge=1)
     # Route by load instead when the upstream holding the prefix has more than this many
-    # requests in flight above the least busy one...
-    imbalance_requests: int = Field(1, ge=0)
+    # requests in flight or queued for it above the least busy one...
+    imbalance_requests: int = Field(4, ge=0)
     # ... and more than this many times as many.
     imbalance_ratio: float = Field(1.5, ge=1)
+    # Route by load whenever the preferred upstream is full while another has nothing in
+    # flight, whatever the thresholds. Off: such a request waits for its cache (on a CPU,
+    # evaluating a long prompt again costs more than waiting for a slot; bench/prefix_routing).
+    move_to_idle: bool = False
 
 
 class Routable(Protocol):
@@ -123,6 +128,13 @@ def stable_hash(data: bytes) -> int:
 
 def prompt_of(endpoint: str, body: dict[str, Any]) -> Prompt | None:
     """The prompt's blocks; None for endpoints with no prompt to cache, or nothing to go on."""
+    try:
+        return _prompt(endpoint, body)
+    except _Unnamed:
+        return None
+
+
+def _prompt(endpoint: str, body: dict[str, Any]) -> Prompt | None:
     if endpoint == CHAT_COMPLETIONS.name:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -176,11 +188,19 @@ def _chain(name: int, role: str | None, text: str, chain: list[int]) -> list[int
     return chain
 
 
+class _Unnamed(Exception):
+    """A prompt too deeply nested to name (orjson stops at 255 levels, repr at Python's
+    recursion limit): it is routed by load."""
+
+
 def _dumps(value: object) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # what orjson cannot write (an integer past 64 bits) is still named
-        return repr(value).encode()
+        try:
+            return repr(value).encode()
+        except RecursionError:
+            raise _Unnamed from None
 
 
 def rank(anchor: int, seed: int) -> int:
@@ -233,9 +253,9 @@ def lighter(upstream: Routable, other: Routable) -> bool:
 
 def too_busy(preferred: Routable, least: Routable, config: PrefixConfig, queued: int) -> bool:
     """Is `preferred` much busier than `least`, counting `queued`, the requests waiting
-    for its slots before this one? A request never waits for a slot of `preferred` while
-    `least` is idle."""
-    if preferred.full and least.in_flight == 0:
+    for its slots before this one? With `move_to_idle`, a request never waits for a slot of
+    `preferred` while `least` is idle."""
+    if config.move_to_idle and preferred.full and least.in_flight == 0:
         return True
     busy, idle = preferred.in_flight + queued, least.in_flight
     return busy - idle > config.imbalance_requests and busy > idle * config.imbalance_ratio

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -142,7 +143,7 @@ class Up:
 
 
 def test_the_load_guard() -> None:
-    config = PrefixConfig()
+    config = PrefixConfig(imbalance_requests=1, move_to_idle=True)
     prompt = prompt_of(CHAT, chat({"role": "user", "content": "q"}))
     assert prompt is not None
     home, other = Up(seed=1), Up(seed=2)
@@ -203,8 +204,27 @@ def test_a_record_that_stops_short_of_the_last_answer_defers_to_the_anchor() -> 
     assert turn3.route == MATCH
 
 
+def test_by_default_a_turn_waits_for_its_cache_unless_its_upstream_is_much_busier() -> None:
+    prompt = prompt_of(CHAT, chat({"role": "user", "content": "q"}))
+    assert prompt is not None
+    home, other = Up(seed=1), Up(seed=2)
+    assert home.prefixes is not None
+    home.prefixes.add(prompt.chain)
+    for busy, queued, idle, limit, route in [
+        (1, 0, 0, 1, MATCH),  # full while the other is idle: it waits for its cache
+        (2, 2, 0, 2, MATCH),  # four more than an idle one
+        (2, 3, 0, 2, LOAD),  # five more
+        (2, 3, 1, 2, MATCH),  # four more than one with a request
+        (2, 4, 1, 2, LOAD),  # five more, six times as many
+    ]:
+        home.in_flight, home.wanted, other.in_flight = busy, queued, idle
+        home.limit = other.limit = limit
+        picked = choose(prompt, [home, other], other, PrefixConfig())
+        assert (picked is home, prompt.route) == (route == MATCH, route), (busy, queued, idle)
+
+
 def test_the_requests_queued_for_an_upstream_count_as_its_load() -> None:
-    config = PrefixConfig()
+    config = PrefixConfig(imbalance_requests=1)
     prompt = prompt_of(CHAT, chat(*conversation(2)))
     assert prompt is not None
     home, other = Up(seed=1, limit=2, in_flight=2), Up(seed=2, limit=2, in_flight=1)
@@ -214,3 +234,19 @@ def test_the_requests_queued_for_an_upstream_count_as_its_load() -> None:
     home.wanted = 1  # one waits already: three against one
     assert choose(prompt, [home, other], other, config) is other
     assert prompt.route == LOAD
+
+
+def nested(depth: int) -> Any:
+    value: Any = "hi"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [1_000, 5_000])
+def test_a_prompt_nested_past_every_serialiser_s_limit_is_routed_by_load(depth: int) -> None:
+    assert prompt_of(CHAT, chat({"role": "user", "content": nested(depth)})) is None
+    assert prompt_of(COMPLETIONS, {"prompt": nested(depth)}) is None
+    # What orjson cannot write (past 255 levels, past 64 bits) but repr can is still named.
+    for prompt in (nested(300), [2**70]):
+        assert prompt_of(COMPLETIONS, {"prompt": prompt}) is not None

@@ -141,12 +141,13 @@ async def test_least_in_flight_scatters_the_same_conversations(
 
 
 async def first_turn(
-    aiohttp_client: Any, aiohttp_server: Any, slots: int
+    aiohttp_client: Any, aiohttp_server: Any, slots: int, move_to_idle: bool
 ) -> tuple[list[FakeLlama], TestClient[Any, Any], list[dict[str, str]], int]:
     """A gateway in front of two fakes of `slots` each, conversation 0's first turn sent:
     the fakes, the gateway, the second turn's messages, the fake that got the first."""
     fakes, urls = await start_fakes(aiohttp_server, 2)
-    client = await gateway(aiohttp_client, urls, slots=slots)
+    sections = {"upstream": {"prefix": {"move_to_idle": move_to_idle}}}
+    client = await gateway(aiohttp_client, urls, sections=sections, slots=slots)
     first, second = turns(0, 2)
     await chat(client, first)
     [home] = served_by(fakes, 0)
@@ -158,33 +159,41 @@ async def routed_by_load(client: TestClient[Any, Any]) -> float:
     return value(samples, "llama_gateway_prefix_routes_total", model="fake", route="load")
 
 
-async def test_the_load_guard_takes_the_free_upstream_over_a_full_one(
-    aiohttp_client: Any, aiohttp_server: Any
+@pytest.mark.parametrize("move_to_idle", [True, False])
+async def test_a_turn_for_a_full_upstream_while_the_other_is_idle(
+    aiohttp_client: Any, aiohttp_server: Any, move_to_idle: bool
 ) -> None:
-    fakes, client, second, home = await first_turn(aiohttp_client, aiohttp_server, slots=1)
+    """With `move_to_idle` it takes the idle upstream; by default it waits for its cache."""
+    fakes, client, second, home = await first_turn(
+        aiohttp_client, aiohttp_server, slots=1, move_to_idle=move_to_idle
+    )
     # Turn 2 of the same conversation, held in flight on its upstream: that slot is taken.
     held = asyncio.create_task(chat(client, second, fake={"first_byte_delay": 0.5}))
     await eventually(lambda: fakes[home].in_flight)
     await chat(client, second)  # again, while the other upstream is idle
     await held
-    # Turn 1 and the held turn 2 at home, the second turn 2 on the other.
-    assert [len(fakes[home].requests), len(fakes[1 - home].requests)] == [2, 1]
-    assert await routed_by_load(client) == 1
+    # Turn 1 and the held turn 2 at home; the second turn 2 on the other, or at home.
+    counts = [len(fakes[home].requests), len(fakes[1 - home].requests)]
+    assert counts == ([2, 1] if move_to_idle else [3, 0])
+    assert await routed_by_load(client) == int(move_to_idle)
 
 
 @pytest.mark.parametrize(
-    ("home_seconds", "other_seconds", "moved"),
-    [(0.6, 2.0, False), (2.0, 0.3, True)],
-    ids=["waits-for-its-cache", "takes-the-other-once-idle"],
+    ("home_seconds", "other_seconds", "move_to_idle", "moved"),
+    [(0.6, 2.0, True, False), (2.0, 0.3, True, True), (2.0, 0.3, False, False)],
+    ids=["waits-for-its-cache", "takes-the-other-once-idle", "waits-though-the-other-is-idle"],
 )
 async def test_a_turn_queued_for_its_full_upstream_waits_there_unless_another_goes_idle(
     aiohttp_client: Any,
     aiohttp_server: Any,
     home_seconds: float,
     other_seconds: float,
+    move_to_idle: bool,
     moved: bool,
 ) -> None:
-    fakes, client, second, home = await first_turn(aiohttp_client, aiohttp_server, slots=2)
+    fakes, client, second, home = await first_turn(
+        aiohttp_client, aiohttp_server, slots=2, move_to_idle=move_to_idle
+    )
     seeds = [u.seed for u in client.app[STATE].pool.by_model["fake"]]
     # Later turns new to this replica go where their anchor points: two held at home, one
     # on the other upstream, which keeps a free slot.
@@ -203,6 +212,30 @@ async def test_a_turn_queued_for_its_full_upstream_waits_there_unless_another_go
     assert await routed_by_load(client) == (1 if moved else 0)
 
 
+async def test_a_new_conversation_queued_on_its_anchor_takes_the_first_slot_freed(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """Placed on its anchor by a tie while both upstreams were full, nothing of it is
+    cached there: it does not wait for that one."""
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    client = await gateway(aiohttp_client, urls, slots=1)
+    seeds = [u.seed for u in client.app[STATE].pool.by_model["fake"]]
+    anchored = [(c, _top(turns(c, 1)[0], seeds)) for c in range(200)]
+    new, home = anchored[0]
+    holders = [next(c for c, top in anchored[1:] if top == i) for i in (home, 1 - home)]
+    delays = {home: 2.0, 1 - home: 0.2}
+    held = [
+        asyncio.create_task(chat(client, turns(c, 1)[0], fake={"first_byte_delay": delays[i]}))
+        for c, i in zip(holders, (home, 1 - home), strict=True)
+    ]
+    await eventually(lambda: [f.in_flight for f in fakes] == [1, 1])
+    started = time.monotonic()
+    await chat(client, turns(new, 1)[0])
+    assert time.monotonic() - started < 1.5  # not after home's holder
+    assert served_by(fakes, new) == [1 - home]
+    await asyncio.gather(*held)
+
+
 async def test_a_dead_preferred_upstream_is_failed_over(
     aiohttp_client: Any, aiohttp_server: Any
 ) -> None:
@@ -213,6 +246,24 @@ async def test_a_dead_preferred_upstream_is_failed_over(
         for messages in turns(conversation, 2):
             await chat(client, messages)
     assert len(fakes[0].requests) == 12
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v1/chat/completions", b'{"model":"fake","messages":[{"role":"user","content":%s}]}'),
+        ("/v1/completions", b'{"model":"fake","prompt":%s}'),
+    ],
+)
+async def test_a_prompt_nested_1000_deep_is_relayed_not_a_500(
+    aiohttp_client: Any, aiohttp_server: Any, path: str, template: bytes
+) -> None:
+    fakes, urls = await start_fakes(aiohttp_server, 2)
+    client = await gateway(aiohttp_client, urls)
+    body = template % (b"[" * 1_000 + b'"hi"' + b"]" * 1_000)
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 200, await resp.text()
+    assert sum(len(f.requests) for f in fakes) == 1
 
 
 async def test_embeddings_and_unroutable_bodies_are_routed_by_load(

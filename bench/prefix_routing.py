@@ -23,7 +23,8 @@ prompt_n)` as every answer reported them (its `timings`; on (a) also for the fol
 turns alone), the answers per second, and the share of prompt tokens each llama-server
 evaluated (its own `/metrics`: `llamacpp:prompt_tokens_total`) and was sent (the gateway's
 `llama_gateway_upstream_prompt_tokens_total`), the imbalance between them. `--set
-upstream.prefix.imbalance_requests=2` (repeatable) changes the gateways' configuration.
+upstream.prefix.imbalance_requests=2` (repeatable) changes the gateways' configuration;
+`--repeat N` runs each case N times (seeds from `--seed`) and prints the medians.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import asyncio
 import itertools
 import random
 import re
+import statistics
 import subprocess
 import time
 import uuid
@@ -196,20 +198,20 @@ async def evaluated(session: aiohttp.ClientSession, servers: list[str]) -> list[
     return counts
 
 
-async def one_run(strategy: str, gateways: int, args: Any) -> None:
+async def one_run(strategy: str, gateways: int, args: Any) -> dict[str, float]:
     # Fresh llama-servers for every run: nothing cached by the run before.
     ports = [free_port(), free_port()]
     procs = [start_server(port) for port in ports]
     servers = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        await measure(servers, strategy, gateways, args)
+        return await measure(servers, strategy, gateways, args)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=10)
 
 
-async def measure(servers: list[str], strategy: str, gateways: int, args: Any) -> None:
+async def measure(servers: list[str], strategy: str, gateways: int, args: Any) -> dict[str, float]:
     started = [
         await serving(gateway_config(servers, strategy, gateways, args)) for _ in range(gateways)
     ]
@@ -249,7 +251,7 @@ async def measure(servers: list[str], strategy: str, gateways: int, args: Any) -
     finally:
         for runner, _, _ in started:
             await runner.cleanup()
-    report(
+    return report(
         strategy,
         gateways,
         run,
@@ -276,7 +278,7 @@ def report(
     evaluated: list[float],
     sent: list[float],
     routes: dict[str, float],
-) -> None:
+) -> dict[str, float]:
     ok = [a for a in run.answers if a.status == 200 and a.ttft is not None]
     ttft = [a.ttft for a in ok if a.ttft is not None]
     later = [a for a in ok if a.turn > 0]
@@ -291,7 +293,7 @@ def report(
             f"  | turns 2+: TTFT p50 {percentile(later_ttft, 0.5):6.2f} s "
             f"p95 {percentile(later_ttft, 0.95):6.2f} s cached {cached(later):5.1f}%"
         )
-    print(line)
+    print(line, flush=True)
     print(
         f"  {'':<15}       {len(ok) / run.seconds:.3f} answers/s over {run.seconds:.0f} s;"
         f" prompt tokens evaluated {int(sum(evaluated))} ({share(evaluated)}),"
@@ -299,12 +301,26 @@ def report(
         + ("; routed by " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(routes.items())))
         * bool(routes)
     )
+    figures = {
+        "TTFT p50": percentile(ttft, 0.5),
+        "p95": percentile(ttft, 0.95),
+        "cached %": cached(ok),
+        "answers/s": len(ok) / run.seconds,
+        "evaluated": sum(evaluated),
+    }
+    if later:
+        figures |= {
+            "turns 2+ p50": percentile(later_ttft, 0.5),
+            "p95 ": percentile(later_ttft, 0.95),
+            "cached % ": cached(later),
+        }
     if run.verbose:
         for a in run.answers:
             print(
                 f"    turn {a.turn + 1} ttft {a.ttft or 0:6.2f} s"
                 f" cache_n {a.cache_n} prompt_n {a.prompt_n}"
             )
+    return figures
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
@@ -325,7 +341,18 @@ async def main(args: argparse.Namespace) -> None:
         print(f"workload {workload}:", flush=True)
         for gateways in (1, 2) if args.gateways == "both" else (int(args.gateways),):
             for strategy in args.strategies.split(","):
-                await one_run(strategy, gateways, args)
+                runs = []
+                for seed in range(args.seed, args.seed + args.repeat):
+                    args.seed = seed
+                    runs.append(await one_run(strategy, gateways, args))
+                args.seed -= args.repeat - 1
+                if args.repeat > 1:
+                    medians = (f"{k} {statistics.median(r[k] for r in runs):.2f}" for k in runs[0])
+                    print(
+                        f"  {strategy:<15} {gateways} gw  median of {args.repeat}: "
+                        + ", ".join(medians),
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":
@@ -339,6 +366,7 @@ if __name__ == "__main__":
     parser.add_argument("--think", type=float, default=2.0)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case, seeds from --seed")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--verbose", action="store_true", help="print every answer's timings")
     asyncio.run(main(parser.parse_args()))

@@ -69,9 +69,10 @@ class ModelConfig(PolicySettings):
     upstreams: list[str] = Field(min_length=1)
     api_key: str | None = None
     slots: int | None = Field(None, ge=1)  # per upstream; unset: `/props` `total_slots`
-    # How a request picks one of the upstreams: the fewest requests in flight, or the one
-    # that already holds the longest part of its prompt in its cache (`gateway.prefix`).
-    routing: Literal["least_in_flight", "prefix"] = "least_in_flight"
+    # How a request picks one of the upstreams: the one that already holds the longest part
+    # of its prompt in its cache, guarded by load (`gateway.prefix`; bench/prefix_routing
+    # measured it), or the fewest requests in flight.
+    routing: Literal["least_in_flight", "prefix"] = "prefix"
 
     @field_validator("upstreams")
     @classmethod

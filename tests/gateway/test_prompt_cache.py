@@ -43,7 +43,8 @@ TIMINGS = JSON | st.fixed_dictionaries({"cache_n": COUNT, "prompt_n": COUNT})
 async def served_by(aiohttp_client: Any, urls: list[str], **sections: Any) -> TestClient[Any, Any]:
     config = gateway_config(
         urls[0],
-        models={"fake": {"upstreams": urls}},
+        # By fewest in flight: the same prompt goes to each upstream in turn.
+        models={"fake": {"upstreams": urls, "routing": "least_in_flight"}},
         upstream={"breaker": {"enabled": False}},
         **sections,
     )

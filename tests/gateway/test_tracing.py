@@ -149,7 +149,8 @@ async def test_the_span_counts_the_attempts_and_names_the_last_upstream(
     failing = FakeLlama()
     failing.fail(0, 1)  # drops the first connection before the response head
     first = str((await aiohttp_server(failing.app())).make_url("")).rstrip("/")
-    models = {"fake": {"upstreams": [first, fake_url]}}
+    # By fewest in flight: the failing upstream is tried first.
+    models = {"fake": {"upstreams": [first, fake_url], "routing": "least_in_flight"}}
     client, exporter = await traced(make_gateway, models=models)
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
     [span] = finished(client, exporter)

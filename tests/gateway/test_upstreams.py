@@ -102,7 +102,9 @@ async def test_health_is_always_ok_and_ready_when_upstreams_are(
 
 
 def create(urls: list[str]) -> Any:
-    config = gateway_config(urls[0], models={"fake": {"upstreams": urls}})
+    """Balanced by fewest in flight (the same prompt sent again spreads over `urls`)."""
+    models = {"fake": {"upstreams": urls, "routing": "least_in_flight"}}
+    config = gateway_config(urls[0], models=models)
     return create_app(config)
 
 

@@ -23,8 +23,11 @@ async def start_fakes(aiohttp_server: Any, count: int) -> tuple[list[FakeLlama],
 
 
 async def replicated(aiohttp_client: Any, urls: list[str], **sections: Any) -> TestClient[Any, Any]:
-    """A gateway whose model `fake` is served by `urls`, in that order."""
-    config = gateway_config(urls[0], models={"fake": {"upstreams": urls}}, **sections)
+    """A gateway whose model `fake` is served by `urls`, in that order, by fewest in flight:
+    the same prompt sent again goes to each upstream in turn, as these tests of failover
+    and circuits want (`routing: prefix`, the default, would keep it where it was cached)."""
+    models = {"fake": {"upstreams": urls, "routing": "least_in_flight"}}
+    config = gateway_config(urls[0], models=models, **sections)
     client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
     return client
 

@@ -149,7 +149,13 @@ class Pool:
         shared: dict[str, Upstream] = {}
         by_model: dict[str, list[Upstream]] = {}
         breaker, admission = config.upstream.breaker, config.upstream.admission
-        routed = [model for model, spec in config.models.items() if spec.routing == "prefix"]
+        # Routed by prefix: a model with a choice of upstreams; with one there is none, and
+        # its requests skip the prompt's hashing and the index.
+        routed = [
+            model
+            for model, spec in config.models.items()
+            if spec.routing == "prefix" and len(set(spec.upstreams)) > 1
+        ]
         prefix = dict.fromkeys(routed, config.upstream.prefix)
         overcommit = admission.overcommit if admission.enabled else None
         for model, spec in config.models.items():

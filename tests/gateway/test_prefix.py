@@ -25,6 +25,8 @@ from gateway.prefix import (
     rank,
     stable_hash,
 )
+from gateway.upstreams import Pool
+from tests.support.gateways import gateway_config
 
 CHAT, COMPLETIONS = "chat.completions", "completions"
 JSON = st.recursive(
@@ -250,3 +252,16 @@ def test_a_prompt_nested_past_every_serialiser_s_limit_is_routed_by_load(depth: 
     # What orjson cannot write (past 255 levels, past 64 bits) but repr can is still named.
     for prompt in (nested(300), [2**70]):
         assert prompt_of(COMPLETIONS, {"prompt": prompt}) is not None
+
+
+def test_a_model_with_one_upstream_is_not_routed_by_prefix() -> None:
+    """Nothing to choose: no prompt hashed, no index kept, no routes counted."""
+    one, two = "http://127.0.0.1:9001", "http://127.0.0.1:9002"
+    models = {"solo": {"upstreams": [one]}, "twice": {"upstreams": [one, one]}}
+    models["pair"] = {"upstreams": [one, two]}
+    pool = Pool.from_config(gateway_config(one, models=models))
+    assert list(pool.prefix) == ["pair"]
+    body = chat({"role": "user", "content": "q"})
+    assert pool.prompt("solo", CHAT, body) is None
+    assert pool.prompt("twice", CHAT, body) is None
+    assert pool.prompt("pair", CHAT, body) is not None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import random
 import re
@@ -149,8 +150,6 @@ async def questions(
 
 
 def gateway_config(urls: list[str], strategy: str, gateways: int, args: Any) -> Any:
-    import hashlib
-
     key = {
         "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest(),
         "owner": "bench",

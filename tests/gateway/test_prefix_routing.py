@@ -20,7 +20,7 @@ from tests.support.fake_llama import FakeLlama
 from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
 from tests.support.rate_limits import SHARED_REDIS
-from tests.support.replicas import DEAD, start_fakes
+from tests.support.replicas import DEAD, leases_key, start_fakes
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 
@@ -338,9 +338,8 @@ async def test_a_turn_waiting_for_a_slot_another_replica_leased_is_served_when_r
         await asyncio.gather(*held)
         await proxy.start()
         running = asyncio.create_task(chat(a, third, fake={"first_byte_delay": 0.5}))
-        leases = f"{key_prefix}upstream:{{{urls[home]}}}:leases"
         await eventually(lambda: fakes[home].in_flight == 1)
-        assert await store.zcard(leases) == 1  # its lease, taken in Redis again
+        assert await store.zcard(leases_key(key_prefix, urls[home])) == 1  # a lease again
         await running
         assert served_by(fakes, 0) == [home, home, home]
     finally:

@@ -21,7 +21,7 @@ from tests.support.gateways import gateway_config
 from tests.support.metrics import scrape, value
 from tests.support.rate_limits import SHARED_REDIS
 from tests.support.redis_cluster import Cluster
-from tests.support.replicas import start_fakes
+from tests.support.replicas import leases_key, start_fakes
 from tests.support.waiting import eventually
 
 SLOTS = 2
@@ -70,10 +70,6 @@ async def status(client: TestClient[Any, Any], content: str, delay: float) -> in
     resp = await client.post("/v1/chat/completions", json=chat(content, delay))
     await resp.read()
     return resp.status
-
-
-def leases_key(prefix: str, url: str) -> str:
-    return f"{prefix}upstream:{{{url}}}:leases"
 
 
 async def burst(clients: list[TestClient[Any, Any]], each: int, delay: float) -> list[int]:

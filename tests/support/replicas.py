@@ -46,3 +46,8 @@ async def settle(client: TestClient[Any, Any]) -> None:
 def access_lines(err: str) -> list[dict[str, Any]]:
     lines = [orjson.loads(line) for line in err.splitlines() if line.startswith("{")]
     return [line for line in lines if line["logger"] == "gateway.access"]
+
+
+def leases_key(prefix: str, url: str) -> str:
+    """The Redis key of the leases on `url`'s slots (`gateway.leases`, `key_prefix` `prefix`)."""
+    return f"{prefix}upstream:{{{url}}}:leases"

@@ -43,9 +43,10 @@ async def test_an_upstream_that_cannot_say_what_it_serves_stores_nothing_under_a
     known, unknown = FakeLlama(), FakeLlama()
     unknown.model_path, unknown.props_answer = "/models/other.gguf", (500, b"{}")
     urls = [str((await aiohttp_server(f.app())).make_url("")).rstrip("/") for f in (known, unknown)]
-    config = gateway_config(
-        urls[0], models={"fake": {"upstreams": urls}}, policies=[cache_policy()]
-    )
+    # By fewest in flight, so that ties rotate over both upstreams (by prefix, four new
+    # prompts follow their anchors: all on one upstream for 1 port pair in 16).
+    models = {"fake": {"upstreams": urls, "routing": "least_in_flight"}}
+    config = gateway_config(urls[0], models=models, policies=[cache_policy()])
     client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
     await eventually(lambda: known.props_reads > 1 and unknown.props_reads > 1)
     results = []
